@@ -1,0 +1,55 @@
+# Every target sets itself up: `make test` on a machine with only python3 and pip creates .venv,
+# installs torch 2.13.0 (only when no torch is importable there), triton, the build and test tools,
+# builds fastops._C and runs the tests. A second run reinstalls nothing and rebuilds only what changed.
+#
+# On a machine that already has torch + triton and no network (the GPU machine), use
+# `make test-installed`: it builds against the current interpreter's torch and never downloads.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_VERSION := 2.13.0
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py
+
+.PHONY: test bench bench-quick build test-installed bench-installed clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Tools and dependencies: installed once, re-run only when pyproject.toml changes.
+$(VENV)/.deps: $(PY) pyproject.toml
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
+	$(PIP) install setuptools wheel ninja pybind11 numpy triton \
+		pytest pytest-benchmark expecttest matplotlib tqdm scikit-learn
+	touch $@
+
+# The first time, an editable install (it compiles fastops._C into fastops/); afterwards a
+# changed source only triggers an incremental in-place rebuild (ninja recompiles what changed).
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	if [ -f $(VENV)/.installed ]; then $(PY) setup.py -q build_ext --inplace; \
+	else $(PIP) install --no-build-isolation --no-deps -e . && touch $(VENV)/.installed; fi
+	touch $@
+
+build: $(VENV)/.built
+
+test: build
+	$(PY) -m pytest tests -q
+
+bench: build
+	$(PY) -m fastops bench
+
+bench-quick: build
+	$(PY) -m fastops bench --quick
+
+# GPU / offline machines: use the interpreter that already has torch and triton.
+test-installed:
+	$(PYTHON) -m pip install --no-build-isolation --no-deps --no-index -e . -q
+	$(PYTHON) -m pytest tests -q
+
+bench-installed:
+	$(PYTHON) -m pip install --no-build-isolation --no-deps --no-index -e . -q
+	$(PYTHON) -m fastops bench
+
+clean:
+	rm -rf build fastops/_C*.so *.egg-info $(VENV)/.built $(VENV)/.installed

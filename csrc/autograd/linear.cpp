@@ -1,0 +1,62 @@
+// Autograd of fastops::linear: saves input only when weight needs a gradient, weight only when
+// input does, and the output (the ReLU mask) only with activation "relu".
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "autograd/common.h"
+#include "ops.h"
+
+namespace fastops {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class LinearFunction : public torch::autograd::Function<LinearFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, c10::string_view activation) {
+    at::Tensor output;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      output = fastops::linear(input, weight, bias, activation);
+    }
+    const bool relu = activation == "relu";
+    ctx->save_for_backward({weight.requires_grad() ? input : at::Tensor(),
+                            input.requires_grad() ? weight : at::Tensor(),
+                            relu ? output : at::Tensor()});
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    // An absent bias has no edge in the graph, so its index must not be asked about.
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      has_bias && ctx->needs_input_grad(2)};
+    auto optional = [](const at::Tensor& t) {
+      return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+    };
+    const auto [grad_input, grad_weight, grad_bias] = fastops::linear_backward(
+        grad_outputs[0].contiguous(), optional(saved[0]), optional(saved[1]), optional(saved[2]),
+        ctx->saved_data["activation"].toStringRef(), mask);
+    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_weight),
+            grad_or_undefined(mask[2], grad_bias), torch::autograd::Variable()};
+  }
+};
+
+at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  return LinearFunction::apply(input, weight, bias, activation);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, Autograd, m) {
+  m.impl("linear", &linear_autograd);
+  m.impl("linear_backward", not_differentiable());
+}
+
+}  // namespace fastops

@@ -1,0 +1,50 @@
+// Shared helpers for every fastops kernel: argument checks with uniform messages and the
+// activation enum. Messages name the op, the argument, the expected and the actual value.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/string_view.h>
+
+#include <string>
+
+namespace fastops {
+
+enum class Activation { None, ReLU };
+
+inline Activation parse_activation(c10::string_view activation, const char* op) {
+  if (activation == "none") return Activation::None;
+  if (activation == "relu") return Activation::ReLU;
+  TORCH_CHECK(false, "fastops::", op, ": activation must be 'none' or 'relu', got '",
+              std::string(activation), "'");
+}
+
+inline void check_floating(const at::Tensor& t, const char* name, const char* op) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fastops::", op, ": expected ", name,
+              " to be a floating-point tensor, got ", t.scalar_type());
+}
+
+inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                             const char* ref_name, const char* op) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fastops::", op, ": expected ", name,
+              " to have the dtype of ", ref_name, " (", ref.scalar_type(), "), got ",
+              t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                              const char* ref_name, const char* op) {
+  TORCH_CHECK(t.device() == ref.device(), "fastops::", op, ": expected ", name,
+              " on the device of ", ref_name, " (", ref.device(), "), got ", t.device());
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* op) {
+  TORCH_CHECK(t.dim() == dim, "fastops::", op, ": expected ", name, " to be ", dim,
+              "-D, got a ", t.dim(), "-D tensor of shape ", t.sizes());
+}
+
+// Grain size for at::parallel_for over `items` units of `work_per_item` elements each, so that
+// a task holds roughly at::internal::GRAIN_SIZE elements of work.
+inline int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_item));
+}
+
+}  // namespace fastops

@@ -1,0 +1,18 @@
+"""fastops: fused PyTorch ops with C++ CPU kernels and Triton CUDA kernels.
+
+Importing the package loads ``fastops._C`` (operator schemas, CPU kernels, autograd, autocast)
+and registers the Triton CUDA kernels and the fake (meta) kernels with the dispatcher.
+"""
+
+import torch
+
+from . import _C  # noqa: F401  (registers the fastops:: ops)
+from . import _cuda, _fake  # noqa: F401  (CUDA kernels, fake kernels)
+from . import functional, nn
+from .memory import saved_tensor_bytes
+
+__version__ = "0.1.0"
+
+ops = torch.ops.fastops
+
+__all__ = ["functional", "nn", "ops", "saved_tensor_bytes", "__version__"]

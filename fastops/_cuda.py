@@ -1,0 +1,24 @@
+"""CUDA kernels of every fastops op: the Triton launchers of ``fastops.triton_kernels``,
+registered for the CUDA dispatch key. Triton is imported on the first CUDA call, so
+``import fastops`` works (and stays fast) on machines without it."""
+
+import functools
+import importlib
+
+import torch
+
+
+def _register(op, module, launcher):
+    @functools.cache
+    def resolve():
+        return getattr(importlib.import_module(f"fastops.triton_kernels.{module}"), launcher)
+
+    def kernel(*args):
+        return resolve()(*args)
+
+    kernel.__name__ = f"{op}_cuda"
+    torch.library.register_kernel(f"fastops::{op}", "cuda", kernel)
+
+
+_register("linear", "linear", "linear_forward")
+_register("linear_backward", "linear", "linear_backward")

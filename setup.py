@@ -1,0 +1,37 @@
+"""Builds fastops._C from csrc/ and installs triton_kernels/ as fastops.triton_kernels.
+
+Install with ``pip install --no-build-isolation [-e] .`` so the extension is compiled against the
+torch that is already installed (a build-isolated install would fetch a second torch).
+"""
+
+import glob
+import os
+
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def extension():
+    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+    # at::parallel_for is implemented with OpenMP pragmas in torch's headers: compile and link
+    # with OpenMP as torch itself does, or every parallel loop runs on one thread.
+    cxx_flags = ["-O3", "-fopenmp"]
+    if os.environ.get("FASTOPS_NATIVE", "0") == "1":
+        cxx_flags.append("-march=native")
+    return CppExtension(
+        name="fastops._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+setup(
+    packages=find_packages(include=["fastops", "fastops.*"]) + ["fastops.triton_kernels"],
+    package_dir={"fastops.triton_kernels": "triton_kernels"},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,168 @@
+"""Triton kernels of fastops.linear: a tiled matmul with bias + ReLU in its epilogue, reused for
+the backward (with the ReLU mask applied to its left operand while loading it), and a column-sum
+kernel for the bias gradient.
+
+    forward:      out[M, N]   = act(x[M, K] @ weight[N, K]^T + bias[N])
+    grad_input:   gx[M, K]    = (g * (out > 0))[M, N] @ weight[N, K]
+    grad_weight:  gw[N, K]    = (g * (out > 0))^T[N, M] @ x[M, K]
+    grad_bias:    gb[N]       = sum_m (g * (out > 0))[m, N]
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import autotune, cdiv, empty_grad, fp32_dot_precision
+
+_MATMUL_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=5, num_warps=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=5, num_warps=2),
+]
+
+
+@autotune(_MATMUL_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "RELU", "MASK_A"])
+@triton.jit
+def matmul_kernel(
+    a_ptr, b_ptr, c_ptr, bias_ptr, mask_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_mm, stride_mk,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, MASK_A: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """c[M, N] = act(a'[M, K] @ b[K, N] + bias[N]) with a' = a * !(mask <= 0) when MASK_A
+    (mask has a's shape and its own strides). fp32 accumulation; grouped tile order for L2 reuse."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # 64-bit offsets: M * stride can exceed 2**31 for large activations.
+    rows = offs_m.to(tl.int64)[:, None]
+    cols = offs_n.to(tl.int64)[None, :]
+    a_ptrs = a_ptr + rows * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols * stride_bn
+    if MASK_A:
+        mask_ptrs = mask_ptr + rows * stride_mm + offs_k[None, :] * stride_mk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a_in = (offs_m[:, None] < M) & (offs_k[None, :] < k_left)
+        a = tl.load(a_ptrs, mask=a_in, other=0.0)
+        if MASK_A:
+            # zero where mask <= 0 (torch's threshold_backward: a NaN output passes grad)
+            drop = tl.load(mask_ptrs, mask=a_in, other=0.0) <= 0
+            a = tl.where(drop, tl.zeros_like(a), a)
+            mask_ptrs += BLOCK_K * stride_mk
+        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N), other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.where(acc < 0, 0.0, acc)  # NaN stays NaN, as with torch.relu
+    c_ptrs = c_ptr + rows * stride_cm + cols * stride_cn
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def column_sum_kernel(
+    g_ptr, mask_ptr, out_ptr,
+    M, N,
+    stride_gm, stride_gn, stride_mm, stride_mn,
+    MASK_G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """out[N] = sum over rows of g' where g' = g * !(mask <= 0) when MASK_G; fp32 accumulation."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+        inside = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        g = tl.load(g_ptr + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn, mask=inside, other=0.0)
+        g = g.to(tl.float32)
+        if MASK_G:
+            drop = tl.load(mask_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn, mask=inside, other=0.0) <= 0
+            g = tl.where(drop, 0.0, g)
+        acc += tl.sum(g, axis=0)
+    tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=offs_n < N)
+
+
+def _matmul(a, b, out, bias=None, relu=False, a_mask=None):
+    """out = act(a' @ b + bias) for 2-D tensors of any strides (see matmul_kernel)."""
+    M, K = a.shape
+    N = b.shape[1]
+    if M == 0 or N == 0:
+        return out
+    if K == 0:  # an empty sum: bias (and activation) only
+        out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
+        return out.clamp_(min=0) if relu else out
+    mask_strides = a_mask.stride() if a_mask is not None else (0, 0)
+
+    def grid(meta):
+        return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
+
+    matmul_kernel[grid](
+        a, b, out, bias, a_mask,
+        M, N, K,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+        mask_strides[0], mask_strides[1],
+        HAS_BIAS=bias is not None, RELU=relu, MASK_A=a_mask is not None,
+        INPUT_PRECISION=fp32_dot_precision(a.dtype),
+    )
+    return out
+
+
+def linear_forward(input, weight, bias, activation):
+    """input [*, K], weight [N, K], bias [N] or None -> [*, N]; activation "none" | "relu"."""
+    x = input.reshape(-1, input.shape[-1])
+    out = torch.empty((x.shape[0], weight.shape[0]), device=input.device, dtype=input.dtype)
+    _matmul(x, weight.t(), out, bias=bias, relu=activation == "relu")
+    return out.view(*input.shape[:-1], weight.shape[0])
+
+
+def linear_backward(grad_output, input, weight, output, activation, output_mask):
+    """Gradients (input, weight, bias) of linear_forward; the ReLU mask comes from ``output``.
+    Gradients not asked for in output_mask come back as empty tensors."""
+    need_input, need_weight, need_bias = output_mask
+    n = grad_output.shape[-1]
+    g = grad_output.reshape(-1, n)
+    relu_mask = output.reshape(-1, n) if activation == "relu" else None
+
+    grad_input = empty_grad(grad_output)
+    if need_input:
+        grad_input = torch.empty((g.shape[0], weight.shape[1]), device=g.device, dtype=g.dtype)
+        _matmul(g, weight, grad_input, a_mask=relu_mask)
+        grad_input = grad_input.view(*grad_output.shape[:-1], weight.shape[1])
+    grad_weight = empty_grad(grad_output)
+    if need_weight:
+        x = input.reshape(-1, input.shape[-1])
+        grad_weight = torch.empty((n, x.shape[1]), device=g.device, dtype=g.dtype)
+        _matmul(g.t(), x, grad_weight, a_mask=relu_mask.t() if relu_mask is not None else None)
+    grad_bias = empty_grad(grad_output)
+    if need_bias:
+        grad_bias = torch.empty((n,), device=g.device, dtype=g.dtype)
+        mask_strides = relu_mask.stride() if relu_mask is not None else (0, 0)
+        block_n = 64
+        column_sum_kernel[(cdiv(n, block_n),)](
+            g, relu_mask, grad_bias, g.shape[0], n,
+            g.stride(0), g.stride(1), mask_strides[0], mask_strides[1],
+            MASK_G=relu_mask is not None, BLOCK_M=32, BLOCK_N=block_n,
+        )
+    return grad_input, grad_weight, grad_bias
