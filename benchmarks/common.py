@@ -1,0 +1,66 @@
+"""Shared by every benchmarks/bench_<op>.py: the device, the implementations compared and one
+timed step. Every case is recorded with pytest-benchmark; ``group`` holds the cases compared
+side by side (torch vs fastops vs torch.compile), ``extra_info`` what the report needs."""
+
+import torch
+
+import fastops
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def implementations(torch_fn, fastops_fn, compile_torch=True):
+    """{name: callable}: torch eager, fastops, and torch.compile of the torch function."""
+    impls = {"torch": torch_fn, "fastops": fastops_fn}
+    if compile_torch:
+        impls["torch.compile"] = torch.compile(torch_fn)
+    return impls
+
+
+def _step(fn, inputs, backward):
+    """One timed call: forward under no_grad, or forward + backward to every input that
+    requires grad (torch.autograd.grad, so no .grad accumulation is timed)."""
+    differentiable = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not backward:
+        def run():
+            with torch.no_grad():
+                fn(*inputs)
+            sync()
+        return run
+    out = fn(*inputs)
+    grad = torch.ones_like(out) if out.dim() == 0 else torch.randn_like(out)
+
+    def run():
+        torch.autograd.grad(fn(*inputs), differentiable, grad)
+        sync()
+    return run
+
+
+def bench(benchmark, op, case, impl, fn, inputs, backward, dtype=torch.float32):
+    """Times ``fn(*inputs)`` (forward, or forward + backward) and records the case."""
+    pass_name = "fwd+bwd" if backward else "fwd"
+    dtype_name = str(dtype).replace("torch.", "")
+    benchmark.group = f"{op} | {case} | {pass_name} | {dtype_name} | {DEVICE}"
+    info = dict(op=op, case=case, impl=impl, pass_=pass_name, dtype=dtype_name, device=DEVICE)
+    if backward:
+        _, info["saved_bytes"] = fastops.saved_tensor_bytes(fn, *inputs)
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    run = _step(fn, inputs, backward)
+    run()  # warm-up: compilation, autotuning, allocator
+    benchmark.extra_info.update(info)
+    benchmark(run)
+    if DEVICE == "cuda":
+        benchmark.extra_info["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+
+
+def randn(*shape, dtype=torch.float32, requires_grad=False, scale=1.0):
+    """Benchmark input on DEVICE, generated on the CPU from a fixed seed."""
+    t = torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape) + sum(shape)))
+    return (t * scale).to(DEVICE, dtype).requires_grad_(requires_grad)
