@@ -1,4 +1,5 @@
-"""Builds fastops._C from csrc/ and installs triton_kernels/ as fastops.triton_kernels.
+"""Builds fastops._C from csrc/ and installs triton_kernels/ and benchmarks/ as
+fastops.triton_kernels and fastops.benchmarks.
 
 Install with ``pip install --no-build-isolation [-e] .`` so the extension is compiled against the
 torch that is already installed (a build-isolated install would fetch a second torch).
@@ -30,8 +31,11 @@ def extension():
 
 
 setup(
-    packages=find_packages(include=["fastops", "fastops.*"]) + ["fastops.triton_kernels"],
-    package_dir={"fastops.triton_kernels": "triton_kernels"},
+    packages=find_packages(include=["fastops", "fastops.*"])
+    + ["fastops.triton_kernels", "fastops.benchmarks"],
+    # Top-level folders installed inside the package: a top-level "triton_kernels" module would
+    # collide with the Triton project's triton-kernels package.
+    package_dir={"fastops.triton_kernels": "triton_kernels", "fastops.benchmarks": "benchmarks"},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from common import DTYPES, bench, implementations, randn
+from common import DTYPES, bench, cases, implementations, randn
 from fastops import functional as F
 
 CASES = {  # name: (rows, in_features, out_features)
@@ -16,7 +16,7 @@ IMPLS = implementations(lambda x, w, b: torch.relu(TF.linear(x, w, b)), F.linear
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", IMPLS)
 def bench_linear_relu(benchmark, impl, case, backward, dtype):
     rows, in_features, out_features = CASES[case]

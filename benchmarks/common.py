@@ -1,13 +1,31 @@
 """Shared by every benchmarks/bench_<op>.py: the device, the implementations compared and one
 timed step. Every case is recorded with pytest-benchmark; ``group`` holds the cases compared
-side by side (torch vs fastops vs torch.compile), ``extra_info`` what the report needs."""
+side by side (torch vs fastops vs torch.compile), ``extra_info`` what the report needs.
+
+Environment (set by ``python -m fastops bench``):
+  FASTOPS_BENCH_DEVICE  cpu | cuda (default: cuda when available)
+  FASTOPS_BENCH_QUICK   1: only each suite's first (tutorial-sized) case, no torch.compile
+"""
+
+import os
 
 import torch
 
 import fastops
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
+DEVICE = os.environ.get("FASTOPS_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+QUICK = os.environ.get("FASTOPS_BENCH_QUICK", "0") == "1"
+DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" and not QUICK else [torch.float32]
+# Rounds on CUDA; each is preceded (untimed) by a write over a buffer larger than L2, so small
+# cases are not flattered by a warm cache (the do_bench recipe).
+CUDA_ROUNDS = 50
+_L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+
+def cases(all_cases):
+    """The cases of a suite: all of them, or the first (tutorial-sized) one with --quick."""
+    names = list(all_cases)
+    return names[:1] if QUICK else names
 
 
 def sync():
@@ -18,7 +36,7 @@ def sync():
 def implementations(torch_fn, fastops_fn, compile_torch=True):
     """{name: callable}: torch eager, fastops, and torch.compile of the torch function."""
     impls = {"torch": torch_fn, "fastops": fastops_fn}
-    if compile_torch:
+    if compile_torch and not QUICK:
         impls["torch.compile"] = torch.compile(torch_fn)
     return impls
 
@@ -42,6 +60,19 @@ def _step(fn, inputs, backward):
     return run
 
 
+def _timed(benchmark, run):
+    if DEVICE != "cuda":
+        benchmark(run)
+        return
+    flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+
+    def setup():
+        flush.zero_()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(run, setup=setup, rounds=CUDA_ROUNDS, warmup_rounds=3)
+
+
 def bench(benchmark, op, case, impl, fn, inputs, backward, dtype=torch.float32):
     """Times ``fn(*inputs)`` (forward, or forward + backward) and records the case."""
     pass_name = "fwd+bwd" if backward else "fwd"
@@ -50,14 +81,14 @@ def bench(benchmark, op, case, impl, fn, inputs, backward, dtype=torch.float32):
     info = dict(op=op, case=case, impl=impl, pass_=pass_name, dtype=dtype_name, device=DEVICE)
     if backward:
         _, info["saved_bytes"] = fastops.saved_tensor_bytes(fn, *inputs)
-    if DEVICE == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     run = _step(fn, inputs, backward)
     run()  # warm-up: compilation, autotuning, allocator
-    benchmark.extra_info.update(info)
-    benchmark(run)
     if DEVICE == "cuda":
-        benchmark.extra_info["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        info["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    benchmark.extra_info.update(info)
+    _timed(benchmark, run)
 
 
 def randn(*shape, dtype=torch.float32, requires_grad=False, scale=1.0):

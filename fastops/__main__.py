@@ -1,8 +1,10 @@
 """Command line: ``python -m fastops info | bench``."""
 
 import argparse
+import importlib
 import os
 import platform
+import re
 import sys
 
 
@@ -58,14 +60,76 @@ def info():
     return 0
 
 
+def _slug(text):
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def device_name(device):
+    """Folder name of a machine's results: the GPU's name, or the CPU model and core count."""
+    import torch
+
+    if device == "cuda":
+        return _slug(torch.cuda.get_device_name())
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1] for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu-{_slug(model)}-{os.cpu_count()}-cores"
+
+
+def bench(args):
+    """Runs the pytest-benchmark suite on one device and writes JSON, table and chart."""
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA GPU is available here", file=sys.stderr)
+        return 2
+    out_dir = args.out or os.path.join("benchmarks", "results", device_name(device))
+    os.makedirs(out_dir, exist_ok=True)
+    os.environ["FASTOPS_BENCH_DEVICE"] = device
+    os.environ["FASTOPS_BENCH_QUICK"] = "1" if args.quick else "0"
+
+    import pytest
+
+    from fastops.benchmarks.report import write_report
+
+    suite = os.path.dirname(importlib.import_module("fastops.benchmarks").__file__)
+    json_path = os.path.join(out_dir, "benchmark.json")
+    pytest_args = [suite, "-q", "-p", "no:cacheprovider", "-o", "python_files=bench_*.py",
+                   "-o", "python_functions=bench_*", f"--benchmark-json={json_path}",
+                   "--benchmark-sort=name", "--benchmark-columns=median,iqr,rounds"]
+    if args.quick:
+        pytest_args += ["--benchmark-max-time=0.2", "--benchmark-min-rounds=3"]
+    if args.filter:
+        pytest_args += ["-k", args.filter]
+    status = pytest.main(pytest_args)
+    if status != 0:
+        return int(status)
+    command = "python -m fastops bench " + " ".join(args.raw)
+    print(write_report(json_path, out_dir, command=command.strip()))
+    print(f"results: {out_dir}/ (benchmark.json, report.md, speedup.png)")
+    return 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m fastops")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, extension, device and backend per op")
+    bench_parser = commands.add_parser("bench", help="run the benchmark suite, write the report")
+    bench_parser.add_argument("--quick", action="store_true",
+                              help="tutorial-sized case of each suite only, no torch.compile")
+    bench_parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
+    bench_parser.add_argument("--filter", help="pytest -k expression selecting cases")
+    bench_parser.add_argument("--out", help="results folder (default benchmarks/results/<device>)")
     args = parser.parse_args(argv)
+    args.raw = argv[1:]
     if args.command == "info":
         return info()
-    return 2
+    return bench(args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ class Linear(torch.nn.Linear):
     Input [*, in_features] -> output [*, out_features].
     """
 
+    activation = None  # class default: fastops.convert turns nn.Linear instances into this class
+
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None,
                  activation=None):
         check_activation(activation, "linear")  # fail at construction, not at the first call
