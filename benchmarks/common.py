@@ -73,15 +73,13 @@ def _timed(benchmark, run):
     benchmark.pedantic(run, setup=setup, rounds=CUDA_ROUNDS, warmup_rounds=3)
 
 
-def bench(benchmark, op, case, impl, fn, inputs, backward, dtype=torch.float32):
-    """Times ``fn(*inputs)`` (forward, or forward + backward) and records the case."""
-    pass_name = "fwd+bwd" if backward else "fwd"
+def record(benchmark, op, case, impl, pass_name, run, dtype=torch.float32, saved_bytes=None):
+    """Times ``run()`` (which synchronises) under the group of cases compared side by side."""
     dtype_name = str(dtype).replace("torch.", "")
     benchmark.group = f"{op} | {case} | {pass_name} | {dtype_name} | {DEVICE}"
     info = dict(op=op, case=case, impl=impl, pass_=pass_name, dtype=dtype_name, device=DEVICE)
-    if backward:
-        _, info["saved_bytes"] = fastops.saved_tensor_bytes(fn, *inputs)
-    run = _step(fn, inputs, backward)
+    if saved_bytes is not None:
+        info["saved_bytes"] = saved_bytes
     run()  # warm-up: compilation, autotuning, allocator
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -89,6 +87,13 @@ def bench(benchmark, op, case, impl, fn, inputs, backward, dtype=torch.float32):
         info["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     benchmark.extra_info.update(info)
     _timed(benchmark, run)
+
+
+def bench(benchmark, op, case, impl, fn, inputs, backward, dtype=torch.float32):
+    """Times ``fn(*inputs)`` (forward, or forward + backward) and records the case."""
+    saved = fastops.saved_tensor_bytes(fn, *inputs)[1] if backward else None
+    record(benchmark, op, case, impl, "fwd+bwd" if backward else "fwd",
+           _step(fn, inputs, backward), dtype, saved)
 
 
 def randn(*shape, dtype=torch.float32, requires_grad=False, scale=1.0):

@@ -1,0 +1,64 @@
+"""Tutorial models: a training step (forward + loss + backward + optimiser step) and an
+inference step, torch.nn build vs fastops build, from the same weights and batch."""
+
+import pytest
+import torch
+
+import fastops
+from common import DEVICE, cases, randn, record, sync
+from fastops.models import NAMES, RECIPES, build
+
+IMPLS = ("torch", "fastops")
+# name -> batch size of the benchmark: the course's batch, at least 64 so a step is measurable.
+MODELS = {name: max(RECIPES[name].batch_size, 64) for name in NAMES}
+
+
+def _batch(name, batch_size):
+    recipe = RECIPES[name]
+    x = randn(batch_size, *recipe.input_shape)
+    if recipe.loss == "cross_entropy":
+        y = torch.randint(0, 10, (batch_size,), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    else:
+        y = torch.rand(batch_size, 1, generator=torch.Generator().manual_seed(0)).round().to(DEVICE)
+    return x, y
+
+
+def _model(name, impl):
+    torch.manual_seed(0)
+    reference = build(name, "torch")
+    model = build(name, impl)
+    model.load_state_dict(reference.state_dict())  # same weights in both builds
+    return model.to(DEVICE)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train-step", "inference"])
+@pytest.mark.parametrize("name", cases(MODELS))
+@pytest.mark.parametrize("impl", IMPLS)
+def bench_model(benchmark, impl, name, train):
+    recipe = RECIPES[name]
+    batch_size = MODELS[name]
+    model = _model(name, impl)
+    x, y = _batch(name, batch_size)
+    loss_fn = recipe.make_loss(impl)
+    case = f"{name} batch {batch_size}"
+
+    if train:
+        model.train()
+        optimizer = recipe.make_optimizer(model.parameters())
+        saved = fastops.saved_tensor_bytes(lambda: loss_fn(model(x), y))[1]
+
+        def run():
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            sync()
+    else:
+        model.eval()
+        saved = None
+
+        def run():
+            with torch.no_grad():
+                model(x)
+            sync()
+
+    record(benchmark, "model", case, impl, "train step" if train else "inference", run, saved_bytes=saved)
