@@ -159,7 +159,8 @@ P = 0.3  # the dropout probability of the fused tests
 
 
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("batch,in_features,out_features", [((5,), 33, 17), ((0,), 6, 4), ((3, 4), 13, 65), ((1,), 1, 1)])
+@pytest.mark.parametrize("batch,in_features,out_features",
+                         [((5,), 33, 17), ((0,), 6, 4), ((3, 4), 13, 65), ((1,), 1, 1)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("activation", [None, "relu"])
 def test_fused_dropout_matches_torch_with_the_same_mask(device, dtype, batch, in_features, out_features,
@@ -230,7 +231,8 @@ def test_fused_dropout_bad_input():
            dropout=-1)
     raises(RuntimeError, "expected seed to be a one-element int64 CPU tensor", fastops.ops.linear, x, w, b,
            "relu", torch.tensor(1.0), 0.5, state=(x, w, b))
-    raises(RuntimeError, "between 0 and 1, but got 2", fastops.ops.linear, x, w, b, "relu", torch.tensor(1), 2.0)
+    raises(RuntimeError, "between 0 and 1, but got 2", fastops.ops.linear, x, w, b, "relu",
+           torch.tensor(1), 2.0)
 
 
 # ----------------------------------------------------------- Triton kernels (interpreter on CPU)
@@ -263,11 +265,12 @@ def test_triton_launchers_match_torch(bias, activation, batch, in_features, out_
 
 @pytest.mark.parametrize("activation", ["none", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_triton_launchers_with_dropout_match_the_cpu_op(activation, bias):
+@pytest.mark.parametrize("out_features", [37, 40])  # one Philox call per element, or per 4
+def test_triton_launchers_with_dropout_match_the_cpu_op(activation, bias, out_features):
     from fastops.triton_kernels.linear import linear_backward, linear_forward
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x, w, b = (t.detach() if t is not None else None for t in make((6, 3), 20, 37, bias))
+    x, w, b = (t.detach() if t is not None else None for t in make((6, 3), 20, out_features, bias))
     seed = torch.tensor(2**33 + 9)
     want = fastops.ops.linear(x, w, b, activation, seed, 0.4)
     got = linear_forward(x.to(device), w.to(device), b.to(device) if bias else None, activation, seed, 0.4)

@@ -47,6 +47,21 @@ def _block_uniforms(seed, first_unit, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def tile_uniforms(seed, offs_m, first_n, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  ALIGNED: tl.constexpr):
+    """Uniforms [BLOCK_M, BLOCK_N] of units m * N + n of a row-major [M, N] grid, for the int64
+    rows offs_m and the columns first_n .. first_n + BLOCK_N - 1. ALIGNED (N and first_n
+    multiples of 4): one Philox call per 4 units, as _block_uniforms; else one per unit."""
+    if ALIGNED:
+        counters = (offs_m[:, None] * N + first_n) // 4 + tl.arange(0, BLOCK_N // 4).to(tl.int64)[None, :]
+        u0, u1, u2, u3 = _philox_uniforms(seed, counters)
+        return tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), (BLOCK_M, BLOCK_N))
+    else:
+        cols = first_n + tl.arange(0, BLOCK_N).to(tl.int64)
+        return unit_uniforms(seed, offs_m[:, None] * N + cols[None, :])
+
+
+@triton.jit
 def noise_scale(scale_bits, COMPUTE: tl.constexpr):
     """The scale 1 / (1 - p), passed as the bits of a float64 (a float argument would be float32)."""
     return scale_bits.to(tl.float64, bitcast=True).to(COMPUTE)
@@ -146,7 +161,11 @@ def _dropout_contiguous(x, out, seed, p, channel_size):
             x, out, numel, seed, p, scale_bits, COMPUTE=compute)
     else:
         units = numel // channel_size
-        channel_dropout_kernel[lambda meta: (cdiv(units, meta["BLOCK_U"]), cdiv(channel_size, meta["BLOCK_C"]))](
+
+        def grid(meta):
+            return (cdiv(units, meta["BLOCK_U"]), cdiv(channel_size, meta["BLOCK_C"]))
+
+        channel_dropout_kernel[grid](
             x, out, units, channel_size, seed, p, scale_bits, COMPUTE=compute)
     return out
 
@@ -156,7 +175,8 @@ def dropout_forward(input, seed, p, channel_size):
     _check(input, seed, p, channel_size)
     # The noise follows the logical (row-major) order, whatever the input's strides.
     x = input.contiguous()
-    return _dropout_contiguous(x, torch.empty_like(x, memory_format=torch.contiguous_format), seed, p, channel_size)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return _dropout_contiguous(x, out, seed, p, channel_size)
 
 
 def dropout_inplace(input, seed, p, channel_size):

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ._utils import autotune, cdiv, empty_grad, fp32_dot_precision
 from .dropout import (check_noise_args, compute_dtype, dropout_inplace, noise_args, noise_scale,
-                      unit_uniforms)
+                      tile_uniforms)
 
 _MATMUL_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=4),
@@ -38,13 +38,13 @@ def matmul_kernel(
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_mm, stride_mk,
     seed, p, scale_bits,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, MASK_A: tl.constexpr, DROPOUT: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    DROPOUT_ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """c[M, N] = dropout(act(a'[M, K] @ b[K, N] + bias[N])) with a' = a * !(mask <= 0) when
     MASK_A (mask has a's shape and its own strides) and the dropout of unit m * N + n when
-    DROPOUT (seed, p, scale_bits as in dropout.noise_args). fp32 accumulation; grouped tile order
-    for L2 reuse."""
+    DROPOUT (seed, p, scale_bits as in dropout.noise_args; DROPOUT_ALIGNED: N % 4 == 0). fp32
+    accumulation; grouped tile order for L2 reuse."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -86,8 +86,9 @@ def matmul_kernel(
     if RELU:
         acc = tl.where(acc < 0, 0.0, acc)  # NaN stays NaN, as with torch.relu
     if DROPOUT:
-        keep = unit_uniforms(seed, rows * N + cols) >= p
-        acc = acc * tl.where(keep, noise_scale(scale_bits, tl.float32), 0.0)
+        uniforms = tile_uniforms(seed, offs_m.to(tl.int64), pid_n * BLOCK_N, N, BLOCK_M, BLOCK_N,
+                                 DROPOUT_ALIGNED)
+        acc = acc * tl.where(uniforms >= p, noise_scale(scale_bits, tl.float32), 0.0)
     c_ptrs = c_ptr + rows * stride_cm + cols * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
@@ -116,25 +117,27 @@ def column_sum_kernel(
 
 @autotune([triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4),
            triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4),
-           triton.Config({"BLOCK_M": 8, "BLOCK_N": 512}, num_warps=8)], key=["M", "N", "RELU"])
+           triton.Config({"BLOCK_M": 8, "BLOCK_N": 512}, num_warps=8)], key=["M", "N", "RELU", "ALIGNED"])
 @triton.jit(do_not_specialize=["seed"])
 def dropout_grad_kernel(
     g_ptr, out_ptr, res_ptr,
     M, N,
     stride_gm, stride_gn, stride_om, stride_on,
     seed, p, scale_bits,
-    RELU: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    RELU: tl.constexpr, ALIGNED: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """res[M, N] (contiguous) = g * noise(m * N + n), zeroed where out <= 0 when RELU: torch's
-    order, dropout's backward then threshold_backward (a NaN output passes the gradient)."""
+    order, dropout's backward then threshold_backward (a NaN output passes the gradient).
+    ALIGNED: N % 4 == 0 (see dropout.tile_uniforms)."""
     offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = offs_m[:, None]
     cols = offs_n[None, :]
     inside = (rows < M) & (cols < N)
     g = tl.load(g_ptr + rows * stride_gm + cols * stride_gn, mask=inside, other=0.0).to(COMPUTE)
-    keep = unit_uniforms(seed, rows * N + cols) >= p
-    g = g * tl.where(keep, noise_scale(scale_bits, COMPUTE), 0.0)
+    uniforms = tile_uniforms(seed, offs_m, tl.program_id(1) * BLOCK_N, N, BLOCK_M, BLOCK_N, ALIGNED)
+    g = g * tl.where(uniforms >= p, noise_scale(scale_bits, COMPUTE), 0.0)
     if RELU:
         out = tl.load(out_ptr + rows * stride_om + cols * stride_on, mask=inside, other=0.0)
         g = tl.where(out <= 0, 0.0, g)
@@ -168,7 +171,7 @@ def _matmul(a, b, out, bias=None, relu=False, a_mask=None, dropout=None):
         mask_strides[0], mask_strides[1],
         seed, p, scale_bits,
         HAS_BIAS=bias is not None, RELU=relu, MASK_A=a_mask is not None, DROPOUT=dropout is not None,
-        INPUT_PRECISION=fp32_dot_precision(a.dtype),
+        DROPOUT_ALIGNED=N % 4 == 0, INPUT_PRECISION=fp32_dot_precision(a.dtype),
     )
     return out
 
@@ -201,7 +204,7 @@ def _dropout_relu_grad(g, relu_mask, dropout):
     mask_strides = relu_mask.stride() if relu_mask is not None else (0, 0)
     dropout_grad_kernel[lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(N, meta["BLOCK_N"]))](
         g, relu_mask, res, M, N, g.stride(0), g.stride(1), mask_strides[0], mask_strides[1],
-        seed, p, scale_bits, RELU=relu_mask is not None, COMPUTE=compute_dtype(g.dtype))
+        seed, p, scale_bits, RELU=relu_mask is not None, ALIGNED=N % 4 == 0, COMPUTE=compute_dtype(g.dtype))
     return res
 
 

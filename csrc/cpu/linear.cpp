@@ -61,7 +61,8 @@ void bias_activation_inplace(scalar_t* out, const scalar_t* bias, int64_t rows, 
 // (accumulated in opmath). Parallel over column blocks so each thread owns its slice of the sums.
 template <typename scalar_t>
 void mask_and_column_sum(const scalar_t* grad, const scalar_t* output,
-                         const std::optional<DropoutNoise>& dropout, scalar_t* masked, scalar_t* colsum, int64_t rows, int64_t cols) {
+                         const std::optional<DropoutNoise>& dropout, scalar_t* masked,
+                         scalar_t* colsum, int64_t rows, int64_t cols) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kBlock = 64;
   const scalar_t scale = dropout ? dropout_scale<scalar_t>(dropout->p) : scalar_t(1);
