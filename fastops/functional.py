@@ -39,7 +39,8 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
           f"weight expects in_features = {weight_2d.shape[1]} (input {tuple(input.shape)}, "
           f"weight {tuple(weight.shape)})")
     if bias is None:
-        output = _ops.linear(input, weight_2d, None, activation, *_linear_dropout(fused_dropout, dropout))
+        output = _ops.linear(input, weight_2d, None, activation,
+                             *_linear_dropout(fused_dropout, dropout))
     else:
         check_tensor(bias, "bias", fn)
         check_like(bias, "bias", input, "input", fn)

@@ -155,6 +155,14 @@ def test_inplace_matches_out_of_place_and_bumps_the_version():
     assert torch.equal(x.detach(), want)
     (grad,) = torch.autograd.grad(x, base, torch.ones_like(x))
     assert torch.equal(grad, (want != 0) / 0.6)
+    # a view of a non-leaf: the gradient flows through the slice only
+    y = base * 1
+    keep = seeded(F.dropout, 5)(torch.ones(6, 3), 0.4) != 0
+    seeded(F.dropout, 5)(y[:, 2:5], 0.4, inplace=True)
+    (grad,) = torch.autograd.grad(y, base, torch.ones_like(y))
+    want = torch.ones(6, 7)
+    want[:, 2:5] = keep / 0.6
+    assert torch.equal(grad, want)
     module = fastops.nn.Dropout(0.4, inplace=True)
     y = torch.randn(5, 3)[:, ::2]  # non-contiguous: written back through a copy
     want = seeded(F.dropout, 4)(y.clone(), 0.4)
@@ -172,6 +180,8 @@ def test_inplace_on_a_leaf_that_requires_grad_fails_like_torch(name):
                FUNCTIONS[name], x, 0.5, inplace=True, state=[x])
         with pytest.raises(RuntimeError, match="a leaf Variable that requires grad"):
             getattr(TF, name)(x, 0.5, inplace=True)
+        raises(RuntimeError, "a view of a leaf Variable that requires grad", FUNCTIONS[name], x[:1], 0.5,
+               inplace=True, state=[x])
         with torch.no_grad():  # allowed without grad mode, as torch
             assert FUNCTIONS[name](x, 0.5, inplace=True) is x
 

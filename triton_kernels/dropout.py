@@ -107,9 +107,12 @@ def channel_dropout_kernel(
     units, channel_size, seed, p, scale_bits,
     COMPUTE: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """out[u, c] = x[u, c] * noise(u) over contiguous [units, channel_size] x and out."""
-    offs_u = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
-    offs_c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    """out[u, c] = x[u, c] * noise(u) over contiguous [units, channel_size] x and out; a 1-D
+    grid of [BLOCK_U, BLOCK_C] tiles (the 2nd and 3rd grid dimensions stop at 65535)."""
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_c = tl.cdiv(channel_size, BLOCK_C)
+    offs_u = (pid // blocks_c) * BLOCK_U + tl.arange(0, BLOCK_U)
+    offs_c = (pid % blocks_c) * BLOCK_C + tl.arange(0, BLOCK_C)
     keep = unit_uniforms(seed, offs_u) >= p
     factor = tl.where(keep, noise_scale(scale_bits, COMPUTE), 0.0)
     offs = offs_u[:, None] * channel_size + offs_c[None, :]
@@ -163,7 +166,7 @@ def _dropout_contiguous(x, out, seed, p, channel_size):
         units = numel // channel_size
 
         def grid(meta):
-            return (cdiv(units, meta["BLOCK_U"]), cdiv(channel_size, meta["BLOCK_C"]))
+            return (cdiv(units, meta["BLOCK_U"]) * cdiv(channel_size, meta["BLOCK_C"]),)
 
         channel_dropout_kernel[grid](
             x, out, units, channel_size, seed, p, scale_bits, COMPUTE=compute)
