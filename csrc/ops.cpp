@@ -18,27 +18,51 @@ c10::TypedOperatorHandle<Signature> handle(const char* name) {
 }  // namespace
 
 at::Tensor linear(const at::Tensor& input, const at::Tensor& weight,
-                  const std::optional<at::Tensor>& bias, c10::string_view activation) {
+                  const std::optional<at::Tensor>& bias, c10::string_view activation,
+                  const std::optional<at::Tensor>& dropout_seed, double dropout_p) {
   static auto op = handle<decltype(linear)>("fastops::linear");
-  return op.call(input, weight, bias, activation);
+  return op.call(input, weight, bias, activation, dropout_seed, dropout_p);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& input,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& output,
-    c10::string_view activation, std::array<bool, 3> output_mask) {
+    c10::string_view activation, std::array<bool, 3> output_mask,
+    const std::optional<at::Tensor>& dropout_seed, double dropout_p) {
   static auto op = handle<decltype(linear_backward)>("fastops::linear_backward");
-  return op.call(grad_output, input, weight, output, activation, output_mask);
+  return op.call(grad_output, input, weight, output, activation, output_mask, dropout_seed,
+                 dropout_p);
+}
+
+at::Tensor dropout(const at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size) {
+  static auto op = handle<decltype(dropout)>("fastops::dropout");
+  return op.call(input, seed, p, channel_size);
+}
+
+void dropout_(at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size) {
+  static auto op = handle<decltype(dropout_)>("fastops::dropout_");
+  op.call(input, seed, p, channel_size);
 }
 
 TORCH_LIBRARY(fastops, m) {
-  // linear: input [*, in], weight [out, in], bias [out] -> [*, out]; activation "none" | "relu".
-  m.def("linear(Tensor input, Tensor weight, Tensor? bias, str activation) -> Tensor");
+  // linear: input [*, in], weight [out, in], bias [out] -> [*, out]; activation "none" | "relu";
+  // with a dropout_seed, dropout(p = dropout_p) of the activation, as fastops::dropout draws it
+  // for the output tensor with the same seed (no mask is stored: backward regenerates it).
+  m.def(
+      "linear(Tensor input, Tensor weight, Tensor? bias, str activation, "
+      "Tensor? dropout_seed=None, float dropout_p=0.0) -> Tensor");
   // input is needed only for grad_weight, weight only for grad_input, output (the ReLU mask)
   // only when activation is "relu": autograd saves just what the requested gradients need.
   m.def(
       "linear_backward(Tensor grad_output, Tensor? input, Tensor? weight, Tensor? output, "
-      "str activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+      "str activation, bool[3] output_mask, Tensor? dropout_seed=None, float dropout_p=0.0) "
+      "-> (Tensor, Tensor, Tensor)");
+  // dropout: input [*] -> [*] (contiguous), input * noise with noise = 1 / (1 - p) for kept units
+  // and 0 for dropped ones; a unit is channel_size consecutive elements (1: element-wise
+  // dropout; H * W: Dropout2d); seed: one-element int64 CPU tensor. The mask is a function of
+  // (seed, unit index) only, so the backward is this same op on grad_output.
+  m.def("dropout(Tensor input, Tensor seed, float p, int channel_size) -> Tensor");
+  m.def("dropout_(Tensor(a!) input, Tensor seed, float p, int channel_size) -> ()");
 }
 
 }  // namespace fastops

@@ -10,10 +10,15 @@
 namespace fastops {
 
 at::Tensor linear(const at::Tensor& input, const at::Tensor& weight,
-                  const std::optional<at::Tensor>& bias, c10::string_view activation);
+                  const std::optional<at::Tensor>& bias, c10::string_view activation,
+                  const std::optional<at::Tensor>& dropout_seed, double dropout_p);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& input,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& output,
-    c10::string_view activation, std::array<bool, 3> output_mask);
+    c10::string_view activation, std::array<bool, 3> output_mask,
+    const std::optional<at::Tensor>& dropout_seed, double dropout_p);
+
+at::Tensor dropout(const at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size);
+void dropout_(at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size);
 
 }  // namespace fastops

@@ -22,3 +22,5 @@ def _register(op, module, launcher):
 
 _register("linear", "linear", "linear_forward")
 _register("linear_backward", "linear", "linear_backward")
+_register("dropout", "dropout", "dropout_forward")
+_register("dropout_", "dropout", "dropout_inplace")

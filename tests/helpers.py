@@ -102,3 +102,22 @@ def compile_fullgraph(fn):
     registration (what fullgraph needs) without paying inductor's C++ code generation."""
     torch._dynamo.reset()
     return torch.compile(fn, fullgraph=True, backend="aot_eager")
+
+
+def seeded(fn, seed):
+    """``fn`` with torch's default generator reset to ``seed`` before every call, so the random
+    ops inside it (dropout) draw the same values on every call."""
+    def call(*args, **kwargs):
+        torch.manual_seed(seed)
+        return fn(*args, **kwargs)
+    return call
+
+
+def dropout_reference(x, keep, p):
+    """torch's dropout arithmetic for a given boolean mask ``keep``: on the CPU x * noise with
+    noise = mask / (1 - p) in x's dtype, on CUDA x * mask * (1 / (1 - p)) in float32 (float64
+    for float64)."""
+    if x.device.type == "cpu":
+        return x * keep.to(x.dtype).div_(1 - p)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (x.to(compute) * keep.to(compute) * (1 / (1 - p))).to(x.dtype)

@@ -5,7 +5,8 @@ import torch.nn.functional as TF
 import fastops
 from fastops import functional as F
 from helpers import (CUDA, DEVICE_DTYPES, assert_close, assert_same_forward_backward,
-                     compile_fullgraph, noncontiguous, raises, requires_cuda)
+                     compile_fullgraph, dropout_reference, noncontiguous, raises, requires_cuda,
+                     seeded)
 
 
 def reference(input, weight, bias=None, activation=None):
@@ -152,6 +153,88 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
     raises(RuntimeError, r"expected input.shape\[-1\] == 5", fastops.ops.linear, torch.randn(2, 4), w, b, "none")
 
 
+# ------------------------------------------------------ fused dropout: Linear -> ReLU -> Dropout
+
+P = 0.3  # the dropout probability of the fused tests
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("batch,in_features,out_features",
+                         [((5,), 33, 17), ((0,), 6, 4), ((3, 4), 13, 65), ((1,), 1, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_fused_dropout_matches_torch_with_the_same_mask(device, dtype, batch, in_features, out_features,
+                                                        bias, activation):
+    inputs = make(batch, in_features, out_features, bias, device, dtype)
+    # the mask fastops' dropout draws for the output after the same manual_seed: the fused op's
+    keep = seeded(F.dropout, 4)(torch.ones(*batch, out_features, device=device), P) != 0
+    assert_same_forward_backward(
+        seeded(lambda x, w, b: F.linear(x, w, b, activation=activation, dropout=P), 4),
+        lambda x, w, b: dropout_reference(reference(x, w, b, activation), keep, P), list(inputs), dtype,
+        scale=1 + in_features / 32)
+
+
+def test_fused_dropout_equals_unfused_fastops_exactly_and_saves_no_mask():
+    x, w, b = make((16,), 24, 40, True)
+    fused, saved = fastops.saved_tensor_bytes(seeded(F.linear_relu, 2), x, w, b, dropout=0.5)
+    unfused = seeded(lambda *a: F.dropout(F.linear_relu(*a), 0.5), 2)(x, w, b)
+    assert torch.equal(fused, unfused)
+    _, saved_without_dropout = fastops.saved_tensor_bytes(F.linear_relu, x, w, b)
+    assert saved == saved_without_dropout  # x, w and the output: no mask
+    grads = torch.autograd.grad(fused, (x, w, b), torch.ones_like(fused))
+    want = torch.autograd.grad(unfused, (x, w, b), torch.ones_like(unfused))
+    for got, expected in zip(grads, want):
+        assert_close(got, expected)
+
+
+def test_fused_dropout_module_follows_train_and_eval():
+    torch.manual_seed(0)
+    layer = fastops.nn.Linear(8, 64, activation="relu", dropout=0.5)
+    x = torch.randn(32, 8)
+    plain = F.linear_relu(x, layer.weight, layer.bias)
+    out = layer(x)
+    dropped = (out == 0) & (plain > 0)
+    assert dropped.any()
+    assert_close(out[~dropped], plain[~dropped] * 2)
+    layer.eval()
+    assert torch.equal(layer(x), plain)
+    assert repr(layer) == "Linear(in_features=8, out_features=64, bias=True, activation='relu', dropout=0.5)"
+    assert "dropout=0.2" in repr(fastops.nn.LinearReLU(3, 2, dropout=0.2))
+    assert layer.state_dict().keys() == torch.nn.Linear(8, 64).state_dict().keys()
+    assert torch.equal(F.linear(x, layer.weight, layer.bias, dropout=0.5, training=False),
+                       F.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("activation", ["none", "relu"])
+def test_fused_dropout_gradcheck_and_opcheck(activation):
+    x, w, b = make((3, 2), 5, 4, True, dtype=torch.float64)
+    seed = torch.tensor(987654321)
+    assert torch.autograd.gradcheck(lambda *a: fastops.ops.linear(*a, activation, seed, 0.4), (x, w, b))
+    x, w, b = make((3, 2), 5, 4, True)
+    torch.library.opcheck(fastops.ops.linear.default, (x, w, b, activation, seed, 0.4))
+    torch.library.opcheck(fastops.ops.linear.default, (x, w, None, activation, seed, 1.0))
+
+
+def test_fused_dropout_module_compile_fullgraph():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(fastops.nn.LinearReLU(6, 16, dropout=0.5), fastops.nn.Linear(16, 2))
+    x = torch.randn(5, 6, requires_grad=True)
+    compiled = compile_fullgraph(model)
+    assert_same_forward_backward(seeded(compiled, 1), seeded(model, 1), [x])
+
+
+def test_fused_dropout_bad_input():
+    x, w, b = make((4,), 5, 3, True)
+    raises(ValueError, "dropout probability has to be between 0 and 1, but got 1.5", F.linear, x, w, b,
+           dropout=1.5, state=(x, w, b))
+    raises(ValueError, "dropout probability has to be between 0 and 1, but got -1", fastops.nn.Linear, 5, 3,
+           dropout=-1)
+    raises(RuntimeError, "expected seed to be a one-element int64 CPU tensor", fastops.ops.linear, x, w, b,
+           "relu", torch.tensor(1.0), 0.5, state=(x, w, b))
+    raises(RuntimeError, "between 0 and 1, but got 2", fastops.ops.linear, x, w, b, "relu",
+           torch.tensor(1), 2.0)
+
+
 # ----------------------------------------------------------- Triton kernels (interpreter on CPU)
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -178,6 +261,28 @@ def test_triton_launchers_match_torch(bias, activation, batch, in_features, out_
         assert_close(gb, want[1], scale=3)
     else:
         assert gb.numel() == 0
+
+
+@pytest.mark.parametrize("activation", ["none", "relu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("out_features", [37, 40])  # one Philox call per element, or per 4
+def test_triton_launchers_with_dropout_match_the_cpu_op(activation, bias, out_features):
+    from fastops.triton_kernels.linear import linear_backward, linear_forward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w, b = (t.detach() if t is not None else None for t in make((6, 3), 20, out_features, bias))
+    seed = torch.tensor(2**33 + 9)
+    want = fastops.ops.linear(x, w, b, activation, seed, 0.4)
+    got = linear_forward(x.to(device), w.to(device), b.to(device) if bias else None, activation, seed, 0.4)
+    assert torch.equal(got.cpu() == 0, want == 0)  # the CPU kernel's mask
+    assert_close(got.cpu(), want, scale=3)
+    grad = torch.randn_like(want)
+    want_grads = fastops.ops.linear_backward(grad, x, w, want, activation, [True, True, bias], seed, 0.4)
+    got_grads = linear_backward(grad.to(device), x.to(device), w.to(device), got, activation, [True, True, bias],
+                                seed, 0.4)
+    for g, expected in zip(got_grads, want_grads):
+        assert g.shape == expected.shape
+        assert_close(g.cpu(), expected, scale=3)
 
 
 # ---------------------------------------------------------------------------- CUDA (real GPU)

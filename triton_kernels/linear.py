@@ -1,8 +1,10 @@
-"""Triton kernels of fastops.linear: a tiled matmul with bias + ReLU in its epilogue, reused for
-the backward (with the ReLU mask applied to its left operand while loading it), and a column-sum
-kernel for the bias gradient.
+"""Triton kernels of fastops.linear: a tiled matmul with bias + ReLU + dropout in its epilogue,
+reused for the backward (with the ReLU mask applied to its left operand while loading it), and
+a column-sum kernel for the bias gradient. With dropout, the backward first forms
+g' = g * noise * (out > 0) in one elementwise pass (the noise regenerated from the seed, as in
+triton_kernels/dropout.py), then runs the same matmuls on g' unmasked.
 
-    forward:      out[M, N]   = act(x[M, K] @ weight[N, K]^T + bias[N])
+    forward:      out[M, N]   = dropout(act(x[M, K] @ weight[N, K]^T + bias[N]))
     grad_input:   gx[M, K]    = (g * (out > 0))[M, N] @ weight[N, K]
     grad_weight:  gw[N, K]    = (g * (out > 0))^T[N, M] @ x[M, K]
     grad_bias:    gb[N]       = sum_m (g * (out > 0))[m, N]
@@ -13,6 +15,8 @@ import triton
 import triton.language as tl
 
 from ._utils import autotune, cdiv, empty_grad, fp32_dot_precision
+from .dropout import (check_noise_args, compute_dtype, dropout_inplace, noise_args, noise_scale,
+                      tile_uniforms)
 
 _MATMUL_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=4),
@@ -26,18 +30,21 @@ _MATMUL_CONFIGS = [
 ]
 
 
-@autotune(_MATMUL_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "RELU", "MASK_A"])
-@triton.jit
+@autotune(_MATMUL_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "RELU", "MASK_A", "DROPOUT"])
+@triton.jit(do_not_specialize=["seed"])
 def matmul_kernel(
     a_ptr, b_ptr, c_ptr, bias_ptr, mask_ptr,
     M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_mm, stride_mk,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, MASK_A: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    seed, p, scale_bits,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, MASK_A: tl.constexpr, DROPOUT: tl.constexpr,
+    DROPOUT_ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """c[M, N] = act(a'[M, K] @ b[K, N] + bias[N]) with a' = a * !(mask <= 0) when MASK_A
-    (mask has a's shape and its own strides). fp32 accumulation; grouped tile order for L2 reuse."""
+    """c[M, N] = dropout(act(a'[M, K] @ b[K, N] + bias[N])) with a' = a * !(mask <= 0) when
+    MASK_A (mask has a's shape and its own strides) and the dropout of unit m * N + n when
+    DROPOUT (seed, p, scale_bits as in dropout.noise_args; DROPOUT_ALIGNED: N % 4 == 0). fp32
+    accumulation; grouped tile order for L2 reuse."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -78,6 +85,10 @@ def matmul_kernel(
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.where(acc < 0, 0.0, acc)  # NaN stays NaN, as with torch.relu
+    if DROPOUT:
+        uniforms = tile_uniforms(seed, offs_m.to(tl.int64), pid_n * BLOCK_N, N, BLOCK_M, BLOCK_N,
+                                 DROPOUT_ALIGNED)
+        acc = acc * tl.where(uniforms >= p, noise_scale(scale_bits, tl.float32), 0.0)
     c_ptrs = c_ptr + rows * stride_cm + cols * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
@@ -104,16 +115,51 @@ def column_sum_kernel(
     tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
-def _matmul(a, b, out, bias=None, relu=False, a_mask=None):
-    """out = act(a' @ b + bias) for 2-D tensors of any strides (see matmul_kernel)."""
+@autotune([triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4),
+           triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4),
+           triton.Config({"BLOCK_M": 8, "BLOCK_N": 512}, num_warps=8)], key=["M", "N", "RELU", "ALIGNED"])
+@triton.jit(do_not_specialize=["seed"])
+def dropout_grad_kernel(
+    g_ptr, out_ptr, res_ptr,
+    M, N,
+    stride_gm, stride_gn, stride_om, stride_on,
+    seed, p, scale_bits,
+    RELU: tl.constexpr, ALIGNED: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """res[M, N] (contiguous) = g * noise(m * N + n), zeroed where out <= 0 when RELU: torch's
+    order, dropout's backward then threshold_backward (a NaN output passes the gradient).
+    ALIGNED: N % 4 == 0 (see dropout.tile_uniforms)."""
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = offs_m[:, None]
+    cols = offs_n[None, :]
+    inside = (rows < M) & (cols < N)
+    g = tl.load(g_ptr + rows * stride_gm + cols * stride_gn, mask=inside, other=0.0).to(COMPUTE)
+    uniforms = tile_uniforms(seed, offs_m, tl.program_id(1) * BLOCK_N, N, BLOCK_M, BLOCK_N, ALIGNED)
+    g = g * tl.where(uniforms >= p, noise_scale(scale_bits, COMPUTE), 0.0)
+    if RELU:
+        out = tl.load(out_ptr + rows * stride_om + cols * stride_on, mask=inside, other=0.0)
+        g = tl.where(out <= 0, 0.0, g)
+    tl.store(res_ptr + rows * N + cols, g.to(res_ptr.dtype.element_ty), mask=inside)
+
+
+def _matmul(a, b, out, bias=None, relu=False, a_mask=None, dropout=None):
+    """out = dropout(act(a' @ b + bias)) for 2-D tensors of any strides (see matmul_kernel);
+    dropout: None or (seed, p)."""
     M, K = a.shape
     N = b.shape[1]
     if M == 0 or N == 0:
         return out
-    if K == 0:  # an empty sum: bias (and activation) only
+    if K == 0:  # an empty sum: bias, activation and dropout only
         out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
-        return out.clamp_(min=0) if relu else out
+        if relu:
+            out.clamp_(min=0)
+        if dropout is not None:
+            dropout_inplace(out, *dropout, 1)
+        return out
     mask_strides = a_mask.stride() if a_mask is not None else (0, 0)
+    seed, p, scale_bits = noise_args(*dropout) if dropout is not None else (0, 0.0, 0)
 
     def grid(meta):
         return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
@@ -123,27 +169,59 @@ def _matmul(a, b, out, bias=None, relu=False, a_mask=None):
         M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         mask_strides[0], mask_strides[1],
-        HAS_BIAS=bias is not None, RELU=relu, MASK_A=a_mask is not None,
-        INPUT_PRECISION=fp32_dot_precision(a.dtype),
+        seed, p, scale_bits,
+        HAS_BIAS=bias is not None, RELU=relu, MASK_A=a_mask is not None, DROPOUT=dropout is not None,
+        DROPOUT_ALIGNED=N % 4 == 0, INPUT_PRECISION=fp32_dot_precision(a.dtype),
     )
     return out
 
 
-def linear_forward(input, weight, bias, activation):
-    """input [*, K], weight [N, K], bias [N] or None -> [*, N]; activation "none" | "relu"."""
+def _dropout_arg(dropout_seed, dropout_p):
+    """The ``dropout`` argument of _matmul: None, or (seed tensor, p) after checking them."""
+    if dropout_seed is None:
+        return None
+    check_noise_args(dropout_seed, dropout_p, "linear")
+    return dropout_seed, dropout_p
+
+
+def linear_forward(input, weight, bias, activation, dropout_seed=None, dropout_p=0.0):
+    """input [*, K], weight [N, K], bias [N] or None -> [*, N]; activation "none" | "relu";
+    with a dropout_seed (one-element int64 CPU tensor), dropout(p = dropout_p) of the result."""
     x = input.reshape(-1, input.shape[-1])
     out = torch.empty((x.shape[0], weight.shape[0]), device=input.device, dtype=input.dtype)
-    _matmul(x, weight.t(), out, bias=bias, relu=activation == "relu")
+    _matmul(x, weight.t(), out, bias=bias, relu=activation == "relu",
+            dropout=_dropout_arg(dropout_seed, dropout_p))
     return out.view(*input.shape[:-1], weight.shape[0])
 
 
-def linear_backward(grad_output, input, weight, output, activation, output_mask):
-    """Gradients (input, weight, bias) of linear_forward; the ReLU mask comes from ``output``.
-    Gradients not asked for in output_mask come back as empty tensors."""
+def _dropout_relu_grad(g, relu_mask, dropout):
+    """g * noise * (relu_mask > 0 when given), contiguous [M, N] (see dropout_grad_kernel)."""
+    M, N = g.shape
+    res = torch.empty((M, N), device=g.device, dtype=g.dtype)
+    if res.numel() == 0:
+        return res
+    seed, p, scale_bits = noise_args(*dropout)
+    mask_strides = relu_mask.stride() if relu_mask is not None else (0, 0)
+    dropout_grad_kernel[lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(N, meta["BLOCK_N"]))](
+        g, relu_mask, res, M, N, g.stride(0), g.stride(1), mask_strides[0], mask_strides[1],
+        seed, p, scale_bits, RELU=relu_mask is not None, ALIGNED=N % 4 == 0, COMPUTE=compute_dtype(g.dtype))
+    return res
+
+
+def linear_backward(grad_output, input, weight, output, activation, output_mask,
+                    dropout_seed=None, dropout_p=0.0):
+    """Gradients (input, weight, bias) of linear_forward; the ReLU mask comes from ``output``,
+    the dropout noise from the seed. Gradients not asked for in output_mask come back as empty
+    tensors."""
     need_input, need_weight, need_bias = output_mask
     n = grad_output.shape[-1]
     g = grad_output.reshape(-1, n)
     relu_mask = output.reshape(-1, n) if activation == "relu" else None
+    dropout = _dropout_arg(dropout_seed, dropout_p)
+    if dropout is not None:
+        # one pass applies noise and ReLU mask; the matmuls then read g' unmasked
+        g = _dropout_relu_grad(g, relu_mask, dropout)
+        relu_mask = None
 
     grad_input = empty_grad(grad_output)
     if need_input:

@@ -1,5 +1,6 @@
 // Autograd of fastops::linear: saves input only when weight needs a gradient, weight only when
-// input does, and the output (the ReLU mask) only with activation "relu".
+// input does, the output (the ReLU mask) only with activation "relu", and for dropout only its
+// seed (the mask is regenerated in backward).
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -15,11 +16,12 @@ using torch::autograd::variable_list;
 class LinearFunction : public torch::autograd::Function<LinearFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, c10::string_view activation) {
+                            const std::optional<at::Tensor>& bias, c10::string_view activation,
+                            const std::optional<at::Tensor>& dropout_seed, double dropout_p) {
     at::Tensor output;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      output = fastops::linear(input, weight, bias, activation);
+      output = fastops::linear(input, weight, bias, activation, dropout_seed, dropout_p);
     }
     const bool relu = activation == "relu";
     ctx->save_for_backward({weight.requires_grad() ? input : at::Tensor(),
@@ -27,6 +29,8 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
                             relu ? output : at::Tensor()});
     ctx->saved_data["activation"] = std::string(activation);
     ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["dropout_seed"] = dropout_seed;
+    ctx->saved_data["dropout_p"] = dropout_p;
     return output;
   }
 
@@ -41,15 +45,19 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     };
     const auto [grad_input, grad_weight, grad_bias] = fastops::linear_backward(
         grad_outputs[0].contiguous(), optional(saved[0]), optional(saved[1]), optional(saved[2]),
-        ctx->saved_data["activation"].toStringRef(), mask);
+        ctx->saved_data["activation"].toStringRef(), mask,
+        ctx->saved_data["dropout_seed"].toOptional<at::Tensor>(),
+        ctx->saved_data["dropout_p"].toDouble());
     return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_weight),
-            grad_or_undefined(mask[2], grad_bias), torch::autograd::Variable()};
+            grad_or_undefined(mask[2], grad_bias), torch::autograd::Variable(),
+            torch::autograd::Variable(), torch::autograd::Variable()};
   }
 };
 
 at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight,
-                           const std::optional<at::Tensor>& bias, c10::string_view activation) {
-  return LinearFunction::apply(input, weight, bias, activation);
+                           const std::optional<at::Tensor>& bias, c10::string_view activation,
+                           const std::optional<at::Tensor>& dropout_seed, double dropout_p) {
+  return LinearFunction::apply(input, weight, bias, activation, dropout_seed, dropout_p);
 }
 
 }  // namespace

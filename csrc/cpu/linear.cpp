@@ -1,6 +1,7 @@
-// CPU kernels of fastops::linear: a BLAS GEMM followed by one fused pass for bias + ReLU, and a
-// backward whose only elementwise pass applies the ReLU mask (taken from the saved output) and
-// accumulates the bias gradient at the same time.
+// CPU kernels of fastops::linear: a BLAS GEMM followed by one fused pass for bias + ReLU +
+// dropout, and a backward whose only elementwise pass applies the ReLU mask (taken from the saved
+// output) and the dropout noise (regenerated from the seed) and accumulates the bias gradient
+// at the same time.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -10,17 +11,27 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/dropout.h"
 
 namespace fastops {
 namespace {
 
 constexpr const char* kOp = "linear";
 
-// out[r, :] = act(out[r, :] + bias), in place, one pass over the GEMM result.
+// The dropout of the output [rows, cols] (row-major element index = dropout unit), if asked for.
+std::optional<DropoutNoise> output_dropout(const std::optional<at::Tensor>& seed, double p,
+                                           const char* op) {
+  if (!seed.has_value()) return std::nullopt;
+  return dropout_noise(*seed, p, op);
+}
+
+// out[r, :] = dropout(act(out[r, :] + bias)), in place, one pass over the GEMM result (the
+// dropout multiplies each row while it is still in cache).
 template <typename scalar_t>
 void bias_activation_inplace(scalar_t* out, const scalar_t* bias, int64_t rows, int64_t cols,
-                             bool relu) {
+                             bool relu, const std::optional<DropoutNoise>& dropout) {
   using Vec = at::vec::Vectorized<scalar_t>;
+  const scalar_t scale = dropout ? dropout_scale<scalar_t>(dropout->p) : scalar_t(1);
   at::parallel_for(0, rows, grain_for(cols), [&](int64_t begin, int64_t end) {
     const Vec zero(scalar_t(0));
     for (int64_t r = begin; r < end; ++r) {
@@ -39,18 +50,22 @@ void bias_activation_inplace(scalar_t* out, const scalar_t* bias, int64_t rows, 
         if (relu && v < scalar_t(0)) v = scalar_t(0);
         row[c] = v;
       }
+      if (dropout) apply_dropout(*dropout, scale, r * cols, cols, row, row);
     }
   });
 }
 
-// One pass over grad_output [rows, cols]: masked = grad * !(output <= 0) when `output` is given,
-// and column sums of the (masked) gradient when `colsum` is given (accumulated in opmath).
-// Parallel over column blocks so each thread owns its slice of the sums.
+// One pass over grad_output [rows, cols]: masked = grad * noise * !(output <= 0), with the
+// dropout noise when `dropout` is given and the ReLU mask when `output` is (`masked` is written
+// when either is), and column sums of the (masked) gradient when `colsum` is given
+// (accumulated in opmath). Parallel over column blocks so each thread owns its slice of the sums.
 template <typename scalar_t>
-void mask_and_column_sum(const scalar_t* grad, const scalar_t* output, scalar_t* masked,
+void mask_and_column_sum(const scalar_t* grad, const scalar_t* output,
+                         const std::optional<DropoutNoise>& dropout, scalar_t* masked,
                          scalar_t* colsum, int64_t rows, int64_t cols) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kBlock = 64;
+  const scalar_t scale = dropout ? dropout_scale<scalar_t>(dropout->p) : scalar_t(1);
   at::parallel_for(0, (cols + kBlock - 1) / kBlock, 1, [&](int64_t block_begin, int64_t block_end) {
     acc_t acc[kBlock];
     for (int64_t block = block_begin; block < block_end; ++block) {
@@ -59,12 +74,17 @@ void mask_and_column_sum(const scalar_t* grad, const scalar_t* output, scalar_t*
       std::fill(acc, acc + width, acc_t(0));
       for (int64_t r = 0; r < rows; ++r) {
         const scalar_t* g = grad + r * cols + c0;
-        if (output != nullptr) {
-          const scalar_t* o = output + r * cols + c0;
+        if (masked != nullptr) {
           scalar_t* m = masked + r * cols + c0;
+          if (dropout) {
+            // torch's order: the gradient through dropout (grad * noise), then the ReLU mask.
+            apply_dropout(*dropout, scale, r * cols + c0, width, g, m);
+            g = m;
+          }
+          const scalar_t* o = output != nullptr ? output + r * cols + c0 : nullptr;
           for (int64_t j = 0; j < width; ++j) {
             // torch's threshold_backward: zero where output <= 0, so a NaN output passes grad.
-            const scalar_t v = o[j] <= scalar_t(0) ? scalar_t(0) : g[j];
+            const scalar_t v = o != nullptr && o[j] <= scalar_t(0) ? scalar_t(0) : g[j];
             m[j] = v;
             acc[j] += static_cast<acc_t>(v);
           }
@@ -80,8 +100,10 @@ void mask_and_column_sum(const scalar_t* grad, const scalar_t* output, scalar_t*
 }
 
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
-                      const std::optional<at::Tensor>& bias, c10::string_view activation) {
+                      const std::optional<at::Tensor>& bias, c10::string_view activation,
+                      const std::optional<at::Tensor>& dropout_seed, double dropout_p) {
   const bool relu = parse_activation(activation, kOp) == Activation::ReLU;
+  const auto dropout = output_dropout(dropout_seed, dropout_p, kOp);
   check_floating(input, "input", kOp);
   check_dim(weight, 2, "weight", kOp);
   check_same_dtype(weight, "weight", input, "input", kOp);
@@ -108,12 +130,12 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
   } else {
     at::mm_out(out, input_2d, weight.t());
   }
-  if ((bias.has_value() && !bias_in_gemm) || relu) {
+  if ((bias.has_value() && !bias_in_gemm) || relu || dropout) {
     const at::Tensor bias_c = bias.has_value() && !bias_in_gemm ? bias->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "linear_epilogue", [&] {
       bias_activation_inplace<scalar_t>(out.data_ptr<scalar_t>(),
                                         bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-                                        rows, out_features, relu);
+                                        rows, out_features, relu, dropout);
     });
   }
   std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
@@ -124,8 +146,10 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& input,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& output,
-    c10::string_view activation, std::array<bool, 3> output_mask) {
+    c10::string_view activation, std::array<bool, 3> output_mask,
+    const std::optional<at::Tensor>& dropout_seed, double dropout_p) {
   const bool relu = parse_activation(activation, kOp) == Activation::ReLU;
+  const auto dropout = output_dropout(dropout_seed, dropout_p, "linear_backward");
   const auto [need_input, need_weight, need_bias] = output_mask;
   TORCH_CHECK(!relu || output.has_value(),
               "fastops::linear_backward: activation 'relu' needs the forward output");
@@ -141,13 +165,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
 
   at::Tensor grad_bias = need_bias ? at::empty({out_features}, grad_output.options()) : empty;
   at::Tensor grad_pre = grad_2d;  // gradient w.r.t. the pre-activation
-  if (relu) grad_pre = at::empty_like(grad_2d);
-  if (relu || need_bias) {
+  const bool masked = relu || dropout.has_value();
+  if (masked) grad_pre = at::empty_like(grad_2d);
+  if (masked || need_bias) {
     const at::Tensor output_2d = relu ? output->reshape({-1, out_features}).contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_2d.scalar_type(), "linear_backward_mask", [&] {
       mask_and_column_sum<scalar_t>(grad_2d.const_data_ptr<scalar_t>(),
-                                    relu ? output_2d.const_data_ptr<scalar_t>() : nullptr,
-                                    relu ? grad_pre.data_ptr<scalar_t>() : nullptr,
+                                    relu ? output_2d.const_data_ptr<scalar_t>() : nullptr, dropout,
+                                    masked ? grad_pre.data_ptr<scalar_t>() : nullptr,
                                     need_bias ? grad_bias.data_ptr<scalar_t>() : nullptr, rows,
                                     out_features);
     });

@@ -1,5 +1,6 @@
 """Modules mirroring torch.nn (each subclasses its torch.nn twin) plus fused modules."""
 
+from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .linear import Linear, LinearReLU
 
-__all__ = ["Linear", "LinearReLU"]
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "Linear", "LinearReLU"]
