@@ -16,4 +16,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& output,
     c10::string_view activation, std::array<bool, 3> output_mask);
 
+std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                              at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& argmax,
+                               c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation);
+at::Tensor max_pool2d_indices(const at::Tensor& argmax, c10::SymInt input_width,
+                              at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation);
+
 }  // namespace fastops

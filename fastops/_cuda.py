@@ -22,3 +22,6 @@ def _register(op, module, launcher):
 
 _register("linear", "linear", "linear_forward")
 _register("linear_backward", "linear", "linear_backward")
+_register("max_pool2d", "max_pool2d", "max_pool2d_forward")
+_register("max_pool2d_backward", "max_pool2d", "max_pool2d_backward")
+_register("max_pool2d_indices", "max_pool2d", "max_pool2d_indices")
