@@ -3,15 +3,13 @@
 // 256 elements), instead of torch's 8-byte flat index; the backward scatters through it, and
 // max_pool2d_indices turns it into torch's flat-per-plane int64 indices on request.
 //
-// Forward, NCHW: a task owns a block of output rows of one plane; for every kernel offset it
-// gathers the input under the block (the padding as -inf) into a contiguous row and folds it
-// into the running max/argmax with at::vec. Channels-last: a task owns output pixels and the
-// same fold runs across the contiguous channels. Backward: a task owns whole planes (NCHW) or a
-// channel slice of one image (channels-last), so overlapping windows accumulate without races.
+// Forward: vectorized across neighbouring output columns (NCHW, from a padded copy of the input
+// rows, so no bounds checks) or across channels (channels-last). Backward: a task owns whole
+// planes (NCHW) or a channel slice of one image (channels-last) and scatters into a padded
+// accumulator, so overlapping windows accumulate without races and without bounds checks.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -24,7 +22,7 @@ namespace fastops {
 namespace {
 
 constexpr const char* kOp = "max_pool2d";
-// Output elements a forward task folds at once: best, argmax and gathered row stay in L1.
+// Output elements an NCHW forward task covers: its padded input rows stay in L1/L2.
 constexpr int64_t kBlockElements = 1024;
 // Channels a channels-last backward task owns.
 constexpr int64_t kChannelSlice = 16;
@@ -115,13 +113,15 @@ void dispatch_argmax_type(at::ScalarType dtype, const Fn& fn) {
   }
 }
 
-// The type the forward compares in: exact for every input value and for every window position
-// (the argmax rides along in the same vector lanes as the values).
-template <typename scalar_t, bool large_window>
+// The type the forward compares in (exact for every input value), and the type of the running
+// argmax beside it: the same width, so the compiler vectorizes both in the same lanes.
+template <typename scalar_t>
 using compare_type = std::conditional_t<
     std::is_floating_point_v<at::opmath_type<scalar_t>>,
-    std::conditional_t<large_window || std::is_same_v<scalar_t, double>, double, float>,
+    std::conditional_t<std::is_same_v<scalar_t, double>, double, float>,
     std::conditional_t<std::is_same_v<scalar_t, int64_t>, int64_t, int32_t>>;
+template <typename compare_t>
+using position_type = std::conditional_t<sizeof(compare_t) == 8, int64_t, int32_t>;
 
 // A window element that does not exist (padding) must never win: the lowest value of the input
 // type (-inf for floating types), which is also what torch outputs for a window of only padding.
@@ -134,96 +134,119 @@ scalar_t lowest() {
   }
 }
 
-// best[i], arg[i] <- src[i], k where src[i] > best[i] or src[i] is NaN: torch's rule, so ties
-// keep the first maximum in row-major window order and a NaN (the last one) wins.
-template <typename compare_t>
-void fold_max(compare_t* best, compare_t* arg, const compare_t* src, int64_t count, compare_t k) {
-  using Vec = at::vec::Vectorized<compare_t>;
-  const Vec position(k);
-  auto step = [&](int64_t i, int64_t lanes) {
-    const Vec value = Vec::loadu(src + i, lanes);
-    const Vec current = Vec::loadu(best + i, lanes);
-    const Vec take = (value > current) | (value != value);
-    Vec::blendv(current, value, take).store(best + i, lanes);
-    Vec::blendv(Vec::loadu(arg + i, lanes), position, take).store(arg + i, lanes);
-  };
-  int64_t i = 0;
-  for (; i + Vec::size() <= count; i += Vec::size()) step(i, Vec::size());
-  if (i < count) step(i, count - i);
-}
-
-// dst[r * out_w + ow] = the input under window position k of output (oh_begin + r, ow), or
-// `outside` where that position lies in the padding.
-template <typename scalar_t, typename compare_t>
-void gather_window_position(const scalar_t* plane, compare_t* dst, int64_t oh_begin, int64_t rows,
-                            int64_t height, int64_t width, int64_t out_w, const Window& w,
-                            int64_t k, compare_t outside) {
-  const int64_t col_offset = w.col_offset(k) - w.pad_w;  // iw = ow * stride_w + col_offset
-  const int64_t ow_begin = std::min(out_w, col_offset >= 0 ? 0 : ceil_div(-col_offset, w.stride_w));
-  const int64_t ow_end =
-      width - 1 - col_offset < 0 ? 0 : std::min(out_w, (width - 1 - col_offset) / w.stride_w + 1);
-  for (int64_t r = 0; r < rows; ++r) {
-    compare_t* out = dst + r * out_w;
-    const int64_t ih = (oh_begin + r) * w.stride_h - w.pad_h + w.row_offset(k);
-    if (ih < 0 || ih >= height || ow_begin >= ow_end) {
-      std::fill(out, out + out_w, outside);
-      continue;
-    }
-    const scalar_t* in = plane + ih * width + col_offset;
-    std::fill(out, out + ow_begin, outside);
-    for (int64_t ow = ow_begin; ow < ow_end; ++ow) {
-      out[ow] = static_cast<compare_t>(in[ow * w.stride_w]);
-    }
-    std::fill(out + ow_end, out + out_w, outside);
+// best[i], arg[i] <- src[i * step], k where that value is greater than best[i] or NaN: torch's
+// rule, so ties keep the first maximum in row-major window order and the last NaN wins. A plain
+// loop on purpose: the extension is built without -mavx*, where at::vec::Vectorized falls back
+// to its generic (memcpy-based) implementation, measured 8x slower than this loop, which GCC
+// vectorizes (float compare + blend in the same lanes as the int32 positions).
+template <typename compare_t, typename source_t>
+void fold_max(compare_t* __restrict best, position_type<compare_t>* __restrict arg,
+              const source_t* __restrict src, int64_t count, int64_t step,
+              position_type<compare_t> k) {
+  for (int64_t i = 0; i < count; ++i) {
+    const compare_t value = static_cast<compare_t>(src[i * step]);
+    const bool take = value > best[i] || value != value;
+    best[i] = take ? value : best[i];
+    arg[i] = take ? k : arg[i];
   }
 }
 
+// out[i], argmax[i] <- best[i], arg[i] in the output and argmax types.
+template <typename scalar_t, typename compare_t, typename index_t>
+void write_max(scalar_t* __restrict out, index_t* __restrict argmax, const compare_t* best,
+               const position_type<compare_t>* arg, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    out[i] = static_cast<scalar_t>(best[i]);
+    argmax[i] = static_cast<index_t>(arg[i]);
+  }
+}
+
+// Padded copies of input rows, so the window walks need no bounds checks: `rows` rows from
+// input row row0 (negative: top padding), columns [-pad_w, cols - pad_w), with `outside`
+// wherever that lies outside the input (padding, and what ceil_mode windows reach beyond it).
+template <typename scalar_t, typename compare_t>
+void pad_rows(const scalar_t* plane, compare_t* padded, int64_t row0, int64_t rows, int64_t cols,
+              int64_t height, int64_t width, int64_t pad_w, compare_t outside) {
+  const int64_t copy_begin = std::min(pad_w, cols);
+  const int64_t copy_end = std::min(pad_w + width, cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    compare_t* dst = padded + r * cols;
+    const int64_t ih = row0 + r;
+    if (ih < 0 || ih >= height) {
+      std::fill(dst, dst + cols, outside);
+      continue;
+    }
+    const scalar_t* src = plane + ih * width - pad_w;
+    std::fill(dst, dst + copy_begin, outside);
+    for (int64_t c = copy_begin; c < copy_end; ++c) dst[c] = static_cast<compare_t>(src[c]);
+    std::fill(dst + copy_end, dst + cols, outside);
+  }
+}
+
+// Rows and columns of the padded plane that every window of an [out_h, out_w] output reads.
+int64_t padded_extent(int64_t out, int64_t kernel, int64_t stride, int64_t dilation) {
+  return (out - 1) * stride + (kernel - 1) * dilation + 1;
+}
+
+// NCHW: a task owns a block of output rows of one plane: it copies the input rows under the
+// block into a padded buffer, then folds every window position into the rows' running max and
+// argmax, vectorized across output columns.
 template <typename scalar_t, typename compare_t, typename index_t>
 void forward_nchw(const scalar_t* input, scalar_t* output, index_t* argmax, int64_t planes,
                   int64_t height, int64_t width, int64_t out_h, int64_t out_w, const Window& w) {
+  using position_t = position_type<compare_t>;
+  const compare_t outside = static_cast<compare_t>(lowest<scalar_t>());
   const int64_t rows_per_block = std::clamp<int64_t>(kBlockElements / out_w, 1, out_h);
   const int64_t blocks_per_plane = ceil_div(out_h, rows_per_block);
-  const compare_t outside = static_cast<compare_t>(lowest<scalar_t>());
+  const int64_t padded_w = padded_extent(out_w, w.kernel_w, w.stride_w, w.dilation_w);
+  const int64_t max_rows = padded_extent(rows_per_block, w.kernel_h, w.stride_h, w.dilation_h);
+  // Window position of the first column inside the input, per output column: with the first
+  // row's, torch's argmax of a window that holds only padding.
+  std::vector<position_t> first_col(out_w);
+  for (int64_t ow = 0; ow < out_w; ++ow) {
+    first_col[ow] = first_inside(ow * w.stride_w - w.pad_w, w.dilation_w);
+  }
   at::parallel_for(0, planes * blocks_per_plane, grain_for(rows_per_block * out_w * w.elements()),
                    [&](int64_t begin, int64_t end) {
-    const int64_t capacity = rows_per_block * out_w;
-    std::vector<compare_t> best(capacity), arg(capacity), gathered(capacity);
+    std::vector<compare_t> padded(max_rows * padded_w), best(out_w);
+    std::vector<position_t> arg(out_w);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t plane = task / blocks_per_plane;
       const int64_t oh_begin = (task % blocks_per_plane) * rows_per_block;
       const int64_t rows = std::min(rows_per_block, out_h - oh_begin);
-      const int64_t count = rows * out_w;
-      std::fill(best.begin(), best.begin() + count, outside);
+      pad_rows(input + plane * height * width, padded.data(), oh_begin * w.stride_h - w.pad_h,
+               padded_extent(rows, w.kernel_h, w.stride_h, w.dilation_h), padded_w, height, width,
+               w.pad_w, outside);
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t kh = first_inside((oh_begin + r) * w.stride_h - w.pad_h, w.dilation_h);
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-          const int64_t kw = first_inside(ow * w.stride_w - w.pad_w, w.dilation_w);
-          arg[r * out_w + ow] = static_cast<compare_t>(kh * w.kernel_w + kw);
+        const int64_t oh = oh_begin + r;
+        const position_t first_row = first_inside(oh * w.stride_h - w.pad_h, w.dilation_h) * w.kernel_w;
+        std::fill(best.begin(), best.end(), outside);
+        for (int64_t ow = 0; ow < out_w; ++ow) arg[ow] = first_row + first_col[ow];
+        for (int64_t kh = 0; kh < w.kernel_h; ++kh) {
+          const compare_t* row = padded.data() + (r * w.stride_h + kh * w.dilation_h) * padded_w;
+          for (int64_t kw = 0; kw < w.kernel_w; ++kw) {
+            fold_max(best.data(), arg.data(), row + kw * w.dilation_w, out_w, w.stride_w,
+                     static_cast<position_t>(kh * w.kernel_w + kw));
+          }
         }
-      }
-      const scalar_t* in_plane = input + plane * height * width;
-      for (int64_t k = 0; k < w.elements(); ++k) {
-        gather_window_position(in_plane, gathered.data(), oh_begin, rows, height, width, out_w, w,
-                               k, outside);
-        fold_max(best.data(), arg.data(), gathered.data(), count, static_cast<compare_t>(k));
-      }
-      const int64_t out_offset = plane * out_h * out_w + oh_begin * out_w;
-      for (int64_t i = 0; i < count; ++i) {
-        output[out_offset + i] = static_cast<scalar_t>(best[i]);
-        argmax[out_offset + i] = static_cast<index_t>(arg[i]);
+        const int64_t out_offset = (plane * out_h + oh) * out_w;
+        write_max(output + out_offset, argmax + out_offset, best.data(), arg.data(), out_w);
       }
     }
   });
 }
 
+// Channels-last: a task owns output pixels; the fold runs across the contiguous channels.
 template <typename scalar_t, typename compare_t, typename index_t>
 void forward_channels_last(const scalar_t* input, scalar_t* output, index_t* argmax,
                            int64_t batch, int64_t channels, int64_t height, int64_t width,
                            int64_t out_h, int64_t out_w, const Window& w) {
+  using position_t = position_type<compare_t>;
   const compare_t outside = static_cast<compare_t>(lowest<scalar_t>());
   at::parallel_for(0, batch * out_h * out_w, grain_for(channels * w.elements()),
                    [&](int64_t begin, int64_t end) {
-    std::vector<compare_t> best(channels), arg(channels), converted(channels);
+    std::vector<compare_t> best(channels);
+    std::vector<position_t> arg(channels);
     for (int64_t pixel = begin; pixel < end; ++pixel) {
       const int64_t ow = pixel % out_w;
       const int64_t oh = (pixel / out_w) % out_h;
@@ -231,32 +254,23 @@ void forward_channels_last(const scalar_t* input, scalar_t* output, index_t* arg
       const int64_t ih0 = oh * w.stride_h - w.pad_h;
       const int64_t iw0 = ow * w.stride_w - w.pad_w;
       std::fill(best.begin(), best.end(), outside);
-      const int64_t first = first_inside(ih0, w.dilation_h) * w.kernel_w + first_inside(iw0, w.dilation_w);
-      std::fill(arg.begin(), arg.end(), static_cast<compare_t>(first));
-      for (int64_t k = 0; k < w.elements(); ++k) {
-        const int64_t ih = ih0 + w.row_offset(k);
-        const int64_t iw = iw0 + w.col_offset(k);
-        if (ih < 0 || ih >= height || iw < 0 || iw >= width) continue;
-        const scalar_t* in = input + ((n * height + ih) * width + iw) * channels;
-        const compare_t* values;
-        if constexpr (std::is_same_v<scalar_t, compare_t>) {
-          values = in;
-        } else {
-          for (int64_t c = 0; c < channels; ++c) converted[c] = static_cast<compare_t>(in[c]);
-          values = converted.data();
+      std::fill(arg.begin(), arg.end(), static_cast<position_t>(
+          first_inside(ih0, w.dilation_h) * w.kernel_w + first_inside(iw0, w.dilation_w)));
+      const scalar_t* image = input + n * height * width * channels;
+      for (int64_t kh = 0; kh < w.kernel_h; ++kh) {
+        const int64_t ih = ih0 + kh * w.dilation_h;
+        if (ih < 0 || ih >= height) continue;
+        for (int64_t kw = 0; kw < w.kernel_w; ++kw) {
+          const int64_t iw = iw0 + kw * w.dilation_w;
+          if (iw < 0 || iw >= width) continue;
+          fold_max(best.data(), arg.data(), image + (ih * width + iw) * channels, channels, 1,
+                   static_cast<position_t>(kh * w.kernel_w + kw));
         }
-        fold_max(best.data(), arg.data(), values, channels, static_cast<compare_t>(k));
       }
-      for (int64_t c = 0; c < channels; ++c) {
-        output[pixel * channels + c] = static_cast<scalar_t>(best[c]);
-        argmax[pixel * channels + c] = static_cast<index_t>(arg[c]);
-      }
+      write_max(output + pixel * channels, argmax + pixel * channels, best.data(), arg.data(),
+                channels);
     }
   });
-}
-
-bool is_channels_last(const at::Tensor& t) {
-  return t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
 }
 
 void check_input(const at::Tensor& input, const char* op) {
@@ -287,27 +301,19 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
   at::Tensor argmax = at::empty({batch, channels, out_h, out_w},
                                 input.options().dtype(compact_argmax_dtype(w)).memory_format(format));
   if (output.numel() == 0) return {output, argmax};
-  const bool large_window = w.elements() > (int64_t{1} << std::numeric_limits<float>::digits);
   AT_DISPATCH_ALL_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "max_pool2d", [&] {
+    using compare_t = compare_type<scalar_t>;
     dispatch_argmax_type(argmax.scalar_type(), [&](auto index_tag) {
       using index_t = typename decltype(index_tag)::type;
-      auto run = [&](auto compare_tag) {
-        using compare_t = typename decltype(compare_tag)::type;
-        if (format == at::MemoryFormat::ChannelsLast) {
-          forward_channels_last<scalar_t, compare_t>(in.const_data_ptr<scalar_t>(),
-                                                     output.data_ptr<scalar_t>(),
-                                                     argmax.data_ptr<index_t>(), batch, channels,
-                                                     height, width, out_h, out_w, w);
-        } else {
-          forward_nchw<scalar_t, compare_t>(in.const_data_ptr<scalar_t>(),
-                                            output.data_ptr<scalar_t>(), argmax.data_ptr<index_t>(),
-                                            batch * channels, height, width, out_h, out_w, w);
-        }
-      };
-      if (large_window) {
-        run(TypeTag<compare_type<scalar_t, true>>{});
+      if (format == at::MemoryFormat::ChannelsLast) {
+        forward_channels_last<scalar_t, compare_t>(in.const_data_ptr<scalar_t>(),
+                                                   output.data_ptr<scalar_t>(),
+                                                   argmax.data_ptr<index_t>(), batch, channels,
+                                                   height, width, out_h, out_w, w);
       } else {
-        run(TypeTag<compare_type<scalar_t, false>>{});
+        forward_nchw<scalar_t, compare_t>(in.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
+                                          argmax.data_ptr<index_t>(), batch * channels, height,
+                                          width, out_h, out_w, w);
       }
     });
   });
@@ -323,93 +329,108 @@ void check_argmax(const at::Tensor& argmax, const Window& w, const char* op) {
               w.elements(), " elements, got ", argmax.scalar_type());
 }
 
+// Offset of every window position from the window's top-left corner in a padded buffer of
+// `padded_w` columns and `lanes` values per pixel.
+std::vector<int64_t> window_offsets(const Window& w, int64_t padded_w, int64_t lanes) {
+  std::vector<int64_t> offsets(w.elements());
+  for (int64_t k = 0; k < w.elements(); ++k) {
+    offsets[k] = (w.row_offset(k) * padded_w + w.col_offset(k)) * lanes;
+  }
+  return offsets;
+}
+
+// The position an argmax element holds, checked: a corrupt argmax handed to the op directly
+// must not index outside the window.
+template <typename index_t>
+int64_t window_position(index_t k, const Window& w) {
+  TORCH_CHECK(k >= 0 && k < w.elements(), "fastops::max_pool2d_backward: argmax holds ",
+              static_cast<int64_t>(k), ", not a position of the ", w.elements(),
+              "-element window");
+  return k;
+}
+
+// grad_input pixels (ih, iw) <- the padded accumulator at (ih + pad_h, iw + pad_w), `count`
+// values each (dst pixels `dst_stride` apart, accumulator pixels `lanes` apart); input pixels
+// that no window reaches (beyond the padded extent) get zero.
+template <typename scalar_t, typename acc_t>
+void write_gradient(scalar_t* dst, int64_t dst_stride, const acc_t* acc, int64_t lanes,
+                    int64_t count, int64_t height, int64_t width, int64_t padded_h,
+                    int64_t padded_w, const Window& w) {
+  const int64_t covered_w = std::clamp<int64_t>(padded_w - w.pad_w, 0, width);
+  for (int64_t ih = 0; ih < height; ++ih) {
+    const bool covered_row = ih + w.pad_h < padded_h;
+    for (int64_t iw = 0; iw < width; ++iw) {
+      scalar_t* out = dst + (ih * width + iw) * dst_stride;
+      if (covered_row && iw < covered_w) {
+        const acc_t* in = acc + ((ih + w.pad_h) * padded_w + iw + w.pad_w) * lanes;
+        for (int64_t c = 0; c < count; ++c) out[c] = static_cast<scalar_t>(in[c]);
+      } else {
+        std::fill(out, out + count, scalar_t(0));
+      }
+    }
+  }
+}
+
+// NCHW: a task owns whole planes; it scatters into a padded float/double accumulator (a window
+// of only padding lands in the padding and is dropped), then writes the plane once.
 template <typename scalar_t, typename index_t>
 void backward_nchw(const scalar_t* grad_output, const index_t* argmax, scalar_t* grad_input,
                    int64_t planes, int64_t height, int64_t width, int64_t out_h, int64_t out_w,
                    const Window& w) {
   using acc_t = at::opmath_type<scalar_t>;
+  const int64_t padded_h = padded_extent(out_h, w.kernel_h, w.stride_h, w.dilation_h);
+  const int64_t padded_w = padded_extent(out_w, w.kernel_w, w.stride_w, w.dilation_w);
+  const std::vector<int64_t> offsets = window_offsets(w, padded_w, 1);
   at::parallel_for(0, planes, grain_for(height * width + out_h * out_w), [&](int64_t begin, int64_t end) {
-    // Reduced precision accumulates overlapping windows in float, then rounds once.
-    std::vector<acc_t> buffer(std::is_same_v<acc_t, scalar_t> ? 0 : height * width);
+    std::vector<acc_t> acc(padded_h * padded_w);
     for (int64_t plane = begin; plane < end; ++plane) {
-      scalar_t* grad_plane = grad_input + plane * height * width;
-      acc_t* acc;
-      if constexpr (std::is_same_v<acc_t, scalar_t>) {
-        acc = grad_plane;
-      } else {
-        acc = buffer.data();
-      }
-      std::fill(acc, acc + height * width, acc_t(0));
+      std::fill(acc.begin(), acc.end(), acc_t(0));
       const scalar_t* grad = grad_output + plane * out_h * out_w;
       const index_t* arg = argmax + plane * out_h * out_w;
       for (int64_t oh = 0; oh < out_h; ++oh) {
-        const int64_t ih0 = oh * w.stride_h - w.pad_h;
+        acc_t* row = acc.data() + oh * w.stride_h * padded_w;
         for (int64_t ow = 0; ow < out_w; ++ow) {
-          const int64_t k = arg[oh * out_w + ow];
-          const int64_t ih = ih0 + w.row_offset(k);
-          const int64_t iw = ow * w.stride_w - w.pad_w + w.col_offset(k);
-          // Outside only for a window of nothing but padding, whose -inf has no input to reach.
-          if (ih >= 0 && ih < height && iw >= 0 && iw < width) {
-            acc[ih * width + iw] += static_cast<acc_t>(grad[oh * out_w + ow]);
-          }
+          const int64_t i = oh * out_w + ow;
+          row[ow * w.stride_w + offsets[window_position(arg[i], w)]] += static_cast<acc_t>(grad[i]);
         }
       }
-      if constexpr (!std::is_same_v<acc_t, scalar_t>) {
-        for (int64_t i = 0; i < height * width; ++i) grad_plane[i] = static_cast<scalar_t>(acc[i]);
-      }
+      write_gradient(grad_input + plane * height * width, 1, acc.data(), 1, 1, height, width,
+                     padded_h, padded_w, w);
     }
   });
 }
 
+// Channels-last: a task owns a slice of kChannelSlice channels of one image, accumulated in a
+// padded [padded_h, padded_w, kChannelSlice] buffer.
 template <typename scalar_t, typename index_t>
 void backward_channels_last(const scalar_t* grad_output, const index_t* argmax,
                             scalar_t* grad_input, int64_t batch, int64_t channels, int64_t height,
                             int64_t width, int64_t out_h, int64_t out_w, const Window& w) {
   using acc_t = at::opmath_type<scalar_t>;
+  const int64_t padded_h = padded_extent(out_h, w.kernel_h, w.stride_h, w.dilation_h);
+  const int64_t padded_w = padded_extent(out_w, w.kernel_w, w.stride_w, w.dilation_w);
+  const std::vector<int64_t> offsets = window_offsets(w, padded_w, kChannelSlice);
   const int64_t slices = ceil_div(channels, kChannelSlice);
   at::parallel_for(0, batch * slices, grain_for((height * width + out_h * out_w) * kChannelSlice),
                    [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buffer(std::is_same_v<acc_t, scalar_t> ? 0 : height * width * kChannelSlice);
+    std::vector<acc_t> acc(padded_h * padded_w * kChannelSlice);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / slices;
       const int64_t c_begin = (task % slices) * kChannelSlice;
       const int64_t c_count = std::min(kChannelSlice, channels - c_begin);
-      scalar_t* grad_image = grad_input + n * height * width * channels + c_begin;
-      // acc[p * acc_stride + c]: pixel p, channel c_begin + c of the slice.
-      acc_t* acc;
-      int64_t acc_stride;
-      if constexpr (std::is_same_v<acc_t, scalar_t>) {
-        acc = grad_image;
-        acc_stride = channels;
-      } else {
-        acc = buffer.data();
-        acc_stride = kChannelSlice;
-      }
-      for (int64_t p = 0; p < height * width; ++p) {
-        std::fill(acc + p * acc_stride, acc + p * acc_stride + c_count, acc_t(0));
-      }
+      std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t oh = 0; oh < out_h; ++oh) {
-        const int64_t ih0 = oh * w.stride_h - w.pad_h;
         for (int64_t ow = 0; ow < out_w; ++ow) {
-          const int64_t iw0 = ow * w.stride_w - w.pad_w;
+          acc_t* corner = acc.data() + (oh * w.stride_h * padded_w + ow * w.stride_w) * kChannelSlice;
           const int64_t out_offset = ((n * out_h + oh) * out_w + ow) * channels + c_begin;
           for (int64_t c = 0; c < c_count; ++c) {
-            const int64_t k = argmax[out_offset + c];
-            const int64_t ih = ih0 + w.row_offset(k);
-            const int64_t iw = iw0 + w.col_offset(k);
-            if (ih >= 0 && ih < height && iw >= 0 && iw < width) {
-              acc[(ih * width + iw) * acc_stride + c] += static_cast<acc_t>(grad_output[out_offset + c]);
-            }
+            corner[offsets[window_position(argmax[out_offset + c], w)] + c] +=
+                static_cast<acc_t>(grad_output[out_offset + c]);
           }
         }
       }
-      if constexpr (!std::is_same_v<acc_t, scalar_t>) {
-        for (int64_t p = 0; p < height * width; ++p) {
-          for (int64_t c = 0; c < c_count; ++c) {
-            grad_image[p * channels + c] = static_cast<scalar_t>(acc[p * acc_stride + c]);
-          }
-        }
-      }
+      write_gradient(grad_input + n * height * width * channels + c_begin, channels, acc.data(),
+                     kChannelSlice, c_count, height, width, padded_h, padded_w, w);
     }
   });
 }
