@@ -44,6 +44,28 @@ void dropout_(at::Tensor& input, const at::Tensor& seed, double p, int64_t chann
   op.call(input, seed, p, channel_size);
 }
 
+std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                              at::IntArrayRef dilation, bool ceil_mode) {
+  static auto op = handle<decltype(max_pool2d)>("fastops::max_pool2d");
+  return op.call(input, kernel_size, stride, padding, dilation, ceil_mode);
+}
+
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& argmax,
+                               c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation) {
+  static auto op = handle<decltype(max_pool2d_backward)>("fastops::max_pool2d_backward");
+  return op.call(grad_output, argmax, input_size, kernel_size, stride, padding, dilation);
+}
+
+at::Tensor max_pool2d_indices(const at::Tensor& argmax, c10::SymInt input_width,
+                              at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation) {
+  static auto op = handle<decltype(max_pool2d_indices)>("fastops::max_pool2d_indices");
+  return op.call(argmax, std::move(input_width), kernel_size, stride, padding, dilation);
+}
+
 TORCH_LIBRARY(fastops, m) {
   // linear: input [*, in], weight [out, in], bias [out] -> [*, out]; activation "none" | "relu";
   // with a dropout_seed, dropout(p = dropout_p) of the activation, as fastops::dropout draws it
@@ -63,6 +85,22 @@ TORCH_LIBRARY(fastops, m) {
   // (seed, unit index) only, so the backward is this same op on grad_output.
   m.def("dropout(Tensor input, Tensor seed, float p, int channel_size) -> Tensor");
   m.def("dropout_(Tensor(a!) input, Tensor seed, float p, int channel_size) -> ()");
+
+  // max_pool2d: input [N, C, H, W] -> output [N, C, H_out, W_out] and argmax, the window-local
+  // position kh * kernel_size[1] + kw of each maximum (uint8 for windows of <= 256 elements,
+  // else int16 / int32); both in the input's memory format (NCHW or channels-last).
+  m.def(
+      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, bool ceil_mode) -> (Tensor output, Tensor argmax)");
+  // grad_output and argmax [N, C, H_out, W_out], input_size (H, W) -> grad_input [N, C, H, W].
+  m.def(
+      "max_pool2d_backward(Tensor grad_output, Tensor argmax, SymInt[2] input_size, "
+      "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  // argmax -> torch's int64 indices (flat per input plane: ih * input_width + iw), for
+  // return_indices=True and nn.MaxUnpool2d.
+  m.def(
+      "max_pool2d_indices(Tensor argmax, SymInt input_width, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, int[2] dilation) -> Tensor");
 }
 
 }  // namespace fastops

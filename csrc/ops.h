@@ -21,4 +21,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
 at::Tensor dropout(const at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size);
 void dropout_(at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size);
 
+std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                              at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& argmax,
+                               c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation);
+at::Tensor max_pool2d_indices(const at::Tensor& argmax, c10::SymInt input_width,
+                              at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation);
+
 }  // namespace fastops

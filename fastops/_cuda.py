@@ -24,3 +24,7 @@ _register("linear", "linear", "linear_forward")
 _register("linear_backward", "linear", "linear_backward")
 _register("dropout", "dropout", "dropout_forward")
 _register("dropout_", "dropout", "dropout_inplace")
+
+_register("max_pool2d", "max_pool2d", "max_pool2d_forward")
+_register("max_pool2d_backward", "max_pool2d", "max_pool2d_backward")
+_register("max_pool2d_indices", "max_pool2d", "max_pool2d_indices")

@@ -3,6 +3,9 @@ FakeTensor tracing go through them without running a kernel. They mirror the rea
 outputs exactly (contiguous results; empty tensors for gradients output_mask leaves out)."""
 
 import torch
+from torch._prims_common import suggest_memory_format
+
+from .functional import _max_pool2d_output_size
 
 
 def _grad(needed, like, shape_fn):
@@ -35,3 +38,34 @@ def _dropout_fake(input, seed, p, channel_size):
 @torch.library.register_fake("fastops::dropout_")
 def _dropout_inplace_fake(input, seed, p, channel_size):
     return None
+
+def _compact_argmax_dtype(kernel_size):
+    """Mirrors compact_argmax_dtype in csrc/cpu/max_pool2d.cpp and triton_kernels/max_pool2d.py."""
+    window = kernel_size[0] * kernel_size[1]
+    return torch.uint8 if window <= 256 else torch.int16 if window <= 32768 else torch.int32
+
+
+@torch.library.register_fake("fastops::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    torch._check(input.dim() == 4,
+                 lambda: f"fastops::max_pool2d: expected a 4-D input, got {input.dim()}-D")
+    out_h, out_w = _max_pool2d_output_size(input.shape, kernel_size, stride, padding, dilation,
+                                           ceil_mode)
+    shape = (input.shape[0], input.shape[1], out_h, out_w)
+    format = suggest_memory_format(input)
+    return (torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=format),
+            torch.empty(shape, dtype=_compact_argmax_dtype(kernel_size), device=input.device,
+                        memory_format=format))
+
+
+@torch.library.register_fake("fastops::max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, argmax, input_size, kernel_size, stride, padding,
+                              dilation):
+    return torch.empty((*argmax.shape[:2], *input_size), dtype=grad_output.dtype,
+                       device=grad_output.device, memory_format=suggest_memory_format(argmax))
+
+
+@torch.library.register_fake("fastops::max_pool2d_indices")
+def _max_pool2d_indices_fake(argmax, input_width, kernel_size, stride, padding, dilation):
+    return torch.empty(argmax.shape, dtype=torch.int64, device=argmax.device,
+                       memory_format=suggest_memory_format(argmax))
