@@ -22,3 +22,7 @@ def _register(op, module, launcher):
 
 _register("linear", "linear", "linear_forward")
 _register("linear_backward", "linear", "linear_backward")
+_register("cross_entropy", "cross_entropy", "cross_entropy_forward")
+_register("cross_entropy_backward", "cross_entropy", "cross_entropy_backward")
+_register("linear_cross_entropy", "cross_entropy", "linear_cross_entropy_forward")
+_register("linear_cross_entropy_backward", "cross_entropy", "linear_cross_entropy_backward")

@@ -1,5 +1,6 @@
 """Modules mirroring torch.nn (each subclasses its torch.nn twin) plus fused modules."""
 
+from .cross_entropy import CrossEntropyLoss, LinearCrossEntropyLoss
 from .linear import Linear, LinearReLU
 
-__all__ = ["Linear", "LinearReLU"]
+__all__ = ["CrossEntropyLoss", "Linear", "LinearCrossEntropyLoss", "LinearReLU"]
