@@ -66,6 +66,43 @@ at::Tensor max_pool2d_indices(const at::Tensor& argmax, c10::SymInt input_width,
   return op.call(argmax, std::move(input_width), kernel_size, stride, padding, dilation);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
+  static auto op = handle<decltype(cross_entropy)>("fastops::cross_entropy");
+  return op.call(input, target, weight, reduction, ignore_index, label_smoothing);
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
+    const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
+    double label_smoothing, std::array<bool, 2> output_mask) {
+  static auto op = handle<decltype(cross_entropy_backward)>("fastops::cross_entropy_backward");
+  return op.call(grad_loss, input, target, weight, logsumexp, total_weight, reduction,
+                 ignore_index, label_smoothing, output_mask);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy(
+    const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
+    int64_t ignore_index, double label_smoothing) {
+  static auto op = handle<decltype(linear_cross_entropy)>("fastops::linear_cross_entropy");
+  return op.call(input, linear_weight, bias, target, weight, reduction, ignore_index, label_smoothing);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
+    const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
+    double label_smoothing, std::array<bool, 4> output_mask) {
+  static auto op =
+      handle<decltype(linear_cross_entropy_backward)>("fastops::linear_cross_entropy_backward");
+  return op.call(grad_loss, input, linear_weight, bias, target, weight, logsumexp, total_weight,
+                 reduction, ignore_index, label_smoothing, output_mask);
+}
+
 TORCH_LIBRARY(fastops, m) {
   // linear: input [*, in], weight [out, in], bias [out] -> [*, out]; activation "none" | "relu";
   // with a dropout_seed, dropout(p = dropout_p) of the activation, as fastops::dropout draws it
@@ -101,6 +138,33 @@ TORCH_LIBRARY(fastops, m) {
   m.def(
       "max_pool2d_indices(Tensor argmax, SymInt input_width, int[2] kernel_size, int[2] stride, "
       "int[2] padding, int[2] dilation) -> Tensor");
+
+
+  // cross_entropy: input [N, C] or [N, C, d1, ...]; target class indices [N, d1, ...] (int64 or
+  // uint8) or class probabilities (input's shape and dtype); weight [C]; reduction "none" |
+  // "mean" | "sum". Returns the loss ([N, d1, ...] or []), the per-row log-sum-exp of the logits
+  // (float32, float64 for float64 input: all that backward needs of the forward) and
+  // total_weight, the denominator of the mean.
+  m.def(
+      "cross_entropy(Tensor input, Tensor target, Tensor? weight, str reduction, "
+      "int ignore_index, float label_smoothing) -> (Tensor, Tensor, Tensor)");
+  // Gradients of input and of a probability target; output_mask as for linear_backward.
+  m.def(
+      "cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
+      "Tensor logsumexp, Tensor total_weight, str reduction, int ignore_index, "
+      "float label_smoothing, bool[2] output_mask) -> (Tensor, Tensor)");
+  // linear_cross_entropy: cross_entropy of input [N, H] @ linear_weight[C, H]^T + bias [C],
+  // computed in chunks of rows without the [N, C] logits; weight is the class weight [C].
+  m.def(
+      "linear_cross_entropy(Tensor input, Tensor linear_weight, Tensor? bias, Tensor target, "
+      "Tensor? weight, str reduction, int ignore_index, float label_smoothing) "
+      "-> (Tensor, Tensor, Tensor)");
+  // Gradients of input, linear_weight, bias and a probability target (logits recomputed).
+  m.def(
+      "linear_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor linear_weight, "
+      "Tensor? bias, Tensor target, Tensor? weight, Tensor logsumexp, Tensor total_weight, "
+      "str reduction, int ignore_index, float label_smoothing, bool[4] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace fastops

@@ -32,4 +32,24 @@ at::Tensor max_pool2d_indices(const at::Tensor& argmax, c10::SymInt input_width,
                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation);
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing);
+std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
+    const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
+    double label_smoothing, std::array<bool, 2> output_mask);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy(
+    const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
+    int64_t ignore_index, double label_smoothing);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
+    const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
+    double label_smoothing, std::array<bool, 4> output_mask);
+
 }  // namespace fastops

@@ -28,3 +28,8 @@ _register("dropout_", "dropout", "dropout_inplace")
 _register("max_pool2d", "max_pool2d", "max_pool2d_forward")
 _register("max_pool2d_backward", "max_pool2d", "max_pool2d_backward")
 _register("max_pool2d_indices", "max_pool2d", "max_pool2d_indices")
+
+_register("cross_entropy", "cross_entropy", "cross_entropy_forward")
+_register("cross_entropy_backward", "cross_entropy", "cross_entropy_backward")
+_register("linear_cross_entropy", "cross_entropy", "linear_cross_entropy_forward")
+_register("linear_cross_entropy_backward", "cross_entropy", "linear_cross_entropy_backward")

@@ -69,3 +69,52 @@ def _max_pool2d_backward_fake(grad_output, argmax, input_size, kernel_size, stri
 def _max_pool2d_indices_fake(argmax, input_width, kernel_size, stride, padding, dilation):
     return torch.empty(argmax.shape, dtype=torch.int64, device=argmax.device,
                        memory_format=suggest_memory_format(argmax))
+
+def _accumulate_dtype(dtype):
+    """The dtype of the per-row log-sum-exp and total_weight: float32, float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _loss_outputs(input, rows_shape, reduction):
+    acc = _accumulate_dtype(input.dtype)
+    loss = input.new_empty(rows_shape if reduction == "none" else ())
+    return loss, input.new_empty(rows_shape, dtype=acc), input.new_empty((), dtype=acc)
+
+
+def _classes_last_grad(needed, input):
+    """A gradient of input [N, C, d...] written as contiguous rows [N, d..., C] (the kernels'
+    layout), returned as a view of input's shape."""
+    if not needed:
+        return input.new_empty((0,))
+    return input.new_empty((input.shape[0], *input.shape[2:], input.shape[1])).movedim(-1, 1)
+
+
+@torch.library.register_fake("fastops::cross_entropy")
+def _cross_entropy_fake(input, target, weight, reduction, ignore_index, label_smoothing):
+    return _loss_outputs(input, (input.shape[0], *input.shape[2:]), reduction)
+
+
+@torch.library.register_fake("fastops::cross_entropy_backward")
+def _cross_entropy_backward_fake(grad_loss, input, target, weight, logsumexp, total_weight,
+                                 reduction, ignore_index, label_smoothing, output_mask):
+    return tuple(_classes_last_grad(needed, input) for needed in output_mask)
+
+
+@torch.library.register_fake("fastops::linear_cross_entropy")
+def _linear_cross_entropy_fake(input, linear_weight, bias, target, weight, reduction,
+                               ignore_index, label_smoothing):
+    return _loss_outputs(input, (input.shape[0],), reduction)
+
+
+@torch.library.register_fake("fastops::linear_cross_entropy_backward")
+def _linear_cross_entropy_backward_fake(grad_loss, input, linear_weight, bias, target, weight,
+                                        logsumexp, total_weight, reduction, ignore_index,
+                                        label_smoothing, output_mask):
+    need_input, need_linear_weight, need_bias, need_target = output_mask
+    classes = linear_weight.shape[0]
+    return (
+        _grad(need_input, input, lambda: input.shape),
+        _grad(need_linear_weight, input, lambda: linear_weight.shape),
+        _grad(need_bias, input, lambda: (classes,)),
+        _grad(need_target, input, lambda: (input.shape[0], classes)),
+    )

@@ -1,0 +1,581 @@
+// CPU kernels of fastops::cross_entropy and fastops::linear_cross_entropy.
+//
+// The loss is computed per row of C logits (a sample, or a sample at one spatial position of an
+// N-d input). Forward: one pass over each row, in chunks small enough to stay in L1 between
+// their two sub-passes (chunk max, then the running sum of exponentials rescaled once per chunk,
+// and the dot products the loss terms need); only the row's log-sum-exp is saved. Backward: one
+// pass writing (softmax - target_dist) * scale. The fused linear variant runs the same row
+// kernels on chunks of rows of the logits, recomputing them in the backward.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+
+namespace fastops {
+namespace {
+
+constexpr const char* kOp = "cross_entropy";
+constexpr const char* kLinearOp = "linear_cross_entropy";
+// Logits per chunk of a row: 4 KiB of float, so the second sub-pass reads them from L1.
+constexpr int64_t kChunk = 1024;
+// Logits per chunk of rows in linear_cross_entropy: 8 MiB of float (about 64 rows of a 32k
+// vocabulary), enough rows for an efficient GEMM, far below the N x C logits torch keeps.
+constexpr int64_t kLinearChunkElements = int64_t(1) << 21;
+
+enum class Reduction { None, Mean, Sum };
+
+Reduction parse_reduction(c10::string_view reduction, const char* op) {
+  if (reduction == "none") return Reduction::None;
+  if (reduction == "mean") return Reduction::Mean;
+  if (reduction == "sum") return Reduction::Sum;
+  TORCH_CHECK(false, "fastops::", op, ": reduction must be 'none', 'mean' or 'sum', got '",
+              std::string(reduction), "'");
+}
+
+// exp(x) for x <= 0 or NaN, in float: Cephes' expf (about 1 ulp), written without branches or
+// libm calls so that the loops calling it vectorise (std::exp does not). 0 below -87.
+inline float exp_nonpositive(float x) {
+  const float clamped = std::max(x, -87.0f);  // keeps 2^n a normal float; NaN passes through
+  const float scaled = clamped * 1.44269504088896341f;
+  const int n = static_cast<int>(scaled - 0.5f);  // round to nearest (scaled <= 0.5)
+  const float fn = static_cast<float>(n);
+  float r = clamped - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(n + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return x < -87.0f ? 0.0f : y * two_n;
+}
+
+// float64 keeps libm's exp: its tolerance is tighter than a fast polynomial's.
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// What every row shares: the options and the class weights in the accumulation type.
+template <typename acc_t>
+struct LossSpec {
+  int64_t classes;
+  int64_t ignore_index;
+  acc_t smoothing;    // label_smoothing when > 0, else 0 (torch ignores a negative value)
+  const acc_t* weight;  // [classes] or nullptr
+  acc_t weight_sum;   // sum of the class weights (classes when there are none)
+
+  acc_t class_weight(int64_t c) const { return weight != nullptr ? weight[c] : acc_t(1); }
+  // Coefficient of logit c in the smoothed target distribution (times the class weight) for a
+  // probability target y_c: w_c * (y_c * (1 - smoothing) + smoothing / C).
+  acc_t prob_coefficient(int64_t c, acc_t y) const {
+    return class_weight(c) * (y * (acc_t(1) - smoothing) + smoothing / acc_t(classes));
+  }
+};
+
+// The inputs of the loss as pointers: `rows` rows of `classes` contiguous logits, and either one
+// class index per row or a row of probabilities per row (same layout as the logits).
+template <typename scalar_t>
+struct Rows {
+  const scalar_t* logits;
+  const int64_t* index_target;  // [rows] or nullptr
+  const scalar_t* prob_target;  // [rows, classes] or nullptr
+  int64_t rows;
+};
+
+template <typename acc_t>
+struct RowForward {
+  acc_t logsumexp;
+  acc_t dot;           // sum_c coefficient_c * x_c
+  acc_t coefficient_sum;
+};
+
+// One row: log-sum-exp of x, and when `dot_coefficients` the dot products of x with the
+// per-class coefficients of the loss (class weights for label smoothing, the weighted smoothed
+// distribution for probability targets) and their sum.
+template <typename scalar_t, typename acc_t>
+RowForward<acc_t> row_forward(const scalar_t* x, const scalar_t* prob, const LossSpec<acc_t>& spec,
+                              bool dot_coefficients) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  acc_t logits[kChunk];
+  acc_t running_max = kNegInf, running_sum = 0, dot = 0, coefficient_sum = 0;
+  for (int64_t c0 = 0; c0 < spec.classes; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, spec.classes - c0);
+    acc_t chunk_max = kNegInf;
+#pragma omp simd reduction(max : chunk_max)
+    for (int64_t j = 0; j < n; ++j) {
+      logits[j] = static_cast<acc_t>(x[c0 + j]);
+      chunk_max = std::max(chunk_max, logits[j]);
+    }
+    const acc_t new_max = std::max(running_max, chunk_max);
+    // While every logit so far is -inf the sum stays 0 (exp(-inf - -inf) would be NaN).
+    if (new_max > kNegInf) {
+      acc_t chunk_sum = 0;
+#pragma omp simd reduction(+ : chunk_sum)
+      for (int64_t j = 0; j < n; ++j) chunk_sum += exp_nonpositive(logits[j] - new_max);
+      running_sum = running_sum * exp_nonpositive(running_max - new_max) + chunk_sum;
+      running_max = new_max;
+    }
+    if (!dot_coefficients) continue;
+    if (prob != nullptr) {
+#pragma omp simd reduction(+ : dot, coefficient_sum)
+      for (int64_t j = 0; j < n; ++j) {
+        const acc_t coefficient = spec.prob_coefficient(c0 + j, static_cast<acc_t>(prob[c0 + j]));
+        dot += coefficient * logits[j];
+        coefficient_sum += coefficient;
+      }
+    } else {
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j < n; ++j) dot += spec.class_weight(c0 + j) * logits[j];
+      coefficient_sum = spec.weight_sum;
+    }
+  }
+  return {running_max + std::log(running_sum), dot, coefficient_sum};
+}
+
+void check_target_in_range(int64_t target, int64_t classes) {
+  TORCH_CHECK_INDEX(target >= 0 && target < classes, "Target ", target, " is out of bounds.");
+}
+
+// Per row: logsumexp[r], loss[r] (before reduction) and row_weight[r] (the weight of the row in
+// a mean: w[target], 0 when ignored, 1 for probability targets).
+template <typename scalar_t, typename acc_t>
+void forward_rows(const Rows<scalar_t>& in, const LossSpec<acc_t>& spec, acc_t* logsumexp,
+                  acc_t* loss, acc_t* row_weight) {
+  const int64_t C = spec.classes;
+  const bool smoothing = spec.smoothing > acc_t(0);
+  at::parallel_for(0, in.rows, grain_for(C), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* x = in.logits + r * C;
+      if (in.prob_target != nullptr) {
+        const auto row = row_forward(x, in.prob_target + r * C, spec, true);
+        logsumexp[r] = row.logsumexp;
+        loss[r] = -(row.dot - row.logsumexp * row.coefficient_sum);
+        row_weight[r] = 1;
+        continue;
+      }
+      const int64_t target = in.index_target[r];
+      if (target == spec.ignore_index) {  // contributes nothing, and backward writes zeros
+        logsumexp[r] = loss[r] = row_weight[r] = 0;
+        continue;
+      }
+      check_target_in_range(target, C);
+      const auto row = row_forward(x, static_cast<const scalar_t*>(nullptr), spec, smoothing);
+      const acc_t w = spec.class_weight(target);
+      const acc_t nll = -(static_cast<acc_t>(x[target]) - row.logsumexp) * w;
+      logsumexp[r] = row.logsumexp;
+      row_weight[r] = w;
+      // torch: (1 - s) * nll + s / C * sum_c -w_c * log_softmax_c, with the same weighted mean.
+      loss[r] = smoothing ? (acc_t(1) - spec.smoothing) * nll +
+                                spec.smoothing / acc_t(C) * -(row.dot - row.logsumexp * row.coefficient_sum)
+                          : nll;
+    }
+  });
+}
+
+// One row of the backward: grad_x = scale * (A * softmax(x) - a), a the per-class coefficients
+// of the (smoothed, weighted) target distribution and A their sum; grad_prob (d loss / d target
+// for probability targets) = -scale * w_c * (1 - s) * log_softmax(x). grad_x may alias x (the
+// fused linear variant overwrites its logits): each chunk is read before it is written.
+template <typename scalar_t, typename acc_t>
+void row_backward(const scalar_t* x, const scalar_t* prob, int64_t target, acc_t logsumexp,
+                  acc_t scale, const LossSpec<acc_t>& spec, scalar_t* grad_x, scalar_t* grad_prob) {
+  const int64_t C = spec.classes;
+  const acc_t keep = acc_t(1) - spec.smoothing;
+  acc_t total;  // A
+  if (prob != nullptr) {
+    total = 0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t c = 0; c < C; ++c) total += spec.prob_coefficient(c, static_cast<acc_t>(prob[c]));
+  } else {
+    total = keep * spec.class_weight(target) + spec.smoothing / acc_t(C) * spec.weight_sum;
+  }
+  const acc_t smooth_per_class = spec.smoothing / acc_t(C);
+  acc_t grad[kChunk];
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, C - c0);
+    if (grad_prob != nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const acc_t log_softmax = static_cast<acc_t>(x[c0 + j]) - logsumexp;
+        grad_prob[c0 + j] = static_cast<scalar_t>(-scale * spec.class_weight(c0 + j) * keep * log_softmax);
+      }
+    }
+    if (grad_x == nullptr) continue;
+    if (prob != nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const acc_t softmax = exp_nonpositive(static_cast<acc_t>(x[c0 + j]) - logsumexp);
+        const acc_t coefficient = spec.prob_coefficient(c0 + j, static_cast<acc_t>(prob[c0 + j]));
+        grad[j] = scale * (total * softmax - coefficient);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const acc_t softmax = exp_nonpositive(static_cast<acc_t>(x[c0 + j]) - logsumexp);
+        grad[j] = scale * (total * softmax - smooth_per_class * spec.class_weight(c0 + j));
+      }
+      if (target >= c0 && target < c0 + n) grad[target - c0] -= scale * keep * spec.class_weight(target);
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) grad_x[c0 + j] = static_cast<scalar_t>(grad[j]);
+  }
+}
+
+// Backward over rows; `row_scale[r]` is d loss / d loss_row (grad_output, over total_weight for
+// a mean). Either output may be nullptr when not requested.
+template <typename scalar_t, typename acc_t>
+void backward_rows(const Rows<scalar_t>& in, const LossSpec<acc_t>& spec, const acc_t* logsumexp,
+                   const acc_t* row_scale, int64_t scale_stride, scalar_t* grad_x,
+                   scalar_t* grad_prob) {
+  const int64_t C = spec.classes;
+  at::parallel_for(0, in.rows, grain_for(C), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      scalar_t* grad_x_row = grad_x != nullptr ? grad_x + r * C : nullptr;
+      const int64_t target = in.index_target != nullptr ? in.index_target[r] : 0;
+      if (in.index_target != nullptr && target == spec.ignore_index) {
+        if (grad_x_row != nullptr) std::fill(grad_x_row, grad_x_row + C, scalar_t(0));
+        continue;
+      }
+      row_backward(in.logits + r * C, in.prob_target != nullptr ? in.prob_target + r * C : nullptr,
+                   target, logsumexp[r], row_scale[r * scale_stride], spec, grad_x_row,
+                   grad_prob != nullptr ? grad_prob + r * C : nullptr);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------- arguments, layout
+
+struct Arguments {
+  Reduction reduction;
+  int64_t classes;
+  bool prob_target;
+};
+
+// Checks the loss arguments against logits of shape `logits_shape` ([N, C] or [N, C, d...]) and
+// the dtype / device of `input`; the functional layer gives torch's exact messages, these guard
+// direct calls of the ops.
+Arguments check_arguments(const at::Tensor& input, at::IntArrayRef logits_shape,
+                          const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                          c10::string_view reduction, double label_smoothing, const char* op) {
+  const Reduction parsed = parse_reduction(reduction, op);
+  check_floating(input, "input", op);
+  TORCH_CHECK(logits_shape.size() >= 2, "fastops::", op,
+              ": expected logits of shape [N, C] or [N, C, d1, ...], got ", logits_shape);
+  TORCH_CHECK(label_smoothing <= 1.0, "fastops::", op,
+              ": label_smoothing must be between 0.0 and 1.0, got ", label_smoothing);
+  check_same_device(target, "target", input, "input", op);
+  const int64_t classes = logits_shape[1];
+  const bool prob_target = at::isFloatingType(target.scalar_type());
+  if (prob_target) {
+    check_same_dtype(target, "target", input, "input", op);
+    TORCH_CHECK(target.sizes() == logits_shape, "fastops::", op,
+                ": expected a probability target of the logits' shape ", logits_shape, ", got ",
+                target.sizes());
+  } else {
+    TORCH_CHECK(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte,
+                "fastops::", op, ": expected target dtype to be Long or Byte, got ",
+                target.scalar_type());
+    std::vector<int64_t> expected(logits_shape.begin(), logits_shape.end());
+    expected.erase(expected.begin() + 1);
+    TORCH_CHECK(target.sizes() == at::IntArrayRef(expected), "fastops::", op,
+                ": expected a class-index target of shape ", at::IntArrayRef(expected), ", got ",
+                target.sizes());
+  }
+  if (weight.has_value()) {
+    check_same_dtype(*weight, "weight", input, "input", op);
+    check_same_device(*weight, "weight", input, "input", op);
+    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == classes, "fastops::", op,
+                ": expected weight of shape [", classes, "], got ", weight->sizes());
+  }
+  return {parsed, classes, prob_target};
+}
+
+// [N, C, d1, ...] -> [N * d1 * ..., C] contiguous: a view for [N, C] and channels-last inputs,
+// a transposed copy otherwise.
+at::Tensor classes_last(const at::Tensor& t) {
+  return (t.dim() > 2 ? t.movedim(1, -1) : t).reshape({-1, t.size(1)}).contiguous();
+}
+
+// The shape of a per-row result: the logits' shape without the class dimension.
+std::vector<int64_t> row_shape(at::IntArrayRef logits_shape) {
+  std::vector<int64_t> shape(logits_shape.begin(), logits_shape.end());
+  shape.erase(shape.begin() + 1);
+  return shape;
+}
+
+// A gradient written as [N * d..., C] rows, returned in the logits' shape [N, C, d...] (a
+// channels-last view, no copy).
+at::Tensor rows_as_logits(const at::Tensor& rows, at::IntArrayRef logits_shape) {
+  if (logits_shape.size() == 2) return rows;
+  std::vector<int64_t> shape = row_shape(logits_shape);
+  shape.push_back(logits_shape[1]);
+  return rows.view(shape).movedim(-1, 1);
+}
+
+// The loss data of one call, in the accumulation type: the class weights and the options.
+template <typename acc_t>
+struct Spec {
+  at::Tensor weight;  // kept alive for spec.weight
+  LossSpec<acc_t> spec;
+
+  Spec(const std::optional<at::Tensor>& class_weight, int64_t classes, int64_t ignore_index,
+       double label_smoothing) {
+    acc_t weight_sum = acc_t(classes);
+    const acc_t* weight_ptr = nullptr;
+    if (class_weight.has_value()) {
+      weight = class_weight->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+      weight_ptr = weight.const_data_ptr<acc_t>();
+      weight_sum = 0;
+      for (const auto c : c10::irange(classes)) weight_sum += weight_ptr[c];
+    }
+    spec = {classes, ignore_index, static_cast<acc_t>(label_smoothing > 0.0 ? label_smoothing : 0.0),
+            weight_ptr, weight_sum};
+  }
+};
+
+at::ScalarType acc_type(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The class-index target as int64 rows (Byte targets widened; N values, a negligible copy).
+at::Tensor index_rows(const at::Tensor& target) {
+  return target.reshape({-1}).to(at::kLong).contiguous();
+}
+
+// loss (reduced or per row in `shape`), and total_weight: the denominator of the mean (the sum
+// of the non-ignored rows' class weights; the number of rows for probability targets, 0 when
+// there are no logits, as torch's mean of an empty input is NaN).
+std::tuple<at::Tensor, at::Tensor> reduce_loss(const at::Tensor& row_loss, const at::Tensor& row_weight,
+                                              Reduction reduction, at::IntArrayRef shape,
+                                              at::ScalarType dtype) {
+  const at::Tensor total_weight = row_weight.sum(at::kDouble).to(row_weight.scalar_type());
+  if (reduction == Reduction::None) return {row_loss.to(dtype).view(shape), total_weight};
+  at::Tensor loss = row_loss.sum(at::kDouble);
+  if (reduction == Reduction::Mean) loss = loss / total_weight.to(at::kDouble);
+  return {loss.to(dtype), total_weight};
+}
+
+// d loss / d loss_row, per row ([rows] with stride 1) or shared (stride 0), in acc type.
+at::Tensor row_scale(const at::Tensor& grad_loss, const at::Tensor& total_weight, Reduction reduction,
+                     at::ScalarType acc, int64_t rows, const char* op) {
+  const int64_t expected = reduction == Reduction::None ? rows : 1;
+  TORCH_CHECK(grad_loss.numel() == expected, "fastops::", op, ": expected grad_loss with ",
+              expected, " values, got ", grad_loss.numel());
+  at::Tensor scale = grad_loss.to(acc).reshape({-1}).contiguous();
+  if (reduction == Reduction::Mean) scale = scale / total_weight.to(acc);
+  return scale;
+}
+
+// ------------------------------------------------------------------------------ cross_entropy
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
+  const auto args = check_arguments(input, input.sizes(), target, weight, reduction, label_smoothing, kOp);
+  const at::Tensor logits = classes_last(input);
+  const at::Tensor prob = args.prob_target ? classes_last(target) : at::Tensor();
+  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
+  const int64_t rows = logits.size(0);
+  const auto acc = acc_type(input.scalar_type());
+  const auto shape = row_shape(input.sizes());
+  at::Tensor lse = at::empty({rows}, input.options().dtype(acc));
+  at::Tensor row_loss = at::empty({rows}, lse.options());
+  at::Tensor row_weight = at::empty({rows}, lse.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Spec<acc_t> spec(weight, args.classes, ignore_index, label_smoothing);
+    const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
+                            index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
+                            prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
+    forward_rows(in, spec.spec, lse.data_ptr<acc_t>(), row_loss.data_ptr<acc_t>(),
+                 row_weight.data_ptr<acc_t>());
+  });
+  if (args.prob_target && args.classes == 0) row_weight.zero_();
+  auto [loss, total_weight] = reduce_loss(row_loss, row_weight, args.reduction, shape, input.scalar_type());
+  return {loss, lse.view(shape), total_weight};
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
+    const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
+    double label_smoothing, std::array<bool, 2> output_mask) {
+  const char* op = "cross_entropy_backward";
+  const auto args = check_arguments(input, input.sizes(), target, weight, reduction, label_smoothing, op);
+  const auto [need_input, need_target] = output_mask;
+  TORCH_CHECK(!need_target || args.prob_target, "fastops::", op,
+              ": a class-index target has no gradient");
+  const at::Tensor logits = classes_last(input);
+  const at::Tensor prob = args.prob_target ? classes_last(target) : at::Tensor();
+  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
+  const int64_t rows = logits.size(0);
+  const auto acc = acc_type(input.scalar_type());
+  const at::Tensor lse = logsumexp.to(acc).reshape({-1}).contiguous();
+  const at::Tensor scale = row_scale(grad_loss, total_weight, args.reduction, acc, rows, op);
+  TORCH_CHECK(lse.numel() == rows, "fastops::", op, ": expected logsumexp with ", rows,
+              " values, got ", lse.numel());
+
+  at::Tensor grad_input = need_input ? at::empty_like(logits) : at::Tensor();
+  at::Tensor grad_target = need_target ? at::empty_like(logits) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Spec<acc_t> spec(weight, args.classes, ignore_index, label_smoothing);
+    const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
+                            index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
+                            prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
+    backward_rows(in, spec.spec, lse.const_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
+                  scale.numel() == 1 ? 0 : 1,
+                  need_input ? grad_input.data_ptr<scalar_t>() : nullptr,
+                  need_target ? grad_target.data_ptr<scalar_t>() : nullptr);
+  });
+  const auto empty = input.new_empty({0});
+  return {need_input ? rows_as_logits(grad_input, input.sizes()) : empty,
+          need_target ? rows_as_logits(grad_target, input.sizes()) : empty};
+}
+
+// ----------------------------------------------------------------------- linear_cross_entropy
+
+void check_linear(const at::Tensor& input, const at::Tensor& linear_weight,
+                  const std::optional<at::Tensor>& bias, const char* op) {
+  check_dim(input, 2, "input", op);
+  check_dim(linear_weight, 2, "linear_weight", op);
+  check_same_dtype(linear_weight, "linear_weight", input, "input", op);
+  check_same_device(linear_weight, "linear_weight", input, "input", op);
+  TORCH_CHECK(input.size(1) == linear_weight.size(1), "fastops::", op, ": expected input.shape[1] == ",
+              linear_weight.size(1), " (linear_weight.shape[1]), got ", input.size(1));
+  if (bias.has_value()) {
+    check_same_dtype(*bias, "bias", input, "input", op);
+    check_same_device(*bias, "bias", input, "input", op);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == linear_weight.size(0), "fastops::", op,
+                ": expected bias of shape [", linear_weight.size(0), "], got ", bias->sizes());
+  }
+}
+
+// Rows per chunk of logits and the reusable chunk buffer.
+int64_t linear_chunk_rows(int64_t rows, int64_t classes) {
+  return std::max<int64_t>(1, std::min(rows, kLinearChunkElements / std::max<int64_t>(1, classes)));
+}
+
+// logits[:m] = x[r0:r0+m] @ linear_weight^T + bias (the bias inside the GEMM, as torch's addmm).
+at::Tensor chunk_logits(at::Tensor& buffer, const at::Tensor& x, const at::Tensor& linear_weight,
+                        const std::optional<at::Tensor>& bias, int64_t r0, int64_t m) {
+  at::Tensor logits = buffer.narrow(0, 0, m);
+  const at::Tensor x_chunk = x.narrow(0, r0, m);
+  if (bias.has_value()) {
+    at::addmm_out(logits, *bias, x_chunk, linear_weight.t());
+  } else {
+    at::mm_out(logits, x_chunk, linear_weight.t());
+  }
+  return logits;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
+    const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
+    int64_t ignore_index, double label_smoothing) {
+  check_linear(input, linear_weight, bias, kLinearOp);
+  const int64_t rows = input.size(0);
+  const int64_t classes = linear_weight.size(0);
+  const std::array<int64_t, 2> logits_shape = {rows, classes};
+  const auto args = check_arguments(input, logits_shape, target, weight, reduction, label_smoothing, kLinearOp);
+  const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
+  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
+  const auto acc = acc_type(input.scalar_type());
+  at::Tensor lse = at::empty({rows}, input.options().dtype(acc));
+  at::Tensor row_loss = at::empty({rows}, lse.options());
+  at::Tensor row_weight = at::empty({rows}, lse.options());
+  const int64_t chunk = linear_chunk_rows(rows, classes);
+  at::Tensor buffer = at::empty({chunk, classes}, input.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Spec<acc_t> spec(weight, classes, ignore_index, label_smoothing);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t m = std::min(chunk, rows - r0);
+      const at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
+      const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
+                              index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
+                              prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
+      forward_rows(in, spec.spec, lse.data_ptr<acc_t>() + r0, row_loss.data_ptr<acc_t>() + r0,
+                   row_weight.data_ptr<acc_t>() + r0);
+    }
+  });
+  if (args.prob_target && classes == 0) row_weight.zero_();
+  auto [loss, total_weight] = reduce_loss(row_loss, row_weight, args.reduction, {rows}, input.scalar_type());
+  return {loss, lse, total_weight};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
+    const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
+    double label_smoothing, std::array<bool, 4> output_mask) {
+  const char* op = "linear_cross_entropy_backward";
+  check_linear(input, linear_weight, bias, op);
+  const int64_t rows = input.size(0);
+  const int64_t classes = linear_weight.size(0);
+  const std::array<int64_t, 2> logits_shape = {rows, classes};
+  const auto args = check_arguments(input, logits_shape, target, weight, reduction, label_smoothing, op);
+  const auto [need_input, need_linear_weight, need_bias, need_target] = output_mask;
+  TORCH_CHECK(!need_target || args.prob_target, "fastops::", op,
+              ": a class-index target has no gradient");
+  const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
+  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
+  const auto acc = acc_type(input.scalar_type());
+  const at::Tensor lse = logsumexp.to(acc).contiguous();
+  const at::Tensor scale = row_scale(grad_loss, total_weight, args.reduction, acc, rows, op);
+  const auto empty = input.new_empty({0});
+  at::Tensor grad_input = need_input ? at::empty_like(input, at::MemoryFormat::Contiguous) : empty;
+  at::Tensor grad_linear_weight = need_linear_weight ? at::zeros_like(linear_weight, at::MemoryFormat::Contiguous) : empty;
+  at::Tensor grad_bias = need_bias ? at::zeros({classes}, input.options()) : empty;
+  at::Tensor grad_target = need_target ? at::empty({rows, classes}, input.options()) : empty;
+  const bool need_grad_logits = need_input || need_linear_weight || need_bias;
+  const int64_t chunk = linear_chunk_rows(rows, classes);
+  at::Tensor buffer = at::empty({chunk, classes}, input.options());
+  const at::Tensor ones = need_bias ? at::ones({chunk}, input.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Spec<acc_t> spec(weight, classes, ignore_index, label_smoothing);
+    const int64_t scale_stride = scale.numel() == 1 ? 0 : 1;
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t m = std::min(chunk, rows - r0);
+      at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
+      const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
+                              index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
+                              prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
+      // The gradient of the logits overwrites them in place.
+      backward_rows(in, spec.spec, lse.const_data_ptr<acc_t>() + r0,
+                    scale.const_data_ptr<acc_t>() + r0 * scale_stride, scale_stride,
+                    need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
+                    need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
+      if (need_input) {
+        at::Tensor grad_input_rows = grad_input.narrow(0, r0, m);
+        at::mm_out(grad_input_rows, logits, linear_weight);
+      }
+      if (need_linear_weight) grad_linear_weight.addmm_(logits.t(), input.narrow(0, r0, m));
+      if (need_bias) grad_bias.addmv_(logits.t(), ones.narrow(0, 0, m));
+    }
+  });
+  return {grad_input, grad_linear_weight, grad_bias, grad_target};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) {
+  m.impl("cross_entropy", &cross_entropy_cpu);
+  m.impl("cross_entropy_backward", &cross_entropy_backward_cpu);
+  m.impl("linear_cross_entropy", &linear_cross_entropy_cpu);
+  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward_cpu);
+}
+
+}  // namespace fastops

@@ -1,0 +1,511 @@
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import fastops
+from fastops import functional as F
+from helpers import (CUDA, DEVICE_DTYPES, assert_close, assert_same_forward_backward,
+                     compile_fullgraph, noncontiguous, raises, requires_cuda)
+
+
+def reference(input, target, weight=None, **options):
+    """torch's cross_entropy in float64, cast back to input's dtype (for reduced precision the
+    fp32-accumulating kernels are closer to it than torch's own bf16 path)."""
+    target64 = target.double() if target.is_floating_point() else target
+    weight64 = weight.double() if weight is not None else None
+    return TF.cross_entropy(input.double(), target64, weight64, **options).to(input.dtype)
+
+
+def linear_reference(input, weight, bias, target, class_weight=None, **options):
+    logits = TF.linear(input.double(), weight.double(), bias.double() if bias is not None else None)
+    target64 = target.double() if target.is_floating_point() else target
+    class_weight64 = class_weight.double() if class_weight is not None else None
+    return TF.cross_entropy(logits, target64, class_weight64, **options).to(input.dtype)
+
+
+def generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def make_logits(shape, device="cpu", dtype=torch.float32, seed=0, scale=3.0):
+    return (torch.randn(shape, generator=generator(seed)) * scale).to(device, dtype).requires_grad_()
+
+
+def make_target(shape, prob, device="cpu", dtype=torch.float32, ignore_index=-100, seed=1):
+    """Class indices (every third one ignored) or soft probabilities for logits of ``shape``."""
+    classes = shape[1] if len(shape) > 1 else shape[0]
+    if prob:
+        probs = torch.softmax(torch.randn(shape, generator=generator(seed)), dim=1 if len(shape) > 1 else 0)
+        return probs.to(device, dtype).requires_grad_()
+    rows = (shape[0], *shape[2:]) if len(shape) > 1 else ()
+    target = torch.randint(0, max(classes, 1), rows, generator=generator(seed))
+    target.view(-1)[::3] = ignore_index
+    return target.to(device)
+
+
+def make_weight(classes, device="cpu", dtype=torch.float32, seed=2):
+    return (torch.rand(classes, generator=generator(seed)) + 0.1).to(device, dtype)
+
+
+SHAPES = [  # logits: [N, C], [C], [N, C, d...]; odd sizes, C = 1, empty batch, large C
+    (7, 10),
+    (10,),
+    (1, 1),
+    (0, 4),
+    (5, 1000),
+    (3, 5, 4),
+    (2, 6, 3, 5),
+]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
+def test_parity(device, dtype, shape, prob, weighted, reduction, label_smoothing):
+    classes = shape[1] if len(shape) > 1 else shape[0]
+    x = make_logits(shape, device, dtype)
+    target = make_target(shape, prob, device, dtype)
+    weight = make_weight(classes, device, dtype) if weighted else None
+    options = dict(reduction=reduction, label_smoothing=label_smoothing)
+    assert_same_forward_backward(
+        lambda x, t: F.cross_entropy(x, t, weight, **options),
+        lambda x, t: reference(x, t, weight, **options), [x, target], dtype,
+        scale=1 + classes / 256)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+def test_33000_classes(reduction, prob):
+    shape = (3, 33000)
+    x, target, weight = make_logits(shape), make_target(shape, prob), make_weight(33000)
+    options = dict(reduction=reduction, label_smoothing=0.1)
+    assert_same_forward_backward(lambda x, t: F.cross_entropy(x, t, weight, **options),
+                                 lambda x, t: reference(x, t, weight, **options), [x, target],
+                                 scale=10)
+
+
+@pytest.mark.parametrize("ignore_index", [2, -1])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+def test_ignore_index_like_torch(ignore_index, label_smoothing):
+    x = make_logits((9, 5))
+    target = torch.tensor([0, 2, 4, 1, 2, 1, 3, 0, 2])
+    target[[3, 7]] = ignore_index  # -1, or 2 which is also a class
+    weight = make_weight(5)
+    for reduction in ("none", "mean", "sum"):
+        options = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+        assert_same_forward_backward(lambda x: F.cross_entropy(x, target, weight, **options),
+                                     lambda x: reference(x, target, weight, **options), [x])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_every_target_ignored_gives_torch_result(weighted, label_smoothing):
+    x = make_logits((4, 3))
+    target = torch.full((4,), -100)
+    weight = make_weight(3) if weighted else None
+    for reduction in ("none", "mean", "sum"):
+        options = dict(reduction=reduction, label_smoothing=label_smoothing)
+        ours = F.cross_entropy(x, target, weight, **options)
+        assert_close(ours, TF.cross_entropy(x, target, weight, **options))  # NaN for "mean"
+        grad, = torch.autograd.grad(ours.sum(), x)
+        assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_uint8_targets_and_size_one_target_for_vector_input():
+    x = make_logits((6, 4))
+    target = torch.tensor([0, 3, 1, 2, 2, 0], dtype=torch.uint8)
+    assert_same_forward_backward(lambda x: F.cross_entropy(x, target, ignore_index=3, reduction="none"),
+                                 lambda x: reference(x, target, ignore_index=3, reduction="none"), [x])
+    v = make_logits((5,))
+    for reduction in ("none", "mean"):
+        # torch accepts a [1] target for a [C] input but its backward fails: compare with []
+        assert_close(F.cross_entropy(v, torch.tensor([2]), reduction=reduction),
+                     TF.cross_entropy(v, torch.tensor([2]), reduction=reduction))
+        assert_same_forward_backward(lambda v: F.cross_entropy(v, torch.tensor([2]), reduction=reduction),
+                                     lambda v: reference(v, torch.tensor(2), reduction=reduction), [v])
+
+
+@pytest.mark.parametrize("layout", ["noncontiguous", "channels_last", "transposed"])
+def test_noncontiguous_inputs(layout):
+    if layout == "noncontiguous":
+        x = noncontiguous(make_logits((3, 4, 5)).detach())
+    elif layout == "channels_last":
+        x = make_logits((2, 5, 3, 4)).detach().contiguous(memory_format=torch.channels_last)
+    else:
+        x = make_logits((7, 6)).detach().t().contiguous().t()
+    x.requires_grad_()
+    assert not x.is_contiguous()
+    index = make_target(tuple(x.shape), False)
+    prob = noncontiguous(make_target(tuple(x.shape), True).detach()).requires_grad_()
+    for target in (index, noncontiguous(index) if index.dim() else index, prob):
+        assert_same_forward_backward(lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1),
+                                     lambda x, t: reference(x, t, label_smoothing=0.1), [x, target])
+
+
+def test_probability_target_dtype_promotes_like_torch():
+    x = make_logits((3, 5))
+    target = make_target((3, 5), True, dtype=torch.float64)
+    weight = make_weight(5, dtype=torch.float64)
+    ours, theirs = F.cross_entropy(x, target, weight), TF.cross_entropy(x, target, weight)
+    assert ours.dtype == theirs.dtype == torch.float64
+    assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_numerically_stable_for_huge_and_infinite_logits(label_smoothing):
+    x = make_logits((6, 7)).detach() * 1e4
+    x[1, 3] = float("-inf")
+    x[2, :] = float("-inf")
+    x[2, 4] = 5.0
+    x.requires_grad_()
+    target = torch.tensor([0, 1, 4, 6, 2, 5])
+    for reduction in ("none", "sum"):
+        options = dict(reduction=reduction, label_smoothing=label_smoothing)
+        ours = F.cross_entropy(x, target, **options)
+        theirs = TF.cross_entropy(x.double(), target, **options)
+        # -inf entries: torch gives inf (or NaN for an all -inf smoothing term), so do we
+        assert_close(ours.double(), theirs, torch.float32)
+    if label_smoothing == 0.0:
+        assert_same_forward_backward(lambda x: F.cross_entropy(x, target),
+                                     lambda x: reference(x, target), [x])
+
+
+def test_infinite_logit_target_gives_inf_like_torch():
+    x = torch.tensor([[0.0, float("-inf"), 1.0]], requires_grad=True)
+    assert_close(F.cross_entropy(x, torch.tensor([1]), reduction="none"),
+                 TF.cross_entropy(x, torch.tensor([1]), reduction="none"))
+
+
+@pytest.mark.parametrize("weight_grad_prob", [False, True])
+def test_gradcheck(weight_grad_prob):
+    x = make_logits((3, 4, 2), dtype=torch.float64)
+    weight = make_weight(4, dtype=torch.float64)
+    index = make_target((3, 4, 2), False)
+    prob = make_target((3, 4, 2), True, dtype=torch.float64)
+    for target in (index, prob):
+        for reduction in ("none", "mean", "sum"):
+            def loss(x, *t, reduction=reduction):
+                return fastops.ops.cross_entropy(x, t[0] if t else index, weight, reduction, -100, 0.2)[0]
+            args = (x, target) if target.is_floating_point() else (x,)
+            assert torch.autograd.gradcheck(loss, args)
+
+
+def test_opcheck():
+    x = make_logits((5, 4, 3))
+    index, prob, weight = make_target((5, 4, 3), False), make_target((5, 4, 3), True), make_weight(4)
+    for target, weight, reduction, smoothing in ((index, None, "mean", 0.0), (index, weight, "none", 0.3),
+                                                 (prob, weight, "sum", 0.1), (prob, None, "none", 0.0)):
+        args = (x, target, weight, reduction, -100, smoothing)
+        torch.library.opcheck(fastops.ops.cross_entropy.default, args)
+        torch.library.opcheck(fastops.ops.cross_entropy.default, (x.detach(), target.detach(), *args[2:]))
+        loss, lse, total = fastops.ops.cross_entropy(*args)
+        torch.library.opcheck(fastops.ops.cross_entropy_backward.default,
+                              (torch.ones_like(loss), x.detach(), target.detach(), weight, lse, total,
+                               reduction, -100, smoothing, [True, target.is_floating_point()]))
+
+
+def test_saves_only_logsumexp_for_backward():
+    x = make_logits((64, 100))
+    target = make_target((64, 100), False)
+    _, ours = fastops.saved_tensor_bytes(F.cross_entropy, x, target)
+    _, theirs = fastops.saved_tensor_bytes(TF.cross_entropy, x, target)
+    logits_bytes = x.numel() * x.element_size()
+    # the logits + target + total_weight, and 64 log-sum-exps; torch keeps log_softmax(logits)
+    # instead of the logits, the same size
+    assert ours == logits_bytes + target.numel() * 8 + 4 + 64 * 4
+    assert theirs == logits_bytes + target.numel() * 8 + 4
+
+
+def test_double_backward_raises_a_clear_error():
+    x = make_logits((3, 4))
+    with pytest.raises(RuntimeError, match="double backward through fastops ops is not supported"):
+        torch.autograd.grad(F.cross_entropy(x, torch.tensor([0, 1, 2])), x, create_graph=True)
+
+
+def test_autocast_cpu_runs_in_float32_like_torch():
+    x = make_logits((4, 6), dtype=torch.bfloat16)
+    target, weight = torch.tensor([0, 5, 2, 1]), make_weight(6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = F.cross_entropy(x, target, weight)
+        theirs = TF.cross_entropy(x, target, weight)
+    assert ours.dtype == theirs.dtype == torch.float32
+    assert_close(ours, theirs)
+
+
+def test_deprecated_size_average_and_reduce_like_torch():
+    x, target = make_logits((5, 3)), torch.tensor([0, 1, 2, 1, 0])
+    for size_average, reduce in ((False, None), (None, False), (True, True)):
+        with pytest.warns(UserWarning):
+            ours = F.cross_entropy(x, target, size_average=size_average, reduce=reduce)
+        with pytest.warns(UserWarning):
+            theirs = TF.cross_entropy(x, target, size_average=size_average, reduce=reduce)
+        assert_close(ours, theirs)
+    with pytest.warns(UserWarning):
+        module = fastops.nn.CrossEntropyLoss(size_average=False)
+    assert module.reduction == "sum"
+    assert_close(module(x, target), TF.cross_entropy(x, target, reduction="sum"))
+
+
+def test_module_matches_torch_and_state_dict_loads_both_ways():
+    weight = make_weight(5)
+    ours = fastops.nn.CrossEntropyLoss(weight=weight, ignore_index=1, label_smoothing=0.1)
+    theirs = torch.nn.CrossEntropyLoss(weight=torch.ones(5), ignore_index=1, label_smoothing=0.1)
+    assert isinstance(ours, torch.nn.CrossEntropyLoss)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    theirs.load_state_dict(ours.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    x, target = make_logits((6, 5)), torch.tensor([0, 1, 2, 3, 4, 1])
+    assert_same_forward_backward(ours, theirs, [x, target])
+    assert repr(ours) == repr(theirs)
+
+
+def test_module_compile_fullgraph():
+    model = torch.nn.Sequential(fastops.nn.Linear(6, 5))
+    loss = fastops.nn.CrossEntropyLoss(weight=make_weight(5), label_smoothing=0.1)
+    x, target = make_logits((4, 6)), torch.tensor([0, 4, 2, 1])
+    compiled = compile_fullgraph(lambda x, t: loss(model(x), t))
+    assert_same_forward_backward(compiled, lambda x, t: loss(model(x), t), [x, target])
+    prob = make_target((4, 5), True)
+    assert_same_forward_backward(compiled, lambda x, t: loss(model(x), t), [x, prob])
+
+
+def test_bad_input_raises_clear_errors_and_changes_nothing():
+    x, target, weight = make_logits((3, 5)), torch.tensor([1, 2, 4]), make_weight(5)
+    state = (x, target, weight)
+    ce = F.cross_entropy
+    raises(IndexError, "Target 5 is out of bounds", ce, x, torch.tensor([1, 2, 5]), state=state)
+    raises(IndexError, "Target -1 is out of bounds", ce, x, torch.tensor([1, -1, 0]), state=state)
+    raises(RuntimeError, "expected target dtype to be Long or Byte", ce, x, target.int(), state=state)
+    raises(RuntimeError, "Expected floating point type for target with class probabilities",
+           ce, x, torch.zeros(3, 5, dtype=torch.long), state=state)
+    raises(RuntimeError, "ignore_index is not supported for floating point target",
+           ce, x, torch.rand(3, 5), ignore_index=0, state=state)
+    raises(ValueError, r"Expected input batch_size \(3\) to match target batch_size \(2\)",
+           ce, x, target[:2], state=state)
+    raises(RuntimeError, "multi-target not supported", ce, x, target[:, None], state=state)
+    raises(RuntimeError, r"Expected target size \[2, 4\], got \[2, 5\]",
+           ce, torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long))
+    raises(ValueError, "1D target must have size 1", ce, torch.randn(5), torch.tensor([1, 2]))
+    raises(RuntimeError, r"weight tensor should be defined either for all 5 classes.*\[4\]",
+           ce, x, target, weight[:4], state=state)
+    raises(RuntimeError, "expected weight to have the dtype of input", ce, x, target, weight.double(), state=state)
+    raises(RuntimeError, "expected target on the device of input", ce, x, target.to("meta"), state=state)
+    raises(RuntimeError, "expected weight on the device of input", ce, x, target, weight.to("meta"), state=state)
+    raises(RuntimeError, "label_smoothing must be between 0.0 and 1.0. Got: 1.5",
+           ce, x, target, label_smoothing=1.5, state=state)
+    raises(ValueError, "avg is not a valid value for reduction", ce, x, target, reduction="avg", state=state)
+    raises(ValueError, "avg is not a valid value for reduction", fastops.nn.LinearCrossEntropyLoss, 3, 2,
+           reduction="avg")
+    raises(RuntimeError, "0-D", ce, torch.tensor(1.0), torch.tensor(0))
+    raises(RuntimeError, "floating-point dtype", ce, x.long(), target)
+    raises(TypeError, "expected target to be a Tensor", ce, x, [1, 2, 4])
+    raises(RuntimeError, "not differentiable with respect to argument 'weight'",
+           ce, x, target, weight.clone().requires_grad_(), state=state)
+    # the ops validate too (direct calls bypass fastops.functional)
+    op = fastops.ops.cross_entropy
+    raises(RuntimeError, "reduction must be 'none', 'mean' or 'sum'", op, x, target, None, "avg", -100, 0.0)
+    raises(RuntimeError, r"expected a class-index target of shape \[3\]", op, x, target[:2], None, "mean", -100, 0.0)
+    raises(RuntimeError, r"expected weight of shape \[5\]", op, x, target, weight[:2], "mean", -100, 0.0)
+    raises(RuntimeError, "expected logits of shape", op, x[0], target[0], None, "mean", -100, 0.0)
+    raises(RuntimeError, "label_smoothing must be between", op, x, target, None, "mean", -100, 2.0)
+
+
+# ---------------------------------------------------------------- fused linear + cross-entropy
+
+def make_linear(rows, hidden, classes, bias=True, device="cpu", dtype=torch.float32, seed=3):
+    g = generator(seed)
+    x = torch.randn(*rows, hidden, generator=g).to(device, dtype).requires_grad_()
+    w = (torch.randn(classes, hidden, generator=g) * 2 / hidden**0.5).to(device, dtype).requires_grad_()
+    b = torch.randn(classes, generator=g).to(device, dtype).requires_grad_() if bias else None
+    return x, w, b
+
+
+LINEAR_SHAPES = [((7,), 9, 10), ((), 5, 6), ((1,), 3, 1), ((0,), 4, 5), ((13,), 33, 129)]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("rows,hidden,classes", LINEAR_SHAPES, ids=str)
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", ""])
+@pytest.mark.parametrize("reduction,label_smoothing,weighted", [("mean", 0.0, False), ("sum", 0.2, True),
+                                                                 ("none", 0.1, False), ("mean", 0.3, True)])
+def test_linear_parity(device, dtype, rows, hidden, classes, prob, bias, reduction, label_smoothing,
+                       weighted):
+    x, w, b = make_linear(rows, hidden, classes, bias, device, dtype)
+    target = make_target((*rows, classes) if rows else (classes,), prob, device, dtype)
+    class_weight = make_weight(classes, device, dtype) if weighted else None
+    options = dict(reduction=reduction, label_smoothing=label_smoothing)
+    assert_same_forward_backward(
+        lambda x, w, b, t: F.linear_cross_entropy(x, w, b, t, class_weight, **options),
+        lambda x, w, b, t: linear_reference(x, w, b, t, class_weight, **options),
+        [x, w, b, target], dtype, scale=2 + hidden / 16)
+
+
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+def test_linear_several_chunks_and_33000_classes(prob):
+    # 130 rows of 33000 logits: the CPU kernel handles them in three chunks of rows
+    x, w, b = make_linear((130,), 3, 33000)
+    target = make_target((130, 33000), prob)
+    assert_same_forward_backward(
+        lambda x, w, b, t: F.linear_cross_entropy(x, w, b, t, label_smoothing=0.1, ignore_index=-100),
+        lambda x, w, b, t: linear_reference(x, w, b, t, label_smoothing=0.1), [x, w, b, target],
+        scale=20)
+
+
+def test_linear_keeps_no_logits_for_backward():
+    x, w, b = make_linear((256,), 32, 2000)
+    target = make_target((256, 2000), False)
+    _, ours = fastops.saved_tensor_bytes(F.linear_cross_entropy, x, w, b, target)
+    _, theirs = fastops.saved_tensor_bytes(lambda *a: TF.cross_entropy(TF.linear(*a[:3]), a[3]), x, w, b, target)
+    parameters = (x.numel() + w.numel() + b.numel()) * 4
+    assert ours == parameters + target.numel() * 8 + 256 * 4 + 4
+    assert theirs >= (x.numel() + w.numel()) * 4 + 256 * 2000 * 4  # x, weight, log_softmax
+
+
+def test_linear_gradcheck_and_opcheck():
+    x, w, b = make_linear((4,), 3, 5, dtype=torch.float64)
+    index, prob = make_target((4, 5), False), make_target((4, 5), True, dtype=torch.float64)
+    weight = make_weight(5, dtype=torch.float64)
+    for reduction in ("none", "mean"):
+        assert torch.autograd.gradcheck(
+            lambda *a: fastops.ops.linear_cross_entropy(*a[:3], index, weight, reduction, -100, 0.2)[0], (x, w, b))
+        assert torch.autograd.gradcheck(
+            lambda *a: fastops.ops.linear_cross_entropy(*a[:3], a[3], None, reduction, -100, 0.1)[0], (x, w, b, prob))
+    x32, w32, b32 = make_linear((4,), 3, 5)
+    for target in (index, prob.float().detach().requires_grad_()):
+        for bias in (b32, None):
+            torch.library.opcheck(fastops.ops.linear_cross_entropy.default,
+                                  (x32, w32, bias, target, None, "mean", -100, 0.1))
+
+
+def test_linear_module_state_dict_loads_from_and_into_nn_linear():
+    torch.manual_seed(0)
+    ours = fastops.nn.LinearCrossEntropyLoss(6, 4, class_weight=make_weight(4), label_smoothing=0.1)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 4)
+    assert_close(ours.weight, head.weight)  # same initialisation from the same seed
+    assert_close(ours.bias, head.bias)
+    head.load_state_dict(ours.state_dict(), strict=False)
+    ours.load_state_dict({**head.state_dict(), "class_weight": ours.class_weight})
+    x, target = make_linear((5,), 6, 4)[0], torch.tensor([0, 3, 1, 2, 3])
+    loss = torch.nn.CrossEntropyLoss(weight=ours.class_weight, label_smoothing=0.1)
+    assert_same_forward_backward(ours, lambda x, t: loss(head(x), t), [x, target])
+    assert "num_classes=4" in repr(ours)
+    compiled = compile_fullgraph(ours)
+    assert_same_forward_backward(compiled, ours, [x, target])
+
+
+def test_linear_bad_input():
+    x, w, b = make_linear((3,), 4, 5)
+    target = torch.tensor([0, 4, 1])
+    state = (x, w, b)
+    lce = F.linear_cross_entropy
+    raises(RuntimeError, "input.shape\\[-1\\] is 3, weight expects in_features = 4", lce, x[:, :3], w, b, target, state=state)
+    raises(RuntimeError, "expected weight to have the dtype of input", lce, x, w.double(), b, target, state=state)
+    raises(RuntimeError, r"expected bias of shape \[5\]", lce, x, w, b[:4], target, state=state)
+    raises(RuntimeError, "expected input of shape \\(N, H\\)", lce, x[None], w, b, target, state=state)
+    raises(IndexError, "Target 5 is out of bounds", lce, x, w, b, torch.tensor([0, 5, 1]), state=state)
+    raises(ValueError, "to match target batch_size", lce, x, w, b, target[:2], state=state)
+    raises(RuntimeError, "expected target to have the dtype of input", lce, x, w, b,
+           torch.rand(3, 5, dtype=torch.float64), state=state)
+
+
+# ----------------------------------------------------------- Triton kernels (interpreter on CPU)
+
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("shape,layout", [((5, 10), "contiguous"), ((3, 37), "transposed"),
+                                          ((2, 5, 6), "contiguous"), ((2, 3, 2, 3), "channels_last"),
+                                          ((4,), "vector")], ids=str)
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("reduction,label_smoothing,weighted", [("mean", 0.0, False), ("none", 0.2, True),
+                                                                 ("sum", 0.1, False), ("mean", 0.3, True)])
+def test_triton_launchers_match_torch(shape, layout, prob, reduction, label_smoothing, weighted):
+    from fastops.triton_kernels.cross_entropy import cross_entropy_backward, cross_entropy_forward
+
+    x = make_logits(shape, TRITON_DEVICE).detach()
+    if layout == "transposed":
+        x = x.t().contiguous().t()
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = make_target(shape, prob, TRITON_DEVICE).detach()
+    if len(shape) == 1:
+        x, target = x[None], target[None] if prob else target.reshape(1)
+    classes = x.shape[1]
+    weight = make_weight(classes, TRITON_DEVICE) if weighted else None
+    options = dict(reduction=reduction, label_smoothing=label_smoothing)
+    loss, lse, total_weight = cross_entropy_forward(x, target, weight, reduction, -100, label_smoothing)
+    assert_close(lse, torch.logsumexp(x, 1))
+    x.requires_grad_()
+    target.requires_grad_(prob)
+    want = reference(x, target, weight, **options)
+    assert_close(loss, want.detach())
+    grad = torch.randn_like(want)
+    wanted = [x, target] if prob else [x]
+    want_grads = torch.autograd.grad(want, wanted, grad)
+    grad_x, grad_target = cross_entropy_backward(grad, x.detach(), target.detach(), weight, lse,
+                                                 total_weight, reduction, -100, label_smoothing,
+                                                 [True, prob])
+    assert_close(grad_x, want_grads[0])
+    if prob:
+        assert_close(grad_target, want_grads[1])
+    else:
+        assert grad_target.numel() == 0
+
+
+def test_triton_out_of_range_target_gives_nan_not_a_bad_read():
+    from fastops.triton_kernels.cross_entropy import cross_entropy_forward
+
+    x = make_logits((3, 4), TRITON_DEVICE).detach()
+    loss = cross_entropy_forward(x, torch.tensor([0, 7, -5], device=TRITON_DEVICE), None, "none", -100, 0.0)[0]
+    assert not loss[0].isnan() and loss[1:].isnan().all()
+
+
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_triton_linear_launchers_match_torch(monkeypatch, prob, reduction):
+    from fastops.triton_kernels import cross_entropy as kernels
+
+    monkeypatch.setattr(kernels, "_LINEAR_CHUNK_ELEMENTS", 40)  # 3 rows per chunk: 3 chunks
+    x, w, b = make_linear((7,), 6, 13, device=TRITON_DEVICE)
+    target = make_target((7, 13), prob, TRITON_DEVICE)
+    options = dict(reduction=reduction, label_smoothing=0.1)
+    loss, lse, total_weight = kernels.linear_cross_entropy_forward(
+        x.detach(), w.detach(), b.detach(), target.detach(), None, reduction, -100, 0.1)
+    want = linear_reference(x, w, b, target, **options)
+    assert_close(loss, want.detach())
+    grad = torch.randn_like(want)
+    wanted = [x, w, b, target] if prob else [x, w, b]
+    want_grads = torch.autograd.grad(want, wanted, grad)
+    grads = kernels.linear_cross_entropy_backward(
+        grad, x.detach(), w.detach(), b.detach(), target.detach(), None, lse, total_weight,
+        reduction, -100, 0.1, [True, True, True, prob])
+    for got, expected in zip(grads, want_grads):
+        assert_close(got, expected, scale=2)
+
+
+# ---------------------------------------------------------------------------- CUDA (real GPU)
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+def test_large_rows_match(device, prob):
+    shape = (64, 4099)
+    x, target, weight = make_logits(shape, device), make_target(shape, prob, device), make_weight(4099, device)
+    assert_same_forward_backward(lambda x, t: F.cross_entropy(x, t, weight, label_smoothing=0.1),
+                                 lambda x, t: reference(x, t, weight, label_smoothing=0.1), [x, target],
+                                 scale=10)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_autocast_runs_in_float32_like_torch():
+    x, target = make_logits((8, 100), "cuda"), torch.randint(0, 100, (8,), device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        ours = F.cross_entropy(x.half(), target)
+        theirs = TF.cross_entropy(x.half(), target)
+    assert ours.dtype == theirs.dtype == torch.float32
+    assert_close(ours, theirs)

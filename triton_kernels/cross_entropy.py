@@ -1,0 +1,376 @@
+"""Triton kernels of fastops.cross_entropy and fastops.linear_cross_entropy.
+
+Logits [N, C, S] (S = d1 * ... * dk, 1 for [N, C]) are read through explicit strides as
+N * S rows of C classes: the class dimension may be strided (NCHW) or contiguous
+(channels-last, [N, C]), with no transposed copy. A program handles BLOCK_ROWS rows (several
+when C is small) and loops over C in BLOCK_C chunks (when C is large).
+
+    forward:   lse[r] = logsumexp_c x[r, c] (online: running max and rescaled sum)
+               loss[r] = -sum_c a[r, c] * (x[r, c] - lse[r]), a = the weighted, smoothed target
+    backward:  grad_x[r, c] = scale[r] * (A[r] * exp(x[r, c] - lse[r]) - a[r, c]), A = sum_c a
+               grad_target[r, c] = -scale[r] * w[c] * (1 - smoothing) * (x[r, c] - lse[r])
+
+Class-index targets out of [0, C) (and not ignore_index) give a NaN loss instead of an
+out-of-bounds read (the CPU kernel raises). No host-device synchronisation anywhere.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import autotune, cdiv, empty_grad
+
+# (BLOCK_ROWS, BLOCK_C, num_warps): many short rows per program down to one row in 4096-wide
+# chunks. The first (the interpreter's only config) loops over C and masks rows and classes.
+_SHAPES = [(4, 16, 1), (64, 16, 4), (32, 32, 4), (16, 64, 4), (8, 128, 4), (4, 256, 4),
+           (2, 512, 4), (1, 1024, 4), (1, 2048, 8), (1, 4096, 8), (1, 8192, 16)]
+_CONFIGS = [triton.Config({"BLOCK_ROWS": rows, "BLOCK_C": block_c}, num_warps=warps)
+            for rows, block_c, warps in _SHAPES]
+_KEY = ["C", "PROB_TARGET", "HAS_WEIGHT", "SMOOTHING"]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keeps the tiles that suit C: chunks no wider than the row, and several rows per program
+    only when a row fits in one chunk."""
+    classes = named_args["C"]
+    width = max(16, triton.next_power_of_2(classes))
+    fitting = [c for c in configs if c.kwargs["BLOCK_C"] <= width
+               and (c.kwargs["BLOCK_ROWS"] == 1 or c.kwargs["BLOCK_C"] >= classes)]
+    return fitting or configs[:1]
+
+
+@triton.jit
+def _row_pointers(base, rows_idx, S, stride_n, stride_s):
+    """Pointers to element (n, 0, s) of rows r = n * S + s."""
+    return base + (rows_idx // S) * stride_n + (rows_idx % S) * stride_s
+
+
+@triton.jit
+def _class_coefficients(y, w, smoothing, C, PROB_TARGET: tl.constexpr):
+    """Per-class coefficients a of the loss (besides the target class of index targets): the
+    weighted smoothed distribution w * (y * (1 - s) + s / C), or w * s / C for index targets."""
+    if PROB_TARGET:
+        return w * (y * (1.0 - smoothing) + smoothing / C)
+    return w * (smoothing / C)
+
+
+@autotune(_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def cross_entropy_forward_kernel(
+    x_ptr, target_ptr, weight_ptr, weight_sum_ptr, loss_ptr, row_weight_ptr, lse_ptr,
+    rows, C, S,
+    stride_xn, stride_xc, stride_xs, stride_tn, stride_tc, stride_ts,
+    ignore_index, smoothing,
+    PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Per row: lse, the loss before reduction and the row's weight in a mean (fp32)."""
+    rows_idx = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
+    row_in = rows_idx < rows
+    x_rows = _row_pointers(x_ptr, rows_idx, S, stride_xn, stride_xs)
+    t_rows = _row_pointers(target_ptr, rows_idx, S, stride_tn, stride_ts)
+    running_max = tl.full((BLOCK_ROWS,), float("-inf"), tl.float32)
+    running_sum = tl.zeros((BLOCK_ROWS,), tl.float32)
+    dot = tl.zeros((BLOCK_ROWS,), tl.float32)
+    coefficient_sum = tl.zeros((BLOCK_ROWS,), tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        inside = row_in[:, None] & (cols < C)[None, :]
+        x = tl.load(x_rows[:, None] + cols[None, :] * stride_xc, mask=inside, other=float("-inf"))
+        x = x.to(tl.float32)
+        new_max = tl.maximum(running_max, tl.max(x, axis=1))
+        # While a row holds only -inf its sum stays 0 (exp(-inf - -inf) would be NaN).
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(x - shift[:, None]), axis=1)
+        running_max = new_max
+        if PROB_TARGET or SMOOTHING:
+            if HAS_WEIGHT:
+                w = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
+            else:
+                w = tl.where(inside, 1.0, 0.0)
+            if PROB_TARGET:
+                y = tl.load(t_rows[:, None] + cols[None, :] * stride_tc, mask=inside, other=0.0)
+                a = _class_coefficients(y.to(tl.float32), w, smoothing, C, PROB_TARGET)
+                coefficient_sum += tl.sum(tl.where(inside, a, 0.0), axis=1)
+            else:
+                a = w
+            dot += tl.sum(tl.where(inside, a * x, 0.0), axis=1)
+    lse = running_max + tl.log(running_sum)
+
+    if PROB_TARGET:
+        loss = -(dot - lse * coefficient_sum)
+        row_weight = tl.where(row_in, 1.0, 0.0)
+    else:
+        target = tl.load(t_rows, mask=row_in, other=ignore_index).to(tl.int64)
+        counted = row_in & (target != ignore_index)
+        in_range = (target >= 0) & (target < C)
+        safe_target = tl.where(in_range, target, 0)
+        x_target = tl.load(x_rows + safe_target * stride_xc, mask=counted & in_range, other=0.0).to(tl.float32)
+        if HAS_WEIGHT:
+            w_target = tl.load(weight_ptr + safe_target, mask=counted & in_range, other=0.0).to(tl.float32)
+        else:
+            w_target = tl.where(counted, 1.0, 0.0)
+        loss = -(x_target - lse) * w_target
+        if SMOOTHING:
+            weight_sum = tl.load(weight_sum_ptr).to(tl.float32)
+            loss = (1.0 - smoothing) * loss + smoothing / C * -(dot - lse * weight_sum)
+        loss = tl.where(counted, tl.where(in_range, loss, float("nan")), 0.0)
+        row_weight = w_target
+    tl.store(loss_ptr + rows_idx, loss, mask=row_in)
+    tl.store(row_weight_ptr + rows_idx, row_weight, mask=row_in)
+    tl.store(lse_ptr + rows_idx, lse, mask=row_in)
+
+
+@autotune(_CONFIGS, key=_KEY + ["NEED_INPUT", "NEED_TARGET"],
+          prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def cross_entropy_backward_kernel(
+    x_ptr, target_ptr, weight_ptr, weight_sum_ptr, lse_ptr, scale_ptr, grad_x_ptr, grad_target_ptr,
+    rows, C, S,
+    stride_xn, stride_xc, stride_xs, stride_tn, stride_tc, stride_ts, stride_scale,
+    ignore_index, smoothing,
+    PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr,
+    NEED_INPUT: tl.constexpr, NEED_TARGET: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """grad_x / grad_target as contiguous rows [rows, C] (classes last); scale[r * stride_scale]
+    is d loss / d loss[r]."""
+    rows_idx = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
+    row_in = rows_idx < rows
+    x_rows = _row_pointers(x_ptr, rows_idx, S, stride_xn, stride_xs)
+    t_rows = _row_pointers(target_ptr, rows_idx, S, stride_tn, stride_ts)
+    lse = tl.load(lse_ptr + rows_idx, mask=row_in, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + rows_idx * stride_scale, mask=row_in, other=0.0).to(tl.float32)
+    keep = 1.0 - smoothing
+
+    if PROB_TARGET:
+        counted = row_in
+        target = tl.zeros((BLOCK_ROWS,), tl.int64)
+        total = tl.zeros((BLOCK_ROWS,), tl.float32)  # A = sum_c a
+        if NEED_INPUT:
+            for c0 in range(0, C, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)
+                inside = row_in[:, None] & (cols < C)[None, :]
+                y = tl.load(t_rows[:, None] + cols[None, :] * stride_tc, mask=inside, other=0.0)
+                if HAS_WEIGHT:
+                    w = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
+                else:
+                    w = tl.where(inside, 1.0, 0.0)
+                a = _class_coefficients(y.to(tl.float32), w, smoothing, C, PROB_TARGET)
+                total += tl.sum(tl.where(inside, a, 0.0), axis=1)
+    else:
+        target = tl.load(t_rows, mask=row_in, other=ignore_index).to(tl.int64)
+        counted = row_in & (target != ignore_index)
+        in_range = (target >= 0) & (target < C)
+        if HAS_WEIGHT:
+            w_target = tl.load(weight_ptr + tl.where(in_range, target, 0), mask=counted & in_range, other=0.0)
+            w_target = w_target.to(tl.float32)
+        else:
+            w_target = tl.where(counted, 1.0, 0.0)
+        total = keep * w_target
+        if SMOOTHING:
+            total += smoothing / C * tl.load(weight_sum_ptr).to(tl.float32)
+    scale = tl.where(counted, scale, 0.0)
+
+    out_rows = rows_idx * C
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        inside = row_in[:, None] & (cols < C)[None, :]
+        x = tl.load(x_rows[:, None] + cols[None, :] * stride_xc, mask=inside, other=0.0).to(tl.float32)
+        log_softmax = x - lse[:, None]
+        if HAS_WEIGHT:
+            w = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
+        else:
+            w = tl.where(inside, 1.0, 0.0)
+        out = out_rows[:, None] + cols[None, :]
+        if NEED_INPUT:
+            if PROB_TARGET:
+                y = tl.load(t_rows[:, None] + cols[None, :] * stride_tc, mask=inside, other=0.0)
+                a = _class_coefficients(y.to(tl.float32), w, smoothing, C, PROB_TARGET)
+            else:
+                a = _class_coefficients(0.0, w, smoothing, C, PROB_TARGET)
+                a += tl.where(cols[None, :] == target[:, None], keep * w_target[:, None], 0.0)
+            grad = scale[:, None] * (total[:, None] * tl.exp(log_softmax) - a)
+            grad = tl.where(counted[:, None], grad, 0.0)
+            tl.store(grad_x_ptr + out, grad.to(grad_x_ptr.dtype.element_ty), mask=inside)
+        if NEED_TARGET:
+            grad_y = -scale[:, None] * w * keep * log_softmax
+            tl.store(grad_target_ptr + out, grad_y.to(grad_target_ptr.dtype.element_ty), mask=inside)
+
+
+def _as_rows(t):
+    """[N, C, d...] -> a [N, C, S] view when the spatial dims collapse (else a copy), and its
+    strides (n, c, s)."""
+    t3 = t.reshape(t.shape[0], t.shape[1], -1)
+    return t3, (t3.stride(0), t3.stride(1), t3.stride(2))
+
+
+def _index_rows(target):
+    """A class-index target [N, d...] as [N, S] and its strides (n, unused, s)."""
+    t2 = target.reshape(target.shape[0], -1)
+    return t2, (t2.stride(0), 0, t2.stride(1))
+
+
+def _class_weight(weight, like):
+    """(weight, its sum as a 1-element tensor): the sum is read on the device, no .item()."""
+    if weight is None:
+        return None, torch.full((1,), float(like.shape[1]), device=like.device, dtype=torch.float32)
+    return weight.contiguous(), weight.sum(dtype=torch.float32).reshape(1)
+
+
+def _accumulate_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _loss_rows(input, target, weight, ignore_index, label_smoothing):
+    """Per-row (loss, row_weight, lse) in float32 for logits [N, C, d...]."""
+    x, x_strides = _as_rows(input)
+    prob_target = target.is_floating_point()
+    t, t_strides = _as_rows(target) if prob_target else _index_rows(target)
+    rows, classes = x.shape[0] * x.shape[2], x.shape[1]
+    smoothing = max(float(label_smoothing), 0.0)
+    weight, weight_sum = _class_weight(weight, x)
+    loss = torch.empty(rows, device=x.device, dtype=torch.float32)
+    row_weight = torch.empty_like(loss)
+    lse = torch.empty_like(loss)
+    if rows > 0:
+        cross_entropy_forward_kernel[lambda meta: (cdiv(rows, meta["BLOCK_ROWS"]),)](
+            x, t, weight, weight_sum, loss, row_weight, lse,
+            rows, classes, x.shape[2], *x_strides, *t_strides, ignore_index, smoothing,
+            PROB_TARGET=prob_target, HAS_WEIGHT=weight is not None, SMOOTHING=smoothing > 0,
+        )
+    if prob_target and classes == 0:  # torch's mean over no logits is NaN
+        row_weight.zero_()
+    return loss, row_weight, lse
+
+
+def _reduce(loss, row_weight, reduction, rows_shape, dtype):
+    """(loss, total_weight) from per-row values, on the device (no synchronisation)."""
+    acc = _accumulate_dtype(dtype)
+    total_weight = row_weight.sum(dtype=acc)
+    if reduction == "none":
+        return loss.to(dtype).view(rows_shape), total_weight
+    total = loss.sum(dtype=acc)
+    return (total / total_weight if reduction == "mean" else total).to(dtype), total_weight
+
+
+def _row_scale(grad_loss, total_weight, reduction):
+    scale = grad_loss.reshape(-1).to(torch.float32).contiguous()
+    return scale / total_weight if reduction == "mean" else scale
+
+
+def _loss_grads(input, target, weight, lse, scale, ignore_index, label_smoothing, need_input,
+                need_target):
+    """Gradients of input and of a probability target as contiguous rows [N * S, C]. (Never
+    written over the input: autotuning runs the kernel several times on the same arguments.)"""
+    x, x_strides = _as_rows(input)
+    prob_target = target.is_floating_point()
+    t, t_strides = _as_rows(target) if prob_target else _index_rows(target)
+    rows, classes = x.shape[0] * x.shape[2], x.shape[1]
+    smoothing = max(float(label_smoothing), 0.0)
+    weight, weight_sum = _class_weight(weight, x)
+    grad_input = torch.empty((rows, classes), device=x.device, dtype=x.dtype) if need_input else None
+    grad_target = torch.empty((rows, classes), device=x.device, dtype=x.dtype) if need_target else None
+    if rows > 0 and classes > 0:
+        cross_entropy_backward_kernel[lambda meta: (cdiv(rows, meta["BLOCK_ROWS"]),)](
+            x, t, weight, weight_sum, lse.reshape(-1), scale, grad_input, grad_target,
+            rows, classes, x.shape[2], *x_strides, *t_strides, 1 if scale.numel() > 1 else 0,
+            ignore_index, smoothing,
+            PROB_TARGET=prob_target, HAS_WEIGHT=weight is not None, SMOOTHING=smoothing > 0,
+            NEED_INPUT=need_input, NEED_TARGET=need_target,
+        )
+    return grad_input, grad_target
+
+
+def _classes_last_view(rows_grad, input):
+    """Contiguous rows [N * d..., C] as a view of input's shape [N, C, d...]."""
+    shape = (input.shape[0], *input.shape[2:], input.shape[1])
+    return rows_grad.view(shape).movedim(-1, 1)
+
+
+def cross_entropy_forward(input, target, weight, reduction, ignore_index, label_smoothing):
+    """input [N, C, d...]; target class indices [N, d...] or probabilities (input's shape);
+    weight [C] or None -> (loss [N, d...] or [], lse [N, d...] fp32, total_weight [])."""
+    rows_shape = (input.shape[0], *input.shape[2:])
+    loss, row_weight, lse = _loss_rows(input, target, weight, ignore_index, label_smoothing)
+    loss, total_weight = _reduce(loss, row_weight, reduction, rows_shape, input.dtype)
+    return loss, lse.to(_accumulate_dtype(input.dtype)).view(rows_shape), total_weight
+
+
+def cross_entropy_backward(grad_loss, input, target, weight, logsumexp, total_weight, reduction,
+                           ignore_index, label_smoothing, output_mask):
+    """(grad_input, grad_target) of cross_entropy_forward, each of input's shape (or empty)."""
+    need_input, need_target = output_mask
+    scale = _row_scale(grad_loss, total_weight, reduction)
+    grad_input, grad_target = _loss_grads(input, target, weight, logsumexp.to(torch.float32),
+                                          scale, ignore_index, label_smoothing, need_input,
+                                          need_target)
+    return (_classes_last_view(grad_input, input) if need_input else empty_grad(input),
+            _classes_last_view(grad_target, input) if need_target else empty_grad(input))
+
+
+# --------------------------------------------------------------------- linear + cross-entropy
+
+# Logits per chunk of rows: 2**25 elements (64 MiB in bf16, 128 MiB in fp32).
+_LINEAR_CHUNK_ELEMENTS = 1 << 25
+
+
+def _chunks(rows, classes):
+    step = max(1, min(rows, _LINEAR_CHUNK_ELEMENTS // max(1, classes)))
+    return [(r0, min(step, rows - r0)) for r0 in range(0, rows, step)]
+
+
+def _chunk_logits(input, linear_weight, bias, r0, m):
+    x = input[r0:r0 + m]
+    return torch.addmm(bias, x, linear_weight.t()) if bias is not None else x @ linear_weight.t()
+
+
+def linear_cross_entropy_forward(input, linear_weight, bias, target, weight, reduction,
+                                 ignore_index, label_smoothing):
+    """cross_entropy_forward of input [N, H] @ linear_weight[C, H]^T + bias, chunk by chunk."""
+    rows = input.shape[0]
+    loss = torch.empty(rows, device=input.device, dtype=torch.float32)
+    row_weight = torch.empty_like(loss)
+    lse = torch.empty_like(loss)
+    for r0, m in _chunks(rows, linear_weight.shape[0]):
+        logits = _chunk_logits(input, linear_weight, bias, r0, m)
+        loss[r0:r0 + m], row_weight[r0:r0 + m], lse[r0:r0 + m] = _loss_rows(
+            logits, target[r0:r0 + m], weight, ignore_index, label_smoothing)
+    loss, total_weight = _reduce(loss, row_weight, reduction, (rows,), input.dtype)
+    return loss, lse.to(_accumulate_dtype(input.dtype)), total_weight
+
+
+def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target, weight, logsumexp,
+                                  total_weight, reduction, ignore_index, label_smoothing,
+                                  output_mask):
+    """Gradients (input, linear_weight, bias, probability target): the logits of each chunk
+    are recomputed, their gradient computed and fed to the GEMMs."""
+    need_input, need_linear_weight, need_bias, need_target = output_mask
+    rows, classes = input.shape[0], linear_weight.shape[0]
+    scale = _row_scale(grad_loss, total_weight, reduction)
+    lse = logsumexp.to(torch.float32)
+    grad_input = torch.empty_like(input, memory_format=torch.contiguous_format) if need_input else None
+    # fp32 accumulators across chunks for reduced-precision parameters
+    acc = _accumulate_dtype(input.dtype)
+    grad_linear_weight = torch.zeros(linear_weight.shape, device=input.device, dtype=acc) if need_linear_weight else None
+    grad_bias = torch.zeros(classes, device=input.device, dtype=acc) if need_bias else None
+    grad_target = torch.empty((rows, classes), device=input.device, dtype=input.dtype) if need_target else None
+    need_logits = need_input or need_linear_weight or need_bias
+    for r0, m in _chunks(rows, classes):
+        logits = _chunk_logits(input, linear_weight, bias, r0, m)
+        grad_logits, chunk_grad_target = _loss_grads(
+            logits, target[r0:r0 + m], weight, lse[r0:r0 + m],
+            scale[r0:r0 + m] if scale.numel() > 1 else scale, ignore_index, label_smoothing,
+            need_logits, need_target)
+        if need_target:
+            grad_target[r0:r0 + m] = chunk_grad_target
+        if need_input:
+            torch.mm(grad_logits, linear_weight, out=grad_input[r0:r0 + m])
+        if need_linear_weight:
+            grad_linear_weight += (grad_logits.t() @ input[r0:r0 + m]).to(acc)
+        if need_bias:
+            grad_bias += grad_logits.sum(0, dtype=acc)
+    return (grad_input if need_input else empty_grad(input),
+            grad_linear_weight.to(input.dtype) if need_linear_weight else empty_grad(input),
+            grad_bias.to(input.dtype) if need_bias else empty_grad(input),
+            grad_target if need_target else empty_grad(input))
