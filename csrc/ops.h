@@ -16,4 +16,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& output,
     c10::string_view activation, std::array<bool, 3> output_mask);
 
+at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                  c10::string_view activation);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& output, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, c10::string_view activation,
+    std::array<bool, 3> output_mask);
+
 }  // namespace fastops
