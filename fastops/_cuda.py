@@ -22,3 +22,5 @@ def _register(op, module, launcher):
 
 _register("linear", "linear", "linear_forward")
 _register("linear_backward", "linear", "linear_backward")
+_register("conv2d", "conv2d", "conv2d_forward")
+_register("conv2d_backward", "conv2d", "conv2d_backward")

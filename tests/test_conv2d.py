@@ -235,21 +235,64 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
     raises(RuntimeError, "expected a kernel of at least 1x1", fastops.ops.conv2d, x, w[..., :0], b, *args, "none")
 
 
+# ----------------------------------------------------------- Triton kernels (interpreter on CPU)
+
+TRITON_CASES = [  # (batch, C, O, (H, W), (kH, kW), stride, padding, dilation, groups)
+    (2, 3, 5, (7, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (1, 4, 6, (9, 8), (3, 2), (2, 3), (2, 0), (1, 2), 2),
+    (2, 4, 4, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 4),
+    (0, 3, 2, (4, 4), (3, 3), (1, 1), (0, 0), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("activation", ["none", "relu"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", TRITON_CASES)
+def test_triton_launchers_match_torch(bias, activation, channels_last, case):
+    from fastops.triton_kernels.conv2d import conv2d_backward, conv2d_forward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch, c, o, size, kernel, stride, padding, dilation, groups = case
+    x, w, b = make((batch,), c, o, size, kernel, groups, bias, device)
+    x = x.detach().contiguous(memory_format=torch.channels_last) if channels_last else noncontiguous(x.detach())
+    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    act = "relu" if activation == "relu" else None
+    out = conv2d_forward(x, w.detach(), b.detach() if bias else None, stride, padding, dilation, groups, activation)
+    x.requires_grad_()
+    ref = reference(x, w, b, **options, activation=act)
+    assert out.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(memory_format=torch.channels_last)
+    assert_close(out, ref.detach(), scale=3)
+
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, [x, w, b] if bias else [x, w], grad)
+    for mask in ([True, True, bias], [False, False, bias], [True, False, False], [False, True, False]):
+        got = conv2d_backward(grad, x.detach(), w.detach(), out, list(x.shape), stride, padding, dilation,
+                              groups, activation, mask)
+        for needed, g, expected in zip(mask, got, list(want) + [None]):
+            if needed:
+                assert_close(g, expected, scale=3)
+            else:
+                assert g.numel() == 0
+
+
 # ----------------------------------------------------------------------------- CUDA (real GPU)
 
 @requires_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision,scale", [("highest", 3), ("high", 100)])
 def test_cuda_float32_follows_matmul_precision(precision, scale):
-    previous = torch.get_float32_matmul_precision()
+    previous = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision(precision)
+    torch.backends.cudnn.allow_tf32 = precision != "highest"  # the reference under the same rule
     try:
         inputs = make((8,), 32, 48, (17, 19), (3, 3), device="cuda")
         assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, padding=1),
                                      lambda *a: reference(*a, padding=1, activation="relu"), list(inputs),
                                      scale=scale)
     finally:
-        torch.set_float32_matmul_precision(previous)
+        torch.set_float32_matmul_precision(previous[0])
+        torch.backends.cudnn.allow_tf32 = previous[1]
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
