@@ -103,6 +103,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
                  reduction, ignore_index, label_smoothing, output_mask);
 }
 
+at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                  c10::string_view activation) {
+  static auto op = handle<decltype(conv2d)>("fastops::conv2d");
+  return op.call(input, weight, bias, stride, padding, dilation, groups, activation);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& output, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, c10::string_view activation,
+    std::array<bool, 3> output_mask) {
+  static auto op = handle<decltype(conv2d_backward)>("fastops::conv2d_backward");
+  return op.call(grad_output, input, weight, output, input_size, stride, padding, dilation, groups,
+                 activation, output_mask);
+}
+
 TORCH_LIBRARY(fastops, m) {
   // linear: input [*, in], weight [out, in], bias [out] -> [*, out]; activation "none" | "relu";
   // with a dropout_seed, dropout(p = dropout_p) of the activation, as fastops::dropout draws it
@@ -165,6 +183,20 @@ TORCH_LIBRARY(fastops, m) {
       "Tensor? bias, Tensor target, Tensor? weight, Tensor logsumexp, Tensor total_weight, "
       "str reduction, int ignore_index, float label_smoothing, bool[4] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+
+
+  // conv2d: input [N, C, H, W], weight [O, C / groups, kH, kW], bias [O] -> [N, O, oH, oW], with
+  // explicit symmetric zero padding (fastops.functional normalises 'same' / 'valid' and the
+  // padding modes); the output is channels-last when input or weight is, as with torch.
+  m.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, str activation) -> Tensor");
+  // weight is always passed (grad_weight takes its shape from it; a parameter costs no memory to
+  // keep), input only when grad_weight is requested (input_size gives grad_input's shape), and
+  // output (the ReLU mask) only when activation is "relu".
+  m.def(
+      "conv2d_backward(Tensor grad_output, Tensor? input, Tensor weight, Tensor? output, "
+      "SymInt[4] input_size, int[2] stride, int[2] padding, int[2] dilation, int groups, "
 }
 
 }  // namespace fastops

@@ -33,3 +33,6 @@ _register("cross_entropy", "cross_entropy", "cross_entropy_forward")
 _register("cross_entropy_backward", "cross_entropy", "cross_entropy_backward")
 _register("linear_cross_entropy", "cross_entropy", "linear_cross_entropy_forward")
 _register("linear_cross_entropy_backward", "cross_entropy", "linear_cross_entropy_backward")
+
+_register("conv2d", "conv2d", "conv2d_forward")
+_register("conv2d_backward", "conv2d", "conv2d_backward")

@@ -418,3 +418,73 @@ def linear_cross_entropy(input, weight, bias, target, class_weight=None, ignore_
     loss = _ops.linear_cross_entropy(input, weight, bias, target, class_weight, reduction,
                                      ignore_index, float(label_smoothing))[0]
     return loss.squeeze(0) if vector and reduction == "none" else loss
+
+
+# --------------------------------------------------------------------------------------- conv2d
+
+def _pair(value, name, fn):
+    """An int or a sequence of 1 or 2 ints, as torch accepts them -> a 2-tuple."""
+    if isinstance(value, int):
+        return (value, value)
+    check(isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value), fn,
+          f"expected {name} to be an int or a tuple of ints, got {value!r}", TypeError)
+    check(len(value) in (1, 2), fn,
+          f"expected {name} to be a single integer value or a list of 2 values to match the "
+          f"convolution dimensions, got {name}={list(value)}")
+    return tuple(value) * (2 // len(value))
+
+
+def _conv2d_padding(input, weight, padding, stride, dilation, fn):
+    """Explicit symmetric padding for the op, plus the input, zero-padded by one more row/column
+    at the bottom/right where 'same' needs an odd total padding (as torch does)."""
+    if not isinstance(padding, str):
+        return input, _pair(padding, "padding", fn)
+    check(padding in ("same", "valid"), fn,
+          f"expected padding to be 'same', 'valid', an int or a tuple of ints, got {padding!r}")
+    if padding == "valid":
+        return input, (0, 0)
+    check(stride == (1, 1), fn,
+          f"padding='same' is not supported for strided convolutions, got stride={stride}")
+    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+    extra_h, extra_w = (t % 2 for t in total)
+    if extra_h or extra_w:
+        input = torch.nn.functional.pad(input, (0, extra_w, 0, extra_h))
+    return input, tuple(t // 2 for t in total)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
+    """``torch.nn.functional.conv2d`` (+ optional fused activation).
+
+    input: [N, C, H, W] or unbatched [C, H, W]; weight: [O, C / groups, kH, kW]; bias: [O];
+    returns [N, O, oH, oW] (or [O, oH, oW]), channels-last when input or weight is.
+    stride, dilation: int or (int, int); padding: int, (int, int), 'valid' or 'same'.
+    activation: None or "relu" (applied with the bias in the pass that writes the output).
+    """
+    fn = "conv2d"
+    activation = check_activation(activation, fn)
+    check_tensor(input, "input", fn)
+    check_tensor(weight, "weight", fn)
+    check_float_dtype(input, "input", fn)
+    check_like(weight, "weight", input, "input", fn)
+    if bias is not None:
+        check_tensor(bias, "bias", fn)
+        check_like(bias, "bias", input, "input", fn)
+    check(input.dim() in (3, 4), fn,
+          f"expected 3-D (unbatched) or 4-D (batched) input, got input of shape {list(input.shape)}")
+    check(weight.dim() == 4, fn,
+          f"expected weight to be 4-D [out_channels, in_channels / groups, kH, kW], got shape "
+          f"{list(weight.shape)}")
+    check(isinstance(groups, int), fn, f"expected groups to be an int, got {groups!r}", TypeError)
+    stride = _pair(stride, "stride", fn)
+    dilation = _pair(dilation, "dilation", fn)
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    input, padding = _conv2d_padding(input, weight, padding, stride, dilation, fn)
+    output = _ops.conv2d(input, weight, bias, stride, padding, dilation, groups, activation)
+    return output.squeeze(0) if unbatched else output
+
+
+def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``relu(conv2d(...))`` in one op; arguments and shapes as :func:`conv2d`."""
+    return conv2d(input, weight, bias, stride, padding, dilation, groups, activation="relu")

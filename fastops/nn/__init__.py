@@ -1,11 +1,14 @@
 """Modules mirroring torch.nn (each subclasses its torch.nn twin) plus fused modules."""
 
+from .conv2d import Conv2d, Conv2dReLU
 from .cross_entropy import CrossEntropyLoss, LinearCrossEntropyLoss
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .linear import Linear, LinearReLU
 from .max_pool2d import MaxPool2d
 
 __all__ = [
+    "Conv2d",
+    "Conv2dReLU",
     "CrossEntropyLoss",
     "Dropout",
     "Dropout1d",

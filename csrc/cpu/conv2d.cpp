@@ -1,0 +1,483 @@
+// CPU kernels of fastops::conv2d. The work is split into (group, chunk of images) tasks run in
+// parallel; each task owns its buffers, so the im2col data is still in cache for the GEMM and
+// the GEMM result for the epilogue.
+//
+//   forward:  im2col (any input strides, zero padding)  ->  GEMM  ->  one pass that adds the bias,
+//             applies ReLU and writes the output in its memory format.
+//   backward: one pass gathers the gradient with the ReLU mask (from the saved output) and sums
+//             it for the bias; a GEMM against the recomputed im2col accumulates the weight
+//             gradient (per-thread partial sums, reduced at the end); a GEMM with the weight gives
+//             the column gradient, which col2im gathers into grad_input, writing each element once.
+//
+// bfloat16 / float16 inputs are widened while they are gathered and every GEMM runs in float
+// (their opmath type), so each result is rounded once, as oneDNN does.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "common.h"
+
+namespace fastops {
+namespace {
+
+constexpr const char* kOp = "conv2d";
+constexpr const char* kBackwardOp = "conv2d_backward";
+
+// The sizes of one convolution, validated by conv2d_shape.
+struct Conv2dShape {
+  int64_t batch, in_channels, height, width;
+  int64_t out_channels, kernel_h, kernel_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
+  int64_t out_h, out_w;
+
+  int64_t in_per_group() const { return in_channels / groups; }
+  int64_t out_per_group() const { return out_channels / groups; }
+  // Rows of the im2col matrix of one group: the GEMM's reduction size.
+  int64_t patch() const { return in_per_group() * kernel_h * kernel_w; }
+  int64_t pixels() const { return out_h * out_w; }
+};
+
+// Element strides of a 4-D tensor [N, C, H, W].
+struct Strides4 {
+  int64_t n, c, h, w;
+};
+
+Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+void check_pair(at::IntArrayRef values, const char* name, const char* op) {
+  TORCH_CHECK(values.size() == 2, "fastops::", op, ": expected ", name, " to have 2 values, got ",
+              values);
+}
+
+Conv2dShape conv2d_shape(at::IntArrayRef input_size, const at::Tensor& weight, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                         const char* op) {
+  TORCH_CHECK(input_size.size() == 4, "fastops::", op,
+              ": expected input to be 4-D [N, C, H, W], got shape ", input_size);
+  check_dim(weight, 4, "weight", op);
+  check_pair(stride, "stride", op);
+  check_pair(padding, "padding", op);
+  check_pair(dilation, "dilation", op);
+  TORCH_CHECK(groups > 0, "fastops::", op, ": non-positive groups is not supported, got groups=", groups);
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "fastops::", op,
+              ": non-positive stride is not supported, got stride=", stride);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "fastops::", op,
+              ": negative padding is not supported, got padding=", padding);
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "fastops::", op,
+              ": non-positive dilation is not supported, got dilation=", dilation);
+  Conv2dShape s{};
+  s.batch = input_size[0];
+  s.in_channels = input_size[1];
+  s.height = input_size[2];
+  s.width = input_size[3];
+  s.out_channels = weight.size(0);
+  s.kernel_h = weight.size(2);
+  s.kernel_w = weight.size(3);
+  s.stride_h = stride[0];
+  s.stride_w = stride[1];
+  s.pad_h = padding[0];
+  s.pad_w = padding[1];
+  s.dilation_h = dilation[0];
+  s.dilation_w = dilation[1];
+  s.groups = groups;
+  TORCH_CHECK(s.out_channels > 0 && s.out_channels % groups == 0, "fastops::", op,
+              ": expected weight.shape[0] (out_channels) to be a positive multiple of groups=", groups,
+              ", got weight of shape ", weight.sizes());
+  TORCH_CHECK(weight.size(1) * groups == s.in_channels, "fastops::", op, ": expected input[",
+              input_size, "] to have groups * weight.shape[1] = ", weight.size(1) * groups,
+              " channels (groups=", groups, ", weight of shape ", weight.sizes(), "), got ",
+              s.in_channels, " channels");
+  TORCH_CHECK(s.kernel_h > 0 && s.kernel_w > 0, "fastops::", op,
+              ": expected a kernel of at least 1x1, got weight of shape ", weight.sizes());
+  const int64_t padded_h = s.height + 2 * s.pad_h;
+  const int64_t padded_w = s.width + 2 * s.pad_w;
+  const int64_t extent_h = s.dilation_h * (s.kernel_h - 1) + 1;
+  const int64_t extent_w = s.dilation_w * (s.kernel_w - 1) + 1;
+  TORCH_CHECK(padded_h >= extent_h && padded_w >= extent_w, "fastops::", op,
+              ": calculated padded input size per channel: (", padded_h, " x ", padded_w,
+              "). Kernel size (dilated): (", extent_h, " x ", extent_w,
+              "). Kernel size can't be greater than actual input size");
+  s.out_h = (padded_h - extent_h) / s.stride_h + 1;
+  s.out_w = (padded_w - extent_w) / s.stride_w + 1;
+  return s;
+}
+
+// torch's CPU convolutions return channels-last results when input or weight is channels-last.
+at::MemoryFormat output_memory_format(const at::Tensor& input, const at::Tensor& weight) {
+  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                             weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// Output positions [begin, end) along one axis whose input position o * stride - pad + offset
+// lies inside [0, size); `offset` is the kernel tap times the dilation.
+struct Span {
+  int64_t begin, end;
+};
+
+Span valid_outputs(int64_t size, int64_t out_size, int64_t stride, int64_t pad, int64_t offset) {
+  const int64_t shift = pad - offset;  // input position = o * stride - shift
+  const int64_t begin = shift <= 0 ? 0 : std::min(out_size, (shift + stride - 1) / stride);
+  const int64_t limit = size + shift;
+  const int64_t end = limit <= 0 ? 0 : std::min(out_size, (limit + stride - 1) / stride);
+  return {begin, std::max(begin, end)};
+}
+
+// Images per task: enough GEMM columns to amortise a GEMM call, an im2col buffer that stays in
+// the L2 cache, and at least as many tasks as threads.
+int64_t images_per_task(const Conv2dShape& s) {
+  constexpr int64_t kTargetColumns = 1024;
+  constexpr int64_t kColumnBufferElements = int64_t{1} << 17;
+  const int64_t pixels = std::max<int64_t>(1, s.pixels());
+  int64_t images = std::min(kTargetColumns / pixels,
+                            kColumnBufferElements / std::max<int64_t>(1, s.patch() * pixels));
+  const int64_t chunks_per_group = (at::get_num_threads() + s.groups - 1) / s.groups;
+  images = std::min(images, (s.batch + chunks_per_group - 1) / chunks_per_group);
+  return std::max<int64_t>(1, images);
+}
+
+// Runs task(group, first_image, images, buffers) for every (group, chunk of images) in parallel;
+// make_buffers() is called once per thread and its result is reused by that thread's tasks.
+// Small convolutions run on one thread: waking the others would cost more than the work.
+template <typename MakeBuffers, typename Task>
+void for_each_task(const Conv2dShape& s, int64_t images_per_chunk, const MakeBuffers& make_buffers,
+                   const Task& task) {
+  const int64_t chunks = (s.batch + images_per_chunk - 1) / images_per_chunk;
+  const int64_t gemm_work = s.out_per_group() * std::max<int64_t>(1, s.patch()) * images_per_chunk * s.pixels();
+  at::parallel_for(0, s.groups * chunks, grain_for(gemm_work), [&](int64_t begin, int64_t end) {
+    auto buffers = make_buffers();
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t first = (t % chunks) * images_per_chunk;
+      task(t / chunks, first, std::min(images_per_chunk, s.batch - first), buffers);
+    }
+  });
+}
+
+// A [rows, cols] contiguous matrix over the start of a flat per-thread buffer.
+at::Tensor matrix(const at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// dst[j * dst_step] = src[j * src_step] for j < count, converting the type.
+template <typename src_t, typename dst_t>
+void copy_strided(const src_t* src, int64_t src_step, dst_t* dst, int64_t dst_step, int64_t count) {
+  if (src_step == 1 && dst_step == 1) {  // the common case, kept separate so the compiler vectorises it
+    for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<dst_t>(src[j]);
+  } else {
+    for (int64_t j = 0; j < count; ++j) dst[j * dst_step] = static_cast<dst_t>(src[j * src_step]);
+  }
+}
+
+// col[(c, kh, kw), (i, oh, ow)] = input[first + i, c0 + c, ih, iw] with
+// ih = oh * stride_h - pad_h + kh * dilation_h, iw likewise, and 0 in the padding.
+// col is [patch, images * pixels], row-major.
+template <typename scalar_t, typename acc_t>
+void im2col(const scalar_t* input, const Strides4& in, const Conv2dShape& s, int64_t first,
+            int64_t images, int64_t c0, acc_t* col) {
+  const int64_t pixels = s.pixels();
+  const int64_t ld = images * pixels;
+  for (int64_t c = 0; c < s.in_per_group(); ++c) {
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        acc_t* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * ld;
+        const Span ows = valid_outputs(s.width, s.out_w, s.stride_w, s.pad_w, kw * s.dilation_w);
+        const int64_t iw0 = ows.begin * s.stride_w - s.pad_w + kw * s.dilation_w;
+        for (int64_t i = 0; i < images; ++i) {
+          const scalar_t* plane = input + (first + i) * in.n + (c0 + c) * in.c;
+          for (int64_t oh = 0; oh < s.out_h; ++oh) {
+            acc_t* dst = row + i * pixels + oh * s.out_w;
+            const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dilation_h;
+            if (ih < 0 || ih >= s.height) {
+              std::fill(dst, dst + s.out_w, acc_t(0));
+              continue;
+            }
+            std::fill(dst, dst + ows.begin, acc_t(0));
+            copy_strided(plane + ih * in.h + iw0 * in.w, s.stride_w * in.w, dst + ows.begin, 1,
+                         ows.end - ows.begin);
+            std::fill(dst + ows.end, dst + s.out_w, acc_t(0));
+          }
+        }
+      }
+    }
+  }
+}
+
+// relu(v) keeping NaN, as torch.relu.
+template <typename acc_t>
+inline acc_t activate(acc_t v, bool relu) {
+  return relu && v < acc_t(0) ? acc_t(0) : v;
+}
+
+// out[first + i, o0 + oc, oh, ow] = act(gemm[oc, (i, oh, ow)] + bias[o0 + oc]): the one pass
+// that writes the output, in the order of the output's memory layout.
+template <typename scalar_t, typename acc_t>
+void write_output(const acc_t* gemm, const acc_t* bias, bool relu, scalar_t* out, const Strides4& os,
+                  const Conv2dShape& s, int64_t first, int64_t images, int64_t o0) {
+  const int64_t pixels = s.pixels();
+  const int64_t ld = images * pixels;
+  const int64_t channels = s.out_per_group();
+  if (os.c == 1 && channels > 1) {  // channels-last: channels innermost
+    for (int64_t i = 0; i < images; ++i) {
+      for (int64_t p = 0; p < pixels; ++p) {
+        scalar_t* dst = out + (first + i) * os.n + o0 + (p / s.out_w) * os.h + (p % s.out_w) * os.w;
+        const acc_t* src = gemm + i * pixels + p;
+        for (int64_t oc = 0; oc < channels; ++oc) {
+          const acc_t b = bias != nullptr ? bias[o0 + oc] : acc_t(0);
+          dst[oc] = static_cast<scalar_t>(activate(src[oc * ld] + b, relu));
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t oc = 0; oc < channels; ++oc) {
+    const acc_t b = bias != nullptr ? bias[o0 + oc] : acc_t(0);
+    for (int64_t i = 0; i < images; ++i) {
+      for (int64_t oh = 0; oh < s.out_h; ++oh) {
+        const acc_t* src = gemm + oc * ld + i * pixels + oh * s.out_w;
+        scalar_t* dst = out + (first + i) * os.n + (o0 + oc) * os.c + oh * os.h;
+        if (os.w == 1) {
+          for (int64_t ow = 0; ow < s.out_w; ++ow) dst[ow] = static_cast<scalar_t>(activate(src[ow] + b, relu));
+        } else {
+          for (int64_t ow = 0; ow < s.out_w; ++ow) {
+            dst[ow * os.w] = static_cast<scalar_t>(activate(src[ow] + b, relu));
+          }
+        }
+      }
+    }
+  }
+}
+
+// gemm[oc, (i, oh, ow)] = grad[first + i, o0 + oc, oh, ow], zero where output <= 0 when `output`
+// is given (torch's threshold_backward: a NaN output passes the gradient); bias_sum[o0 + oc]
+// accumulates the row sums when given.
+template <typename scalar_t, typename acc_t>
+void gather_grad(const scalar_t* grad, const Strides4& gs, const scalar_t* output, const Strides4& os,
+                 const Conv2dShape& s, int64_t first, int64_t images, int64_t o0, acc_t* gemm,
+                 acc_t* bias_sum) {
+  const int64_t pixels = s.pixels();
+  const int64_t ld = images * pixels;
+  for (int64_t oc = 0; oc < s.out_per_group(); ++oc) {
+    acc_t sum(0);
+    for (int64_t i = 0; i < images; ++i) {
+      for (int64_t oh = 0; oh < s.out_h; ++oh) {
+        const scalar_t* g = grad + (first + i) * gs.n + (o0 + oc) * gs.c + oh * gs.h;
+        acc_t* dst = gemm + oc * ld + i * pixels + oh * s.out_w;
+        if (output != nullptr) {
+          const scalar_t* o = output + (first + i) * os.n + (o0 + oc) * os.c + oh * os.h;
+          for (int64_t ow = 0; ow < s.out_w; ++ow) {
+            const acc_t v = o[ow * os.w] <= scalar_t(0) ? acc_t(0) : static_cast<acc_t>(g[ow * gs.w]);
+            dst[ow] = v;
+            sum += v;
+          }
+        } else {
+          for (int64_t ow = 0; ow < s.out_w; ++ow) {
+            const acc_t v = static_cast<acc_t>(g[ow * gs.w]);
+            dst[ow] = v;
+            sum += v;
+          }
+        }
+      }
+    }
+    if (bias_sum != nullptr) bias_sum[o0 + oc] += sum;
+  }
+}
+
+// grad_input[first + i, c0 + c, ih, iw] = sum of col[(c, kh, kw), (i, oh, ow)] over the taps that
+// read (ih, iw): the adjoint of im2col, gathered one input row at a time in `row` (width
+// elements) so every element of grad_input is written once.
+template <typename scalar_t, typename acc_t>
+void col2im(const acc_t* col, const Conv2dShape& s, int64_t first, int64_t images, int64_t c0,
+            scalar_t* grad_input, const Strides4& gs, acc_t* row) {
+  const int64_t pixels = s.pixels();
+  const int64_t ld = images * pixels;
+  for (int64_t c = 0; c < s.in_per_group(); ++c) {
+    for (int64_t i = 0; i < images; ++i) {
+      for (int64_t ih = 0; ih < s.height; ++ih) {
+        std::fill(row, row + s.width, acc_t(0));
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+          const int64_t shifted = ih + s.pad_h - kh * s.dilation_h;
+          if (shifted < 0 || shifted % s.stride_h != 0 || shifted / s.stride_h >= s.out_h) continue;
+          const int64_t oh = shifted / s.stride_h;
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            const acc_t* src = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * ld + i * pixels + oh * s.out_w;
+            const Span ows = valid_outputs(s.width, s.out_w, s.stride_w, s.pad_w, kw * s.dilation_w);
+            const int64_t offset = kw * s.dilation_w - s.pad_w;
+            for (int64_t ow = ows.begin; ow < ows.end; ++ow) row[ow * s.stride_w + offset] += src[ow];
+          }
+        }
+        copy_strided(row, 1, grad_input + (first + i) * gs.n + (c0 + c) * gs.c + ih * gs.h, gs.w,
+                     s.width);
+      }
+    }
+  }
+}
+
+// The weight as the GEMM's [out_channels, patch] matrix in the opmath dtype (a view when the
+// weight is already contiguous and float/double).
+at::Tensor gemm_weight(const at::Tensor& weight, at::ScalarType acc_type) {
+  return weight.reshape({weight.size(0), -1}).to(acc_type).contiguous();
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                      c10::string_view activation) {
+  const bool relu = parse_activation(activation, kOp) == Activation::ReLU;
+  check_floating(input, "input", kOp);
+  check_dim(input, 4, "input", kOp);
+  check_same_dtype(weight, "weight", input, "input", kOp);
+  check_same_device(weight, "weight", input, "input", kOp);
+  const Conv2dShape s = conv2d_shape(input.sizes(), weight, stride, padding, dilation, groups, kOp);
+  if (bias.has_value()) {
+    check_same_dtype(*bias, "bias", input, "input", kOp);
+    check_same_device(*bias, "bias", input, "input", kOp);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.out_channels, "fastops::conv2d: expected bias of shape [",
+                s.out_channels, "] (weight.shape[0]), got ", bias->sizes());
+  }
+  at::Tensor out = at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
+                             input.options().memory_format(output_memory_format(input, weight)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "conv2d_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    const at::Tensor weight_acc = gemm_weight(weight, acc_type);
+    const at::Tensor bias_acc = bias.has_value() ? bias->to(acc_type).contiguous() : at::Tensor();
+    const acc_t* bias_ptr = bias_acc.defined() ? bias_acc.const_data_ptr<acc_t>() : nullptr;
+    const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
+    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    const Strides4 in_strides = strides_of(input);
+    const Strides4 out_strides = strides_of(out);
+    const int64_t images = images_per_task(s);
+    const int64_t columns = images * s.pixels();
+    const auto options = weight_acc.options();
+    auto make_buffers = [&] {
+      return std::make_pair(at::empty({s.patch() * columns}, options),
+                            at::empty({s.out_per_group() * columns}, options));
+    };
+    for_each_task(s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, auto& buffers) {
+      const int64_t cols = count * s.pixels();
+      at::Tensor col = matrix(buffers.first, s.patch(), cols);
+      at::Tensor gemm = matrix(buffers.second, s.out_per_group(), cols);
+      im2col(in_ptr, in_strides, s, first, count, g * s.in_per_group(), col.mutable_data_ptr<acc_t>());
+      at::mm_out(gemm, weight_acc.narrow(0, g * s.out_per_group(), s.out_per_group()), col);
+      write_output(gemm.const_data_ptr<acc_t>(), bias_ptr, relu, out_ptr, out_strides, s, first, count,
+                   g * s.out_per_group());
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& output, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, c10::string_view activation,
+    std::array<bool, 3> output_mask) {
+  const bool relu = parse_activation(activation, kBackwardOp) == Activation::ReLU;
+  const auto [need_input, need_weight, need_bias] = output_mask;
+  TORCH_CHECK(!relu || output.has_value(),
+              "fastops::conv2d_backward: activation 'relu' needs the forward output");
+  TORCH_CHECK(!need_weight || input.has_value(), "fastops::conv2d_backward: grad_weight needs input");
+  check_floating(grad_output, "grad_output", kBackwardOp);
+  check_same_dtype(weight, "weight", grad_output, "grad_output", kBackwardOp);
+  const Conv2dShape s = conv2d_shape(C10_AS_INTARRAYREF_SLOW(input_size), weight, stride, padding,
+                                     dilation, groups, kBackwardOp);
+  const std::vector<int64_t> out_shape = {s.batch, s.out_channels, s.out_h, s.out_w};
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_shape), "fastops::conv2d_backward: expected grad_output of shape ",
+              out_shape, ", got ", grad_output.sizes());
+  if (need_weight) {
+    check_same_dtype(*input, "input", grad_output, "grad_output", kBackwardOp);
+    TORCH_CHECK(input->sizes() == C10_AS_INTARRAYREF_SLOW(input_size), "fastops::conv2d_backward: expected input of shape ",
+                input_size, ", got ", input->sizes());
+  }
+  if (relu) {
+    check_same_dtype(*output, "output", grad_output, "grad_output", kBackwardOp);
+    TORCH_CHECK(output->sizes() == grad_output.sizes(), "fastops::conv2d_backward: expected output of shape ",
+                grad_output.sizes(), ", got ", output->sizes());
+  }
+
+  const auto empty = grad_output.new_empty({0});
+  at::Tensor grad_input = need_input ? at::empty({s.batch, s.in_channels, s.height, s.width},
+                                                 grad_output.options().memory_format(grad_output.suggest_memory_format()))
+                                     : empty;
+  at::Tensor grad_weight = need_weight ? at::empty(weight.sizes(), grad_output.options()) : empty;
+  at::Tensor grad_bias = need_bias ? at::empty({s.out_channels}, grad_output.options()) : empty;
+  if (!need_input && !need_weight && !need_bias) return {grad_input, grad_weight, grad_bias};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "conv2d_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    const at::Tensor weight_acc = need_input ? gemm_weight(weight, acc_type) : at::Tensor();
+    const auto options = grad_output.options().dtype(acc_type);
+    // Per-thread partial sums of the weight and bias gradients, reduced below.
+    const int64_t threads = at::get_num_threads();
+    at::Tensor weight_partial = need_weight ? at::zeros({threads, s.out_channels, s.patch()}, options) : at::Tensor();
+    at::Tensor bias_partial = need_bias ? at::zeros({threads, s.out_channels}, options) : at::Tensor();
+
+    const scalar_t* grad_ptr = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* output_ptr = relu ? output->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* input_ptr = need_weight ? input->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* grad_input_ptr = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
+    const Strides4 grad_strides = strides_of(grad_output);
+    const Strides4 output_strides = relu ? strides_of(*output) : Strides4{};
+    const Strides4 input_strides = need_weight ? strides_of(*input) : Strides4{};
+    const Strides4 grad_input_strides = need_input ? strides_of(grad_input) : Strides4{};
+    const int64_t images = images_per_task(s);
+    const int64_t columns = images * s.pixels();
+    struct Buffers {
+      at::Tensor grad, col, row;
+    };
+    auto make_buffers = [&] {
+      const bool col_needed = need_input || need_weight;
+      return Buffers{at::empty({s.out_per_group() * columns}, options),
+                     at::empty({col_needed ? s.patch() * columns : 0}, options),
+                     at::empty({need_input ? s.width : 0}, options)};
+    };
+    for_each_task(s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, Buffers& buffers) {
+      const int64_t cols = count * s.pixels();
+      const int64_t o0 = g * s.out_per_group();
+      const int64_t c0 = g * s.in_per_group();
+      const int64_t thread = at::get_thread_num();
+      at::Tensor grad = matrix(buffers.grad, s.out_per_group(), cols);
+      gather_grad(grad_ptr, grad_strides, output_ptr, output_strides, s, first, count, o0,
+                  grad.mutable_data_ptr<acc_t>(),
+                  need_bias ? bias_partial[thread].mutable_data_ptr<acc_t>() : nullptr);
+      if (need_weight) {
+        at::Tensor col = matrix(buffers.col, s.patch(), cols);
+        im2col(input_ptr, input_strides, s, first, count, c0, col.mutable_data_ptr<acc_t>());
+        weight_partial[thread].narrow(0, o0, s.out_per_group()).addmm_(grad, col.t());
+      }
+      if (need_input) {
+        at::Tensor col = matrix(buffers.col, s.patch(), cols);
+        at::mm_out(col, weight_acc.narrow(0, o0, s.out_per_group()).t(), grad);
+        col2im(col.const_data_ptr<acc_t>(), s, first, count, c0, grad_input_ptr, grad_input_strides,
+               buffers.row.mutable_data_ptr<acc_t>());
+      }
+    });
+    auto reduce_threads = [&](const at::Tensor& partial, at::Tensor& result) {
+      const acc_t* src = partial.const_data_ptr<acc_t>();
+      scalar_t* dst = result.mutable_data_ptr<scalar_t>();
+      const int64_t size = result.numel();
+      at::parallel_for(0, size, grain_for(threads), [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
+          acc_t sum(0);
+          for (int64_t t = 0; t < threads; ++t) sum += src[t * size + j];
+          dst[j] = static_cast<scalar_t>(sum);
+        }
+      });
+    };
+    if (need_weight) reduce_threads(weight_partial, grad_weight);
+    if (need_bias) reduce_threads(bias_partial, grad_bias);
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) {
+  m.impl("conv2d", &conv2d_cpu);
+  m.impl("conv2d_backward", &conv2d_backward_cpu);
+}
+
+}  // namespace fastops
