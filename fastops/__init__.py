@@ -9,10 +9,11 @@ import torch
 from . import _C  # noqa: F401  (registers the fastops:: ops)
 from . import _cuda, _fake  # noqa: F401  (CUDA kernels, fake kernels)
 from . import functional, nn
+from .fold import fold_batchnorm
 from .memory import saved_tensor_bytes
 
 __version__ = "0.1.0"
 
 ops = torch.ops.fastops
 
-__all__ = ["functional", "nn", "ops", "saved_tensor_bytes", "__version__"]
+__all__ = ["fold_batchnorm", "functional", "nn", "ops", "saved_tensor_bytes", "__version__"]
