@@ -22,3 +22,5 @@ def _register(op, module, launcher):
 
 _register("linear", "linear", "linear_forward")
 _register("linear_backward", "linear", "linear_backward")
+_register("batch_norm", "batch_norm", "batch_norm_forward")
+_register("batch_norm_backward", "batch_norm", "batch_norm_backward")

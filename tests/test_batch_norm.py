@@ -408,6 +408,64 @@ def test_empty_batch_leaves_running_statistics_unchanged_like_torch():
         assert_same_state(ours, theirs[0])
 
 
+# ----------------------------------------------------------- Triton kernels (interpreter on CPU)
+
+@pytest.mark.parametrize("shape,layout", [((6, 5), "contiguous"), ((3, 4, 5, 7), "contiguous"),
+                                          ((3, 4, 5, 7), "channels_last"), ((2, 3, 9), "strided"),
+                                          ((0, 3, 2), "contiguous")], ids=str)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("activation", ["none", "relu"])
+def test_triton_launchers_match_torch(shape, layout, mode, activation):
+    from fastops.triton_kernels.batch_norm import batch_norm_backward, batch_norm_forward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w, b, rm, rv = make(shape, device, layout=layout)
+    training, (rm, rv) = mode_args(mode, rm, rv)
+    relu = "relu" if activation == "relu" else None
+    ref_stats = [t.clone() if t is not None else None for t in (rm, rv)]
+    xr, wr, br = leaf(x), leaf(w), leaf(b)
+    ref = reference(xr, *ref_stats, wr, br, training, 0.2, 1e-5, relu)
+    # three row ranges per channel: the split reduction and its combination run (some ranges
+    # are empty for the smallest shapes)
+    out, mean, invstd = batch_norm_forward(x, w, b, rm, rv, training, 0.2, 1e-5, activation, splits=3)
+    assert out.stride() == torch.empty_like(x).stride() or not x.is_contiguous()
+    assert_close(out, ref.detach(), scale=3)
+    for got, want in zip((rm, rv), ref_stats):
+        if want is not None:
+            assert_close(got, want)
+
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, [xr, wr, br], grad)
+    got = batch_norm_backward(grad, x, w, out, mean, invstd, training, activation, [True, True, True], splits=3)
+    for g, w_ in zip(got, want):
+        assert_close(g, w_, scale=4)
+
+
+@pytest.mark.parametrize("dtype,param_dtype", [(torch.bfloat16, torch.float32), (torch.float64, torch.float64)])
+def test_triton_dtypes_and_partial_gradients(dtype, param_dtype):
+    from fastops.triton_kernels.batch_norm import batch_norm_backward, batch_norm_forward
+
+    x, w, b, rm, rv = make((4, 3, 2, 5), dtype=dtype, param_dtype=param_dtype)
+    ref_rm, ref_rv = rm.clone(), rv.clone()
+    xr = leaf(x)
+    ref = reference(xr, ref_rm, ref_rv, w, b, True, activation="relu")
+    out, mean, invstd = batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5, "relu")
+    assert out.dtype == dtype and mean.dtype == param_dtype
+    assert_close(out, ref.detach(), dtype)
+    assert_close(rm, ref_rm, dtype)
+    assert_close(rv, ref_rv, dtype)
+    grad_input, grad_weight, grad_bias = batch_norm_backward(torch.ones_like(out), None, w, out, mean, invstd,
+                                                             True, "relu", [False, False, True])
+    assert grad_input.numel() == 0 and grad_weight.numel() == 0 and grad_bias.dtype == param_dtype
+    assert_close(grad_bias, (out > 0).to(param_dtype).sum((0, 2, 3)), dtype)
+    if dtype == torch.float64:  # the input gradient to float64 precision (eval: no x needed)
+        grad = torch.randn_like(out)
+        out, mean, invstd = batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5, "relu")
+        want = torch.autograd.grad(reference(xr, rm, rv, w, b, False, activation="relu"), xr, grad)[0]
+        got = batch_norm_backward(grad, None, w, out, mean, invstd, False, "relu", [True, False, False])[0]
+        assert_close(got, want)
+
+
 # ---------------------------------------------------------------------------- CUDA (real GPU)
 
 @requires_cuda
