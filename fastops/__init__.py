@@ -10,10 +10,12 @@ from . import _C  # noqa: F401  (registers the fastops:: ops)
 from . import _cuda, _fake  # noqa: F401  (CUDA kernels, fake kernels)
 from . import functional, nn
 from .convert import convert, unconvert
+from .fold import fold_batchnorm
 from .memory import saved_tensor_bytes
 
 __version__ = "0.1.0"
 
 ops = torch.ops.fastops
 
-__all__ = ["convert", "functional", "nn", "ops", "saved_tensor_bytes", "unconvert", "__version__"]
+__all__ = ["convert", "fold_batchnorm", "functional", "nn", "ops", "saved_tensor_bytes", "unconvert",
+           "__version__"]

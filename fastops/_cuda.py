@@ -36,3 +36,6 @@ _register("linear_cross_entropy_backward", "cross_entropy", "linear_cross_entrop
 
 _register("conv2d", "conv2d", "conv2d_forward")
 _register("conv2d_backward", "conv2d", "conv2d_backward")
+
+_register("batch_norm", "batch_norm", "batch_norm_forward")
+_register("batch_norm_backward", "batch_norm", "batch_norm_backward")

@@ -3,9 +3,12 @@ functions, validation with clear messages, then one fastops op call."""
 
 import warnings
 
+import math
+
 import torch
 
-from ._checks import check, check_activation, check_float_dtype, check_like, check_tensor
+from ._checks import (SUPPORTED_DTYPES, check, check_activation, check_float_dtype, check_like,
+                      check_tensor)
 
 _ops = torch.ops.fastops
 
@@ -488,3 +491,78 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """``relu(conv2d(...))`` in one op; arguments and shapes as :func:`conv2d`."""
     return conv2d(input, weight, bias, stride, padding, dilation, groups, activation="relu")
+
+
+# ----------------------------------------------------------------------------------- batch_norm
+
+def _batch_norm_channels(tensor, name, input, channels, fn, flat):
+    """Validates one per-channel argument of batch_norm and returns it 1-D. Parameters may have
+    any shape holding ``channels`` elements, as torch allows (``flat``); running statistics, which
+    are updated in place, must be 1-D. dtype: the input's, or float32 for a float16/bfloat16 input
+    (as torch on CPU)."""
+    if tensor is None:
+        return None
+    check_tensor(tensor, name, fn)
+    check(tensor.numel() == channels and (flat or tensor.dim() == 1), fn,
+          f"expected {name} of shape [{channels}] (the channels of input), got {list(tensor.shape)}")
+    check(tensor.device == input.device, fn,
+          f"expected {name} on the device of input ({input.device}), got {tensor.device}")
+    mixed = input.dtype in (torch.float16, torch.bfloat16) and tensor.dtype == torch.float32
+    check(tensor.dtype == input.dtype or mixed, fn,
+          f"expected {name} to have the dtype of input ({input.dtype})"
+          f"{' or float32' if input.dtype in (torch.float16, torch.bfloat16) else ''}, got {tensor.dtype}")
+    return tensor.reshape(-1) if flat else tensor
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-05, *, activation=None):
+    """``torch.nn.functional.batch_norm`` (+ optional fused activation).
+
+    input: [N, C, *]; running_mean, running_var: [C] or None (updated in place when training);
+    weight, bias: [C] or None; returns [N, C, *] in the layout of input (channels-last stays
+    channels-last). Training normalises with the batch statistics (biased variance) and moves the
+    running statistics towards them by ``momentum`` (unbiased variance); evaluation normalises
+    with the running statistics. activation: None or "relu" (applied in the normalisation pass).
+    """
+    fn = "batch_norm"
+    activation = check_activation(activation, fn)
+    check_tensor(input, "input", fn)
+    check(input.dtype in SUPPORTED_DTYPES, fn,
+          f'"batch_norm" not implemented for {input.dtype}: expected input to have a '
+          f"floating-point dtype (float16, bfloat16, float32 or float64)", NotImplementedError)
+    check(input.dim() >= 2, fn,
+          f"expected input of shape [N, C, *] (at least 2-D), got {list(input.shape)}")
+    if training:
+        check(input.shape[0] * math.prod(input.shape[2:]) != 1, fn, "Expected more than 1 value per channel when training, "
+              f"got input size {input.size()}", ValueError)
+        check(eps > 0.0, fn, f"batch_norm eps must be positive during training, but got {eps}",
+              ValueError)
+        check((running_mean is None) == (running_var is None), fn,
+              "running_mean and running_var must either both be None or neither be None",
+              ValueError)
+    else:
+        check(eps >= 0.0, fn, f"batch_norm eps must be non-negative, but got {eps}", ValueError)
+        check(running_mean is not None, fn, "running_mean must be defined in evaluation mode")
+        check(running_var is not None, fn, "running_var must be defined in evaluation mode")
+    check(isinstance(momentum, (int, float)) and not isinstance(momentum, bool), fn,
+          f"expected momentum to be a float, got {type(momentum).__name__}", TypeError)
+    channels = input.shape[1]
+    # torch's order: the running statistics, then the parameters.
+    running_mean = _batch_norm_channels(running_mean, "running_mean", input, channels, fn, flat=False)
+    running_var = _batch_norm_channels(running_var, "running_var", input, channels, fn, flat=False)
+    weight = _batch_norm_channels(weight, "weight", input, channels, fn, flat=True)
+    bias = _batch_norm_channels(bias, "bias", input, channels, fn, flat=True)
+    params = [t for t in (weight, bias, running_mean, running_var) if t is not None]
+    check(all(t.dtype == params[0].dtype for t in params), fn,
+          "expected weight, bias, running_mean and running_var to share one dtype, got "
+          f"{[str(t.dtype) for t in params]}")
+    output, _, _ = _ops.batch_norm(input, weight, bias, running_mean, running_var, bool(training),
+                                   float(momentum), float(eps), activation)
+    return output
+
+
+def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None, training=False,
+                    momentum=0.1, eps=1e-05):
+    """``relu(batch_norm(...))`` in one pass; arguments and shapes as :func:`batch_norm`."""
+    return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                      activation="relu")

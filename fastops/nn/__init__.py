@@ -1,5 +1,6 @@
 """Modules mirroring torch.nn (each subclasses its torch.nn twin) plus fused modules."""
 
+from .batch_norm import BatchNorm1d, BatchNorm1dReLU, BatchNorm2d, BatchNorm2dReLU
 from .conv2d import Conv2d, Conv2dReLU
 from .cross_entropy import CrossEntropyLoss, LinearCrossEntropyLoss
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
@@ -7,6 +8,10 @@ from .linear import Linear, LinearReLU
 from .max_pool2d import MaxPool2d
 
 __all__ = [
+    "BatchNorm1d",
+    "BatchNorm1dReLU",
+    "BatchNorm2d",
+    "BatchNorm2dReLU",
     "Conv2d",
     "Conv2dReLU",
     "CrossEntropyLoss",

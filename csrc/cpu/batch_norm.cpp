@@ -1,0 +1,580 @@
+// CPU kernels of fastops::batch_norm. The input [N, C, *] is walked in its own memory layout:
+//  - planes (contiguous, NC*): N*C rows of S = prod(*) elements, one channel per row; parallel
+//    over the rows;
+//  - rows (channels-last, N*C): N*S rows of C elements; vectorised across channels, parallel
+//    over blocks of rows.
+// Training forward: one pass for the per-channel moments (sums of x - shift, with the shift a
+// sample of the channel, so the variance does not cancel), then one pass for normalise + affine
+// (+ ReLU). Backward: one pass for both per-channel reductions, one for the input gradient.
+// Per-channel coefficients are computed in double; element passes run in opmath (float for
+// float/bfloat16/half, double for double) and partial sums are flushed to double every block.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/accumulate.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <functional>
+#include <vector>
+
+#include "common.h"
+
+namespace fastops {
+namespace {
+
+constexpr const char* kOp = "batch_norm";
+// Elements (planes) or rows (channels-last) summed in opmath before the sum goes to double.
+constexpr int64_t kFlushBlock = 2048;
+
+enum class Layout { Planes, Rows };
+
+// Rows when the channels are the innermost dimension (channels-last, or 2-D [N, C]).
+Layout layout_of(const at::Tensor& t) {
+  return t.movedim(1, -1).is_contiguous() ? Layout::Rows : Layout::Planes;
+}
+
+// `t` as a dense tensor in `layout` (no copy when it already is).
+at::Tensor to_layout(const at::Tensor& t, Layout layout) {
+  if (layout == Layout::Rows) return t.movedim(1, -1).contiguous().movedim(-1, 1);
+  return t.contiguous();
+}
+
+struct Geometry {
+  int64_t batch, channels, spatial;  // input viewed as [N, C, S]
+  int64_t count() const { return batch * spatial; }  // elements per channel
+};
+
+Geometry geometry_of(const at::Tensor& t) {
+  return {t.size(0), t.size(1), c10::multiply_integers(t.sizes().slice(2))};
+}
+
+// Loads / stores Vec::size() elements of scalar_t as one Vectorized<opmath_t>.
+template <typename scalar_t>
+struct OpmathIO {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<opmath_t>;
+  static Vec load(const scalar_t* p) {
+    if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+      return Vec::loadu(p);
+    } else {
+      Vec v;
+      at::vec::load_to_float<scalar_t>(p, v);
+      return v;
+    }
+  }
+  static void store(scalar_t* p, const Vec& v) {
+    if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+      v.store(p);
+    } else {
+      at::vec::convert_from_float<scalar_t>(v, v).store(p, Vec::size());
+    }
+  }
+};
+
+// A per-channel coefficient seen by an element loop: the same value for a whole plane row
+// (Broadcast) or one value per element of a channels-last row (PerChannel).
+template <typename T>
+struct Broadcast {
+  T value;
+  at::vec::Vectorized<T> vec(int64_t) const { return at::vec::Vectorized<T>(value); }
+  T at(int64_t) const { return value; }
+};
+template <typename T>
+struct PerChannel {
+  const T* values;
+  at::vec::Vectorized<T> vec(int64_t j) const { return at::vec::Vectorized<T>::loadu(values + j); }
+  T at(int64_t j) const { return values[j]; }
+};
+
+// ----------------------------------------------------------------------------- reductions
+
+// Sums of (x - shift) and (x - shift)^2 over one plane row of `len` elements.
+template <typename scalar_t>
+void shifted_moments(const scalar_t* x, int64_t len, at::opmath_type<scalar_t> shift, double& sum,
+                     double& sum_sq) {
+  using IO = OpmathIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  using opmath_t = typename IO::opmath_t;
+  sum = 0;
+  sum_sq = 0;
+  const Vec shift_vec(shift);
+  for (int64_t start = 0; start < len; start += kFlushBlock) {
+    const int64_t end = std::min(len, start + kFlushBlock);
+    Vec s(0), q(0);
+    int64_t i = start;
+    for (; i + Vec::size() <= end; i += Vec::size()) {
+      const Vec d = IO::load(x + i) - shift_vec;
+      s += d;
+      q = at::vec::fmadd(d, d, q);
+    }
+    opmath_t s_tail = 0, q_tail = 0;
+    for (; i < end; ++i) {
+      const opmath_t d = static_cast<opmath_t>(x[i]) - shift;
+      s_tail += d;
+      q_tail += d * d;
+    }
+    sum += static_cast<double>(at::vec::vec_reduce_all<opmath_t>(std::plus<Vec>(), s) + s_tail);
+    sum_sq += static_cast<double>(at::vec::vec_reduce_all<opmath_t>(std::plus<Vec>(), q) + q_tail);
+  }
+}
+
+// Sums of g' and g' * (x - mean) over one plane row, g' = g masked by ReLU (output <= 0 -> 0).
+template <typename scalar_t>
+void gradient_moments(const scalar_t* g, const scalar_t* x, const scalar_t* y, int64_t len,
+                      at::opmath_type<scalar_t> mean, double& sum_g, double& sum_gx) {
+  using IO = OpmathIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  using opmath_t = typename IO::opmath_t;
+  sum_g = 0;
+  sum_gx = 0;
+  const Vec mean_vec(mean), zero(0);
+  for (int64_t start = 0; start < len; start += kFlushBlock) {
+    const int64_t end = std::min(len, start + kFlushBlock);
+    Vec s(0), p(0);
+    int64_t i = start;
+    for (; i + Vec::size() <= end; i += Vec::size()) {
+      Vec gv = IO::load(g + i);
+      // torch's threshold_backward: zero where output <= 0 (a NaN output passes the gradient)
+      if (y != nullptr) gv = Vec::blendv(gv, zero, IO::load(y + i) <= zero);
+      s += gv;
+      p = at::vec::fmadd(gv, IO::load(x + i) - mean_vec, p);
+    }
+    opmath_t s_tail = 0, p_tail = 0;
+    for (; i < end; ++i) {
+      const opmath_t gv = (y != nullptr && static_cast<opmath_t>(y[i]) <= 0) ? 0 : static_cast<opmath_t>(g[i]);
+      s_tail += gv;
+      p_tail += gv * (static_cast<opmath_t>(x[i]) - mean);
+    }
+    sum_g += static_cast<double>(at::vec::vec_reduce_all<opmath_t>(std::plus<Vec>(), s) + s_tail);
+    sum_gx += static_cast<double>(at::vec::vec_reduce_all<opmath_t>(std::plus<Vec>(), p) + p_tail);
+  }
+}
+
+// Per-channel sums over the whole input of first(x) and second(x), where `rows_moments` folds
+// one channels-last row [C] into opmath accumulators and `plane_moments` one plane row into
+// two doubles. Returns {first[C], second[C]} in double.
+template <typename scalar_t, typename PlaneFn, typename RowFn>
+std::pair<std::vector<double>, std::vector<double>> channel_sums(Layout layout, const Geometry& geo,
+                                                                 const PlaneFn& plane_moments,
+                                                                 const RowFn& row_moments) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t C = geo.channels;
+  std::vector<double> first(C, 0.0), second(C, 0.0);
+  if (layout == Layout::Planes) {
+    const int64_t planes = geo.batch * C;
+    std::vector<double> plane_first(planes), plane_second(planes);
+    at::parallel_for(0, planes, grain_for(geo.spatial), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        plane_moments(p, p % C, plane_first[p], plane_second[p]);
+      }
+    });
+    for (int64_t p = 0; p < planes; ++p) {
+      first[p % C] += plane_first[p];
+      second[p % C] += plane_second[p];
+    }
+    return {first, second};
+  }
+  // Rows: blocks of rows, each summed in opmath and stored as a double partial per channel.
+  const int64_t rows = geo.count();
+  const int64_t rows_per_block = std::max<int64_t>(1, std::min(kFlushBlock, kFlushBlock * 8 / std::max<int64_t>(1, C)));
+  const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
+  std::vector<double> block_first(blocks * C), block_second(blocks * C);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> acc_first(C), acc_second(C);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(acc_first.begin(), acc_first.end(), opmath_t(0));
+      std::fill(acc_second.begin(), acc_second.end(), opmath_t(0));
+      const int64_t row_end = std::min(rows, (b + 1) * rows_per_block);
+      for (int64_t r = b * rows_per_block; r < row_end; ++r) {
+        row_moments(r, acc_first.data(), acc_second.data());
+      }
+      std::copy(acc_first.begin(), acc_first.end(), block_first.begin() + b * C);
+      std::copy(acc_second.begin(), acc_second.end(), block_second.begin() + b * C);
+    }
+  });
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t c = 0; c < C; ++c) {
+      first[c] += block_first[b * C + c];
+      second[c] += block_second[b * C + c];
+    }
+  }
+  return {first, second};
+}
+
+// Per-channel mean and biased variance of x (dense, in `layout`), in double.
+template <typename scalar_t>
+std::pair<std::vector<double>, std::vector<double>> mean_and_variance(const scalar_t* x,
+                                                                      Layout layout,
+                                                                      const Geometry& geo) {
+  using IO = OpmathIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  using opmath_t = typename IO::opmath_t;
+  const int64_t C = geo.channels, S = geo.spatial;
+  // The shift of channel c is its first element: close to the mean on the scale of the spread.
+  std::vector<opmath_t> shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    shift[c] = static_cast<opmath_t>(layout == Layout::Planes ? x[c * S] : x[c]);
+  }
+  auto plane = [&](int64_t p, int64_t c, double& sum, double& sum_sq) {
+    shifted_moments(x + p * S, S, shift[c], sum, sum_sq);
+  };
+  auto row = [&](int64_t r, opmath_t* sum, opmath_t* sum_sq) {
+    const scalar_t* xr = x + r * C;
+    int64_t c = 0;
+    for (; c + Vec::size() <= C; c += Vec::size()) {
+      const Vec d = IO::load(xr + c) - Vec::loadu(shift.data() + c);
+      (Vec::loadu(sum + c) + d).store(sum + c);
+      at::vec::fmadd(d, d, Vec::loadu(sum_sq + c)).store(sum_sq + c);
+    }
+    for (; c < C; ++c) {
+      const opmath_t d = static_cast<opmath_t>(xr[c]) - shift[c];
+      sum[c] += d;
+      sum_sq[c] += d * d;
+    }
+  };
+  auto [sum, sum_sq] = channel_sums<scalar_t>(layout, geo, plane, row);
+  const double n = static_cast<double>(geo.count());
+  std::vector<double> mean(C), var(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double centred = sum[c] / n;  // mean - shift
+    mean[c] = static_cast<double>(shift[c]) + centred;
+    var[c] = std::max(0.0, sum_sq[c] / n - centred * centred);
+  }
+  return {mean, var};
+}
+
+// --------------------------------------------------------------------------- element passes
+
+// y = act((x - mean) * scale + shift) over `len` elements of one row.
+template <typename scalar_t, typename Coef>
+void normalize_span(const scalar_t* x, scalar_t* y, int64_t len, const Coef& mean, const Coef& scale,
+                    const Coef& shift, bool relu) {
+  using IO = OpmathIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  using opmath_t = typename IO::opmath_t;
+  const Vec zero(0);
+  int64_t i = 0;
+  for (; i + Vec::size() <= len; i += Vec::size()) {
+    Vec v = at::vec::fmadd(IO::load(x + i) - mean.vec(i), scale.vec(i), shift.vec(i));
+    if (relu) v = at::vec::clamp_min(v, zero);
+    IO::store(y + i, v);
+  }
+  for (; i < len; ++i) {
+    opmath_t v = (static_cast<opmath_t>(x[i]) - mean.at(i)) * scale.at(i) + shift.at(i);
+    if (relu && v < 0) v = 0;  // NaN stays NaN, as with torch.relu
+    y[i] = static_cast<scalar_t>(v);
+  }
+}
+
+// gx = g' * g_scale + (x - mean) * x_scale + offset over `len` elements of one row, with g' the
+// gradient masked by ReLU when y is given; x is read only when x_scale matters (training).
+template <typename scalar_t, typename Coef>
+void input_gradient_span(const scalar_t* g, const scalar_t* x, const scalar_t* y, scalar_t* gx,
+                         int64_t len, const Coef& mean, const Coef& g_scale, const Coef& x_scale,
+                         const Coef& offset) {
+  using IO = OpmathIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  using opmath_t = typename IO::opmath_t;
+  const Vec zero(0);
+  int64_t i = 0;
+  for (; i + Vec::size() <= len; i += Vec::size()) {
+    Vec gv = IO::load(g + i);
+    if (y != nullptr) gv = Vec::blendv(gv, zero, IO::load(y + i) <= zero);
+    Vec v = at::vec::fmadd(gv, g_scale.vec(i), offset.vec(i));
+    if (x != nullptr) v = at::vec::fmadd(IO::load(x + i) - mean.vec(i), x_scale.vec(i), v);
+    IO::store(gx + i, v);
+  }
+  for (; i < len; ++i) {
+    const opmath_t gv = (y != nullptr && static_cast<opmath_t>(y[i]) <= 0) ? 0 : static_cast<opmath_t>(g[i]);
+    opmath_t v = gv * g_scale.at(i) + offset.at(i);
+    if (x != nullptr) v += (static_cast<opmath_t>(x[i]) - mean.at(i)) * x_scale.at(i);
+    gx[i] = static_cast<scalar_t>(v);
+  }
+}
+
+// Runs span(begin_offset, len, coef_selector) over the whole [N, C, S] tensor in `layout`:
+// planes get Broadcast coefficients of their channel, channels-last rows PerChannel ones.
+template <typename opmath_t, typename SpanFn>
+void for_each_span(Layout layout, const Geometry& geo, const SpanFn& span) {
+  const int64_t C = geo.channels, S = geo.spatial;
+  if (layout == Layout::Planes) {
+    at::parallel_for(0, geo.batch * C, grain_for(S), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        span(p * S, S, [c = p % C](const std::vector<opmath_t>& v) { return Broadcast<opmath_t>{v[c]}; });
+      }
+    });
+  } else {
+    at::parallel_for(0, geo.count(), grain_for(C), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        span(r * C, C, [](const std::vector<opmath_t>& v) { return PerChannel<opmath_t>{v.data()}; });
+      }
+    });
+  }
+}
+
+template <typename T>
+std::vector<T> cast_vector(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+// ------------------------------------------------------------------ per-channel parameters
+
+// The C values of an optional 1-D parameter (any floating dtype, any stride) as doubles.
+std::vector<double> read_channels(const std::optional<at::Tensor>& t, int64_t C, double fill) {
+  std::vector<double> out(C, fill);
+  if (!t.has_value()) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t->scalar_type(), "batch_norm_read", [&] {
+    const scalar_t* p = t->const_data_ptr<scalar_t>();
+    const int64_t stride = t->stride(0);
+    for (int64_t c = 0; c < C; ++c) out[c] = static_cast<double>(p[c * stride]);
+  });
+  return out;
+}
+
+// Writes doubles into a 1-D tensor of any floating dtype and stride, in place.
+void write_channels(at::Tensor& t, const std::vector<double>& values) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "batch_norm_write", [&] {
+    scalar_t* p = t.data_ptr<scalar_t>();
+    const int64_t stride = t.stride(0);
+    for (size_t c = 0; c < values.size(); ++c) p[c * stride] = static_cast<scalar_t>(values[c]);
+  });
+}
+
+at::Tensor channels_tensor(const std::vector<double>& values, const at::Tensor& like) {
+  at::Tensor out = at::empty({static_cast<int64_t>(values.size())}, like.options().dtype(at::kDouble));
+  std::copy(values.begin(), values.end(), out.data_ptr<double>());
+  return out;
+}
+
+// The dtype of saved statistics: opmath of the input (float32, or float64 for float64 input).
+at::ScalarType stat_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_channels(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& input,
+                    int64_t C) {
+  if (!t.has_value()) return;
+  check_floating(*t, name, kOp);
+  check_same_device(*t, name, input, "input", kOp);
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == C, "fastops::batch_norm: expected ", name,
+              " of shape [", C, "] (the channels of input), got ", t->sizes());
+  // As torch on CPU: every parameter has the input's dtype, or float32 for a reduced-precision
+  // input (bfloat16/float16 activations with float32 parameters and statistics).
+  const bool same = t->scalar_type() == input.scalar_type();
+  const bool mixed = at::isReducedFloatingType(input.scalar_type()) && t->scalar_type() == at::kFloat;
+  TORCH_CHECK(same || mixed, "fastops::batch_norm: expected ", name, " to have the dtype of input (",
+              input.scalar_type(), ")", at::isReducedFloatingType(input.scalar_type()) ? " or float32" : "",
+              ", got ", t->scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
+    c10::string_view activation) {
+  const bool relu = parse_activation(activation, kOp) == Activation::ReLU;
+  check_floating(input, "input", kOp);
+  TORCH_CHECK(input.dim() >= 2, "fastops::batch_norm: expected input of shape [N, C, *] (at least 2-D), got a ",
+              input.dim(), "-D tensor of shape ", input.sizes());
+  const int64_t C = input.size(1);
+  check_channels(running_mean, "running_mean", input, C);
+  check_channels(running_var, "running_var", input, C);
+  check_channels(weight, "weight", input, C);
+  check_channels(bias, "bias", input, C);
+  TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
+              "fastops::batch_norm: running_mean and running_var must both be given or both be None");
+  TORCH_CHECK(training || running_mean.has_value(),
+              "fastops::batch_norm: running_mean and running_var must be given in evaluation mode");
+  TORCH_CHECK_VALUE(training ? eps > 0 : eps >= 0, "fastops::batch_norm: expected eps ",
+                    training ? "> 0 in training" : ">= 0", ", got ", eps);
+
+  const Layout layout = layout_of(input);
+  const at::Tensor x = to_layout(input, layout);
+  const Geometry geo = geometry_of(x);
+  const int64_t count = geo.count();
+  TORCH_CHECK_VALUE(!training || count != 1,
+                    "Expected more than 1 value per channel when training, got input size ", input.sizes());
+
+  std::vector<double> mean, invstd;
+  if (training) {
+    std::vector<double> var;
+    if (count > 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_stats", [&] {
+        std::tie(mean, var) = mean_and_variance<scalar_t>(x.const_data_ptr<scalar_t>(), layout, geo);
+      });
+    } else {  // an empty batch: nothing to normalise, running statistics stay as they are
+      mean.assign(C, 0.0);
+      var.assign(C, 0.0);
+    }
+    invstd.resize(C);
+    for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+    if (running_mean.has_value() && count > 0) {
+      std::vector<double> new_mean = read_channels(running_mean, C, 0.0);
+      std::vector<double> new_var = read_channels(running_var, C, 1.0);
+      const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+      for (int64_t c = 0; c < C; ++c) {
+        new_mean[c] = (1 - momentum) * new_mean[c] + momentum * mean[c];
+        new_var[c] = (1 - momentum) * new_var[c] + momentum * var[c] * unbias;
+      }
+      at::Tensor running_mean_out = *running_mean, running_var_out = *running_var;
+      write_channels(running_mean_out, new_mean);
+      write_channels(running_var_out, new_var);
+    }
+  } else {
+    mean = read_channels(running_mean, C, 0.0);
+    invstd = read_channels(running_var, C, 1.0);
+    for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(invstd[c] + eps);
+  }
+
+  const std::vector<double> gamma = read_channels(weight, C, 1.0);
+  const std::vector<double> beta = read_channels(bias, C, 0.0);
+  std::vector<double> scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    scale[c] = gamma[c] * invstd[c];
+    shift[c] = beta[c];
+  }
+  at::Tensor output = at::empty_like(x);
+  if (x.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_normalize", [&] {
+      using opmath_t = at::opmath_type<scalar_t>;
+      const auto mean_o = cast_vector<opmath_t>(mean), scale_o = cast_vector<opmath_t>(scale),
+                 shift_o = cast_vector<opmath_t>(shift);
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      scalar_t* yp = output.data_ptr<scalar_t>();
+      for_each_span<opmath_t>(layout, geo, [&](int64_t offset, int64_t len, const auto& coef) {
+        normalize_span(xp + offset, yp + offset, len, coef(mean_o), coef(scale_o), coef(shift_o), relu);
+      });
+    });
+  }
+  const auto stats = input.options().dtype(stat_dtype(input.scalar_type()));
+  return {output, channels_tensor(mean, input).to(stats), channels_tensor(invstd, input).to(stats)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& output,
+    const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
+    c10::string_view activation, std::array<bool, 3> output_mask) {
+  const bool relu = parse_activation(activation, kOp) == Activation::ReLU;
+  const auto [need_input, need_weight, need_bias] = output_mask;
+  const bool need_x = need_weight || (training && need_input);
+  TORCH_CHECK(!relu || output.has_value(),
+              "fastops::batch_norm_backward: activation 'relu' needs the forward output");
+  TORCH_CHECK(!need_x || input.has_value(),
+              "fastops::batch_norm_backward: grad_weight and the training grad_input need input");
+  TORCH_CHECK(grad_output.dim() >= 2, "fastops::batch_norm_backward: expected grad_output of shape [N, C, *], got ",
+              grad_output.sizes());
+  const int64_t C = grad_output.size(1);
+  for (const auto& [t, name] : {std::pair{input, "input"}, std::pair{output, "output"}}) {
+    TORCH_CHECK(!t.has_value() || t->sizes() == grad_output.sizes(), "fastops::batch_norm_backward: expected ",
+                name, " of the shape of grad_output ", grad_output.sizes(), ", got ", t->sizes());
+  }
+  TORCH_CHECK(save_mean.dim() == 1 && save_mean.size(0) == C && save_invstd.dim() == 1 && save_invstd.size(0) == C,
+              "fastops::batch_norm_backward: expected save_mean and save_invstd of shape [", C, "]");
+  check_channels(weight, "weight", grad_output, C);
+
+  // Walk every tensor in the layout of the forward (input, else output, else grad_output).
+  const at::Tensor& reference = input.has_value() ? *input : output.has_value() ? *output : grad_output;
+  const Layout layout = layout_of(reference);
+  const at::Tensor dense_reference = to_layout(reference, layout);
+  const at::Tensor g = to_layout(grad_output, layout);
+  const at::Tensor x = need_x ? dense_reference : at::Tensor();
+  const at::Tensor y = relu ? to_layout(*output, layout) : at::Tensor();
+  const Geometry geo = geometry_of(g);
+  const auto empty = grad_output.new_empty({0});
+
+  const std::vector<double> mean = read_channels(save_mean, C, 0.0);
+  const std::vector<double> invstd = read_channels(save_invstd, C, 1.0);
+  const std::vector<double> gamma = read_channels(weight, C, 1.0);
+  std::vector<double> sum_g(C, 0.0), sum_gx(C, 0.0);  // sums of g' and g' * (x - mean)
+  const bool need_sums = need_weight || need_bias || (training && need_input);
+  if (need_sums && g.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "batch_norm_backward_sums", [&] {
+      using IO = OpmathIO<scalar_t>;
+      using Vec = typename IO::Vec;
+      using opmath_t = typename IO::opmath_t;
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
+      // Without x (only grad_bias asked for), the second sum reads g in its place and is unused.
+      const scalar_t* xp = need_x ? x.const_data_ptr<scalar_t>() : gp;
+      const auto mean_o = cast_vector<opmath_t>(mean);
+      const int64_t S = geo.spatial;
+      auto plane = [&](int64_t p, int64_t c, double& sg, double& sgx) {
+        gradient_moments(gp + p * S, xp + p * S, yp ? yp + p * S : nullptr, S, mean_o[c], sg, sgx);
+      };
+      auto row = [&](int64_t r, opmath_t* sg, opmath_t* sgx) {
+        const scalar_t* gr = gp + r * C;
+        const scalar_t* xr = xp + r * C;
+        const scalar_t* yr = yp ? yp + r * C : nullptr;
+        const Vec zero(0);
+        int64_t c = 0;
+        for (; c + Vec::size() <= C; c += Vec::size()) {
+          Vec gv = IO::load(gr + c);
+          if (yr != nullptr) gv = Vec::blendv(gv, zero, IO::load(yr + c) <= zero);
+          (Vec::loadu(sg + c) + gv).store(sg + c);
+          at::vec::fmadd(gv, IO::load(xr + c) - Vec::loadu(mean_o.data() + c), Vec::loadu(sgx + c)).store(sgx + c);
+        }
+        for (; c < C; ++c) {
+          const opmath_t gv = (yr != nullptr && static_cast<opmath_t>(yr[c]) <= 0) ? 0 : static_cast<opmath_t>(gr[c]);
+          sg[c] += gv;
+          sgx[c] += gv * (static_cast<opmath_t>(xr[c]) - mean_o[c]);
+        }
+      };
+      std::tie(sum_g, sum_gx) = channel_sums<scalar_t>(layout, geo, plane, row);
+    });
+  }
+
+  at::Tensor grad_input = empty;
+  if (need_input) {
+    // Training: gx = gamma * invstd * (g' - mean(g') - (x - mean) * invstd^2 * mean(g' * (x - mean)));
+    // evaluation: gx = gamma * invstd * g'.
+    const double n = static_cast<double>(std::max<int64_t>(1, geo.count()));
+    std::vector<double> g_scale(C), x_scale(C, 0.0), offset(C, 0.0);
+    for (int64_t c = 0; c < C; ++c) {
+      g_scale[c] = gamma[c] * invstd[c];
+      if (training) {
+        x_scale[c] = -g_scale[c] * invstd[c] * invstd[c] * sum_gx[c] / n;
+        offset[c] = -g_scale[c] * sum_g[c] / n;
+      }
+    }
+    grad_input = at::empty_like(dense_reference);
+    if (g.numel() > 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "batch_norm_backward_input", [&] {
+        using opmath_t = at::opmath_type<scalar_t>;
+        const auto mean_o = cast_vector<opmath_t>(mean), g_scale_o = cast_vector<opmath_t>(g_scale),
+                   x_scale_o = cast_vector<opmath_t>(x_scale), offset_o = cast_vector<opmath_t>(offset);
+        const scalar_t* gp = g.const_data_ptr<scalar_t>();
+        const scalar_t* xp = training ? x.const_data_ptr<scalar_t>() : nullptr;
+        const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
+        scalar_t* gxp = grad_input.data_ptr<scalar_t>();
+        for_each_span<opmath_t>(layout, geo, [&](int64_t off, int64_t len, const auto& coef) {
+          input_gradient_span(gp + off, xp ? xp + off : nullptr, yp ? yp + off : nullptr, gxp + off, len,
+                              coef(mean_o), coef(g_scale_o), coef(x_scale_o), coef(offset_o));
+        });
+      });
+    }
+  }
+  // Parameter gradients in the parameters' dtype (float32 for a reduced-precision input with
+  // float32 parameters, as torch).
+  const auto param_options = weight.has_value() ? weight->options() : grad_output.options();
+  at::Tensor grad_weight = empty, grad_bias = empty;
+  if (need_weight) {
+    std::vector<double> gw(C);
+    for (int64_t c = 0; c < C; ++c) gw[c] = sum_gx[c] * invstd[c];
+    grad_weight = channels_tensor(gw, grad_output).to(param_options);
+  }
+  if (need_bias) grad_bias = channels_tensor(sum_g, grad_output).to(param_options);
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) {
+  m.impl("batch_norm", &batch_norm_cpu);
+  m.impl("batch_norm_backward", &batch_norm_backward_cpu);
+}
+
+}  // namespace fastops
