@@ -75,7 +75,9 @@ _ELEMENT_CONFIGS = [
 ]
 
 
-@autotune(_ELEMENT_CONFIGS, key=["numel"])
+# restore_value: autotuning runs every config on the same buffers, and in place (out is x) each
+# run would apply the noise again.
+@autotune(_ELEMENT_CONFIGS, key=["numel"], restore_value=["out_ptr"])
 @triton.jit(do_not_specialize=["seed"])
 def dropout_kernel(
     x_ptr, out_ptr,
@@ -100,7 +102,7 @@ _CHANNEL_CONFIGS = [
 ]
 
 
-@autotune(_CHANNEL_CONFIGS, key=["units", "channel_size"])
+@autotune(_CHANNEL_CONFIGS, key=["units", "channel_size"], restore_value=["out_ptr"])
 @triton.jit(do_not_specialize=["seed"])
 def channel_dropout_kernel(
     x_ptr, out_ptr,
