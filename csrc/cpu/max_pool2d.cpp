@@ -5,7 +5,7 @@
 //
 // Forward: vectorized across neighbouring output columns (NCHW, from a padded copy of the input
 // rows, so no bounds checks) or across channels (channels-last). Backward: a task owns whole
-// planes (NCHW) or a channel slice of one image (channels-last) and scatters into them, so
+// planes (NCHW) or images / channel slices of one (channels-last) and scatters into them, so
 // overlapping windows accumulate without races.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -24,7 +24,7 @@ namespace {
 constexpr const char* kOp = "max_pool2d";
 // Output elements an NCHW forward task covers: its padded input rows stay in L1/L2.
 constexpr int64_t kBlockElements = 1024;
-// Channels a channels-last backward task owns.
+// Channels a channels-last backward task owns when the batch alone cannot keep the threads busy.
 constexpr int64_t kChannelSlice = 16;
 
 // One pooling configuration (kernel, stride, padding, dilation) per spatial dimension.
