@@ -160,11 +160,10 @@ def test_argmax_dtype_by_window_size():
         assert fake_argmax.dtype == dtype
 
 
-def test_large_window_gradient():
-    """A window of more than 2**24 positions would not be exact in float lanes."""
-    x = torch.randn(1, 1, 2, 2**12 + 3, dtype=torch.float32, requires_grad=True)
-    kernel = (2, 2**12 + 3)
-    assert_same_pooling(x, (x.shape, kernel, 1, 0, 1, False), torch.float32)
+@pytest.mark.parametrize("memory", ["contiguous", "channels_last"])
+def test_wide_window_with_int16_argmax(memory):
+    x = layout(torch.randn(1, 3, 2, 2**12 + 3), memory)
+    assert_same_pooling(x, (x.shape, (2, 2**12), (1, 3), 0, 1, False), torch.float32)
 
 
 def test_autograd_saves_only_the_compact_argmax():

@@ -5,8 +5,8 @@
 //
 // Forward: vectorized across neighbouring output columns (NCHW, from a padded copy of the input
 // rows, so no bounds checks) or across channels (channels-last). Backward: a task owns whole
-// planes (NCHW) or a channel slice of one image (channels-last) and scatters into a padded
-// accumulator, so overlapping windows accumulate without races and without bounds checks.
+// planes (NCHW) or images / channel slices of one (channels-last) and scatters into them, so
+// overlapping windows accumulate without races.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -24,7 +24,7 @@ namespace {
 constexpr const char* kOp = "max_pool2d";
 // Output elements an NCHW forward task covers: its padded input rows stay in L1/L2.
 constexpr int64_t kBlockElements = 1024;
-// Channels a channels-last backward task owns.
+// Channels a channels-last backward task owns when the batch alone cannot keep the threads busy.
 constexpr int64_t kChannelSlice = 16;
 
 // One pooling configuration (kernel, stride, padding, dilation) per spatial dimension.
@@ -329,108 +329,123 @@ void check_argmax(const at::Tensor& argmax, const Window& w, const char* op) {
               w.elements(), " elements, got ", argmax.scalar_type());
 }
 
-// Offset of every window position from the window's top-left corner in a padded buffer of
-// `padded_w` columns and `lanes` values per pixel.
-std::vector<int64_t> window_offsets(const Window& w, int64_t padded_w, int64_t lanes) {
-  std::vector<int64_t> offsets(w.elements());
-  for (int64_t k = 0; k < w.elements(); ++k) {
-    offsets[k] = (w.row_offset(k) * padded_w + w.col_offset(k)) * lanes;
-  }
-  return offsets;
-}
+// The input pixel each window position reaches from a window's top-left corner, tabulated per
+// position (no division in the scatter loops).
+struct WindowOffsets {
+  std::vector<int64_t> rows, cols;
 
-// The position an argmax element holds, checked: a corrupt argmax handed to the op directly
-// must not index outside the window.
-template <typename index_t>
-int64_t window_position(index_t k, const Window& w) {
-  TORCH_CHECK(k >= 0 && k < w.elements(), "fastops::max_pool2d_backward: argmax holds ",
-              static_cast<int64_t>(k), ", not a position of the ", w.elements(),
-              "-element window");
-  return k;
-}
-
-// grad_input pixels (ih, iw) <- the padded accumulator at (ih + pad_h, iw + pad_w), `count`
-// values each (dst pixels `dst_stride` apart, accumulator pixels `lanes` apart); input pixels
-// that no window reaches (beyond the padded extent) get zero.
-template <typename scalar_t, typename acc_t>
-void write_gradient(scalar_t* dst, int64_t dst_stride, const acc_t* acc, int64_t lanes,
-                    int64_t count, int64_t height, int64_t width, int64_t padded_h,
-                    int64_t padded_w, const Window& w) {
-  const int64_t covered_w = std::clamp<int64_t>(padded_w - w.pad_w, 0, width);
-  for (int64_t ih = 0; ih < height; ++ih) {
-    const bool covered_row = ih + w.pad_h < padded_h;
-    for (int64_t iw = 0; iw < width; ++iw) {
-      scalar_t* out = dst + (ih * width + iw) * dst_stride;
-      if (covered_row && iw < covered_w) {
-        const acc_t* in = acc + ((ih + w.pad_h) * padded_w + iw + w.pad_w) * lanes;
-        for (int64_t c = 0; c < count; ++c) out[c] = static_cast<scalar_t>(in[c]);
-      } else {
-        std::fill(out, out + count, scalar_t(0));
-      }
+  explicit WindowOffsets(const Window& w) : rows(w.elements()), cols(w.elements()) {
+    for (int64_t k = 0; k < w.elements(); ++k) {
+      rows[k] = w.row_offset(k);
+      cols[k] = w.col_offset(k);
     }
   }
+};
+
+// Adds `grad` at the input pixel that window position k of the window with top-left corner
+// (ih0, iw0) holds, to acc[(ih * width + iw) * pixel_stride]. That pixel lies outside the
+// input only for a window of nothing but padding, whose -inf depends on no input: skipped.
+template <typename index_t, typename acc_t>
+void scatter_one(acc_t* acc, int64_t pixel_stride, index_t k, acc_t grad, int64_t ih0,
+                 int64_t iw0, int64_t height, int64_t width, const WindowOffsets& offsets,
+                 const Window& w) {
+  // A corrupt argmax handed to the op directly must not index outside the tables.
+  TORCH_CHECK(k >= 0 && k < w.elements(), "fastops::max_pool2d_backward: argmax holds ",
+              static_cast<int64_t>(k), ", not a position of the ", w.elements(), "-element window");
+  const int64_t ih = ih0 + offsets.rows[k];
+  const int64_t iw = iw0 + offsets.cols[k];
+  if (ih >= 0 && ih < height && iw >= 0 && iw < width) acc[(ih * width + iw) * pixel_stride] += grad;
 }
 
-// NCHW: a task owns whole planes; it scatters into a padded float/double accumulator (a window
-// of only padding lands in the padding and is dropped), then writes the plane once.
+// NCHW: a task owns whole planes and scatters into the plane (float/double) or, for reduced
+// precision, into a float plane that is rounded once at the end.
 template <typename scalar_t, typename index_t>
 void backward_nchw(const scalar_t* grad_output, const index_t* argmax, scalar_t* grad_input,
                    int64_t planes, int64_t height, int64_t width, int64_t out_h, int64_t out_w,
                    const Window& w) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t padded_h = padded_extent(out_h, w.kernel_h, w.stride_h, w.dilation_h);
-  const int64_t padded_w = padded_extent(out_w, w.kernel_w, w.stride_w, w.dilation_w);
-  const std::vector<int64_t> offsets = window_offsets(w, padded_w, 1);
+  constexpr bool direct = std::is_same_v<acc_t, scalar_t>;
+  const WindowOffsets offsets(w);
   at::parallel_for(0, planes, grain_for(height * width + out_h * out_w), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(padded_h * padded_w);
+    std::vector<acc_t> buffer(direct ? 0 : height * width);
     for (int64_t plane = begin; plane < end; ++plane) {
-      std::fill(acc.begin(), acc.end(), acc_t(0));
+      scalar_t* grad_plane = grad_input + plane * height * width;
+      acc_t* acc;
+      if constexpr (direct) {
+        acc = grad_plane;
+      } else {
+        acc = buffer.data();
+      }
+      std::fill(acc, acc + height * width, acc_t(0));
       const scalar_t* grad = grad_output + plane * out_h * out_w;
       const index_t* arg = argmax + plane * out_h * out_w;
       for (int64_t oh = 0; oh < out_h; ++oh) {
-        acc_t* row = acc.data() + oh * w.stride_h * padded_w;
         for (int64_t ow = 0; ow < out_w; ++ow) {
           const int64_t i = oh * out_w + ow;
-          row[ow * w.stride_w + offsets[window_position(arg[i], w)]] += static_cast<acc_t>(grad[i]);
+          scatter_one(acc, 1, arg[i], static_cast<acc_t>(grad[i]), oh * w.stride_h - w.pad_h,
+                      ow * w.stride_w - w.pad_w, height, width, offsets, w);
         }
       }
-      write_gradient(grad_input + plane * height * width, 1, acc.data(), 1, 1, height, width,
-                     padded_h, padded_w, w);
+      if constexpr (!direct) {
+        for (int64_t i = 0; i < height * width; ++i) grad_plane[i] = static_cast<scalar_t>(acc[i]);
+      }
     }
   });
 }
 
-// Channels-last: a task owns a slice of kChannelSlice channels of one image, accumulated in a
-// padded [padded_h, padded_w, kChannelSlice] buffer.
+// Channels-last: a task owns one image, or a slice of kChannelSlice channels of one when the
+// batch is too small to keep the threads busy, and scatters into it (float/double) or into a
+// float [H, W, slice] buffer.
 template <typename scalar_t, typename index_t>
 void backward_channels_last(const scalar_t* grad_output, const index_t* argmax,
                             scalar_t* grad_input, int64_t batch, int64_t channels, int64_t height,
                             int64_t width, int64_t out_h, int64_t out_w, const Window& w) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t padded_h = padded_extent(out_h, w.kernel_h, w.stride_h, w.dilation_h);
-  const int64_t padded_w = padded_extent(out_w, w.kernel_w, w.stride_w, w.dilation_w);
-  const std::vector<int64_t> offsets = window_offsets(w, padded_w, kChannelSlice);
-  const int64_t slices = ceil_div(channels, kChannelSlice);
-  at::parallel_for(0, batch * slices, grain_for((height * width + out_h * out_w) * kChannelSlice),
+  constexpr bool direct = std::is_same_v<acc_t, scalar_t>;
+  const WindowOffsets offsets(w);
+  const int64_t slice = batch >= at::get_num_threads() ? channels : std::min(channels, kChannelSlice);
+  const int64_t slices = ceil_div(channels, slice);
+  at::parallel_for(0, batch * slices, grain_for((height * width + out_h * out_w) * slice),
                    [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(padded_h * padded_w * kChannelSlice);
+    std::vector<acc_t> buffer(direct ? 0 : height * width * slice);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / slices;
-      const int64_t c_begin = (task % slices) * kChannelSlice;
-      const int64_t c_count = std::min(kChannelSlice, channels - c_begin);
-      std::fill(acc.begin(), acc.end(), acc_t(0));
+      const int64_t c_begin = (task % slices) * slice;
+      const int64_t c_count = std::min(slice, channels - c_begin);
+      scalar_t* grad_image = grad_input + n * height * width * channels + c_begin;
+      acc_t* acc;
+      int64_t pixel_stride;  // between the accumulator's pixels
+      if constexpr (direct) {
+        acc = grad_image;
+        pixel_stride = channels;
+      } else {
+        acc = buffer.data();
+        pixel_stride = slice;
+      }
+      if (c_count == pixel_stride) {
+        std::fill(acc, acc + height * width * pixel_stride, acc_t(0));
+      } else {
+        for (int64_t p = 0; p < height * width; ++p) {
+          std::fill(acc + p * pixel_stride, acc + p * pixel_stride + c_count, acc_t(0));
+        }
+      }
       for (int64_t oh = 0; oh < out_h; ++oh) {
         for (int64_t ow = 0; ow < out_w; ++ow) {
-          acc_t* corner = acc.data() + (oh * w.stride_h * padded_w + ow * w.stride_w) * kChannelSlice;
           const int64_t out_offset = ((n * out_h + oh) * out_w + ow) * channels + c_begin;
           for (int64_t c = 0; c < c_count; ++c) {
-            corner[offsets[window_position(argmax[out_offset + c], w)] + c] +=
-                static_cast<acc_t>(grad_output[out_offset + c]);
+            scatter_one(acc + c, pixel_stride, argmax[out_offset + c],
+                        static_cast<acc_t>(grad_output[out_offset + c]), oh * w.stride_h - w.pad_h,
+                        ow * w.stride_w - w.pad_w, height, width, offsets, w);
           }
         }
       }
-      write_gradient(grad_input + n * height * width * channels + c_begin, channels, acc.data(),
-                     kChannelSlice, c_count, height, width, padded_h, padded_w, w);
+      if constexpr (!direct) {
+        for (int64_t p = 0; p < height * width; ++p) {
+          for (int64_t c = 0; c < c_count; ++c) {
+            grad_image[p * channels + c] = static_cast<scalar_t>(acc[p * pixel_stride + c]);
+          }
+        }
+      }
     }
   });
 }
