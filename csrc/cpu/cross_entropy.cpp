@@ -40,10 +40,41 @@ Reduction parse_reduction(c10::string_view reduction, const char* op) {
               std::string(reduction), "'");
 }
 
+// The inputs of the loss as pointers: `rows` rows of `classes` contiguous logits, and either one
+// class index per row or a row of probabilities per row (same layout as the logits).
+template <typename scalar_t>
+struct Rows {
+  const scalar_t* logits;
+  const int64_t* index_target;  // [rows] or nullptr
+  const scalar_t* prob_target;  // [rows, classes] or nullptr
+  int64_t rows;
+};
+
+// Chunks of a row converted to / from the accumulation type (plain copies for float and double),
+// so that the kernel loops below work on acc_t only.
+template <typename scalar_t, typename acc_t>
+void load_chunk(const scalar_t* src, int64_t n, acc_t* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<acc_t>(src[j]);
+}
+
+template <typename scalar_t, typename acc_t>
+void store_chunk(const acc_t* src, int64_t n, scalar_t* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC if-converts the selects of exp_nonpositive, and so vectorises the loops that call it,
+// only without -ftrapping-math (these kernels never read floating-point exception flags; clang
+// ignores them by default). GCC does not inline across the option change, so the code up to
+// pop_options calls no inline function from outside it in its loops.
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 // exp(x) for x <= 0 or NaN, in float: Cephes' expf (about 1 ulp), written without branches or
 // libm calls so that the loops calling it vectorise (std::exp does not). 0 below -87.
 inline float exp_nonpositive(float x) {
-  const float clamped = std::max(x, -87.0f);  // keeps 2^n a normal float; NaN passes through
+  const float clamped = x < -87.0f ? -87.0f : x;  // keeps 2^n a normal float; NaN passes through
   const float scaled = clamped * 1.44269504088896341f;
   const int n = static_cast<int>(scaled - 0.5f);  // round to nearest (scaled <= 0.5)
   const float fn = static_cast<float>(n);
@@ -65,31 +96,27 @@ inline float exp_nonpositive(float x) {
 // float64 keeps libm's exp: its tolerance is tighter than a fast polynomial's.
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
+inline int64_t chunk_size(int64_t c0, int64_t classes) {
+  return classes - c0 < kChunk ? classes - c0 : kChunk;
+}
+
 // What every row shares: the options and the class weights in the accumulation type.
 template <typename acc_t>
 struct LossSpec {
   int64_t classes;
   int64_t ignore_index;
   acc_t smoothing;    // label_smoothing when > 0, else 0 (torch ignores a negative value)
-  const acc_t* weight;  // [classes] or nullptr
-  acc_t weight_sum;   // sum of the class weights (classes when there are none)
+  // [classes]: the class weights, or ones when there are none (a branch-free inner loop
+  // vectorises; a C-float array stays in cache)
+  const acc_t* weight;
+  acc_t weight_sum;   // sum of the class weights
 
-  acc_t class_weight(int64_t c) const { return weight != nullptr ? weight[c] : acc_t(1); }
+  acc_t class_weight(int64_t c) const { return weight[c]; }
   // Coefficient of logit c in the smoothed target distribution (times the class weight) for a
   // probability target y_c: w_c * (y_c * (1 - smoothing) + smoothing / C).
   acc_t prob_coefficient(int64_t c, acc_t y) const {
     return class_weight(c) * (y * (acc_t(1) - smoothing) + smoothing / acc_t(classes));
   }
-};
-
-// The inputs of the loss as pointers: `rows` rows of `classes` contiguous logits, and either one
-// class index per row or a row of probabilities per row (same layout as the logits).
-template <typename scalar_t>
-struct Rows {
-  const scalar_t* logits;
-  const int64_t* index_target;  // [rows] or nullptr
-  const scalar_t* prob_target;  // [rows, classes] or nullptr
-  int64_t rows;
 };
 
 template <typename acc_t>
@@ -107,16 +134,15 @@ RowForward<acc_t> row_forward(const scalar_t* x, const scalar_t* prob, const Los
                               bool dot_coefficients) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
   acc_t logits[kChunk];
+  acc_t probs[kChunk];
   acc_t running_max = kNegInf, running_sum = 0, dot = 0, coefficient_sum = 0;
   for (int64_t c0 = 0; c0 < spec.classes; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, spec.classes - c0);
+    const int64_t n = chunk_size(c0, spec.classes);
+    load_chunk(x + c0, n, logits);
     acc_t chunk_max = kNegInf;
 #pragma omp simd reduction(max : chunk_max)
-    for (int64_t j = 0; j < n; ++j) {
-      logits[j] = static_cast<acc_t>(x[c0 + j]);
-      chunk_max = std::max(chunk_max, logits[j]);
-    }
-    const acc_t new_max = std::max(running_max, chunk_max);
+    for (int64_t j = 0; j < n; ++j) chunk_max = logits[j] > chunk_max ? logits[j] : chunk_max;
+    const acc_t new_max = chunk_max > running_max ? chunk_max : running_max;
     // While every logit so far is -inf the sum stays 0 (exp(-inf - -inf) would be NaN).
     if (new_max > kNegInf) {
       acc_t chunk_sum = 0;
@@ -127,9 +153,10 @@ RowForward<acc_t> row_forward(const scalar_t* x, const scalar_t* prob, const Los
     }
     if (!dot_coefficients) continue;
     if (prob != nullptr) {
+      load_chunk(prob + c0, n, probs);
 #pragma omp simd reduction(+ : dot, coefficient_sum)
       for (int64_t j = 0; j < n; ++j) {
-        const acc_t coefficient = spec.prob_coefficient(c0 + j, static_cast<acc_t>(prob[c0 + j]));
+        const acc_t coefficient = spec.prob_coefficient(c0 + j, probs[j]);
         dot += coefficient * logits[j];
         coefficient_sum += coefficient;
       }
@@ -141,6 +168,67 @@ RowForward<acc_t> row_forward(const scalar_t* x, const scalar_t* prob, const Los
   }
   return {running_max + std::log(running_sum), dot, coefficient_sum};
 }
+
+// One row of the backward: grad_x = scale * (A * softmax(x) - a), a the per-class coefficients
+// of the (smoothed, weighted) target distribution and A their sum; grad_prob (d loss / d target
+// for probability targets) = -scale * w_c * (1 - s) * log_softmax(x). grad_x may alias x (the
+// fused linear variant overwrites its logits): each chunk is read before it is written.
+template <typename scalar_t, typename acc_t>
+void row_backward(const scalar_t* x, const scalar_t* prob, int64_t target, acc_t logsumexp,
+                  acc_t scale, const LossSpec<acc_t>& spec, scalar_t* grad_x, scalar_t* grad_prob) {
+  const int64_t C = spec.classes;
+  const acc_t keep = acc_t(1) - spec.smoothing;
+  acc_t logits[kChunk];
+  acc_t probs[kChunk];
+  acc_t grad[kChunk];
+  acc_t total = 0;  // A
+  if (prob != nullptr) {
+    for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+      const int64_t n = chunk_size(c0, C);
+      load_chunk(prob + c0, n, probs);
+#pragma omp simd reduction(+ : total)
+      for (int64_t j = 0; j < n; ++j) total += spec.prob_coefficient(c0 + j, probs[j]);
+    }
+  } else {
+    total = keep * spec.class_weight(target) + spec.smoothing / acc_t(C) * spec.weight_sum;
+  }
+  const acc_t smooth_per_class = spec.smoothing / acc_t(C);
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    const int64_t n = chunk_size(c0, C);
+    load_chunk(x + c0, n, logits);
+    if (grad_prob != nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) grad[j] = -scale * spec.class_weight(c0 + j) * keep * (logits[j] - logsumexp);
+      store_chunk(grad, n, grad_prob + c0);
+    }
+    if (grad_x == nullptr) continue;
+    if (prob != nullptr) {
+      load_chunk(prob + c0, n, probs);
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const acc_t coefficient = spec.prob_coefficient(c0 + j, probs[j]);
+        grad[j] = scale * (total * exp_nonpositive(logits[j] - logsumexp) - coefficient);
+      }
+    } else {
+      if (smooth_per_class == acc_t(0)) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) grad[j] = scale * total * exp_nonpositive(logits[j] - logsumexp);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          grad[j] = scale * (total * exp_nonpositive(logits[j] - logsumexp) -
+                             smooth_per_class * spec.class_weight(c0 + j));
+        }
+      }
+      if (target >= c0 && target < c0 + n) grad[target - c0] -= scale * keep * spec.class_weight(target);
+    }
+    store_chunk(grad, n, grad_x + c0);
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 void check_target_in_range(int64_t target, int64_t classes) {
   TORCH_CHECK_INDEX(target >= 0 && target < classes, "Target ", target, " is out of bounds.");
@@ -182,61 +270,20 @@ void forward_rows(const Rows<scalar_t>& in, const LossSpec<acc_t>& spec, acc_t* 
   });
 }
 
-// One row of the backward: grad_x = scale * (A * softmax(x) - a), a the per-class coefficients
-// of the (smoothed, weighted) target distribution and A their sum; grad_prob (d loss / d target
-// for probability targets) = -scale * w_c * (1 - s) * log_softmax(x). grad_x may alias x (the
-// fused linear variant overwrites its logits): each chunk is read before it is written.
-template <typename scalar_t, typename acc_t>
-void row_backward(const scalar_t* x, const scalar_t* prob, int64_t target, acc_t logsumexp,
-                  acc_t scale, const LossSpec<acc_t>& spec, scalar_t* grad_x, scalar_t* grad_prob) {
-  const int64_t C = spec.classes;
-  const acc_t keep = acc_t(1) - spec.smoothing;
-  acc_t total;  // A
-  if (prob != nullptr) {
-    total = 0;
-#pragma omp simd reduction(+ : total)
-    for (int64_t c = 0; c < C; ++c) total += spec.prob_coefficient(c, static_cast<acc_t>(prob[c]));
-  } else {
-    total = keep * spec.class_weight(target) + spec.smoothing / acc_t(C) * spec.weight_sum;
-  }
-  const acc_t smooth_per_class = spec.smoothing / acc_t(C);
-  acc_t grad[kChunk];
-  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, C - c0);
-    if (grad_prob != nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const acc_t log_softmax = static_cast<acc_t>(x[c0 + j]) - logsumexp;
-        grad_prob[c0 + j] = static_cast<scalar_t>(-scale * spec.class_weight(c0 + j) * keep * log_softmax);
-      }
-    }
-    if (grad_x == nullptr) continue;
-    if (prob != nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const acc_t softmax = exp_nonpositive(static_cast<acc_t>(x[c0 + j]) - logsumexp);
-        const acc_t coefficient = spec.prob_coefficient(c0 + j, static_cast<acc_t>(prob[c0 + j]));
-        grad[j] = scale * (total * softmax - coefficient);
-      }
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const acc_t softmax = exp_nonpositive(static_cast<acc_t>(x[c0 + j]) - logsumexp);
-        grad[j] = scale * (total * softmax - smooth_per_class * spec.class_weight(c0 + j));
-      }
-      if (target >= c0 && target < c0 + n) grad[target - c0] -= scale * keep * spec.class_weight(target);
-    }
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) grad_x[c0 + j] = static_cast<scalar_t>(grad[j]);
-  }
-}
+// d loss / d loss_row = values[r * stride] * multiplier (see RowScale).
+template <typename acc_t>
+struct ScaleView {
+  const acc_t* values;
+  int64_t stride;
+  acc_t multiplier;
 
-// Backward over rows; `row_scale[r]` is d loss / d loss_row (grad_output, over total_weight for
-// a mean). Either output may be nullptr when not requested.
+  acc_t operator[](int64_t r) const { return values[r * stride] * multiplier; }
+};
+
+// Backward over rows; either output may be nullptr when not requested.
 template <typename scalar_t, typename acc_t>
 void backward_rows(const Rows<scalar_t>& in, const LossSpec<acc_t>& spec, const acc_t* logsumexp,
-                   const acc_t* row_scale, int64_t scale_stride, scalar_t* grad_x,
-                   scalar_t* grad_prob) {
+                   const ScaleView<acc_t>& row_scale, scalar_t* grad_x, scalar_t* grad_prob) {
   const int64_t C = spec.classes;
   at::parallel_for(0, in.rows, grain_for(C), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -247,7 +294,7 @@ void backward_rows(const Rows<scalar_t>& in, const LossSpec<acc_t>& spec, const 
         continue;
       }
       row_backward(in.logits + r * C, in.prob_target != nullptr ? in.prob_target + r * C : nullptr,
-                   target, logsumexp[r], row_scale[r * scale_stride], spec, grad_x_row,
+                   target, logsumexp[r], row_scale[r], spec, grad_x_row,
                    grad_prob != nullptr ? grad_prob + r * C : nullptr);
     }
   });
@@ -300,9 +347,10 @@ Arguments check_arguments(const at::Tensor& input, at::IntArrayRef logits_shape,
   return {parsed, classes, prob_target};
 }
 
-// [N, C, d1, ...] -> [N * d1 * ..., C] contiguous: a view for [N, C] and channels-last inputs,
-// a transposed copy otherwise.
+// [N, C, d1, ...] -> [N * d1 * ..., C] contiguous: the tensor itself for a contiguous [N, C], a
+// view for channels-last inputs, a transposed copy otherwise.
 at::Tensor classes_last(const at::Tensor& t) {
+  if (t.dim() == 2 && t.is_contiguous()) return t;
   return (t.dim() > 2 ? t.movedim(1, -1) : t).reshape({-1, t.size(1)}).contiguous();
 }
 
@@ -322,24 +370,25 @@ at::Tensor rows_as_logits(const at::Tensor& rows, at::IntArrayRef logits_shape) 
   return rows.view(shape).movedim(-1, 1);
 }
 
-// The loss data of one call, in the accumulation type: the class weights and the options.
-template <typename acc_t>
+// The loss data of one call in the accumulation type: the class weights (ones when there are
+// none; weight has input's dtype, checked) and the options.
+template <typename scalar_t, typename acc_t>
 struct Spec {
-  at::Tensor weight;  // kept alive for spec.weight
+  std::vector<acc_t> weight;
   LossSpec<acc_t> spec;
 
   Spec(const std::optional<at::Tensor>& class_weight, int64_t classes, int64_t ignore_index,
-       double label_smoothing) {
-    acc_t weight_sum = acc_t(classes);
-    const acc_t* weight_ptr = nullptr;
+       double label_smoothing)
+      : weight(classes, acc_t(1)) {
     if (class_weight.has_value()) {
-      weight = class_weight->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-      weight_ptr = weight.const_data_ptr<acc_t>();
-      weight_sum = 0;
-      for (const auto c : c10::irange(classes)) weight_sum += weight_ptr[c];
+      const at::Tensor contiguous = class_weight->contiguous();
+      const scalar_t* values = contiguous.const_data_ptr<scalar_t>();
+      for (const auto c : c10::irange(classes)) weight[c] = static_cast<acc_t>(values[c]);
     }
+    acc_t weight_sum = 0;
+    for (const acc_t w : weight) weight_sum += w;
     spec = {classes, ignore_index, static_cast<acc_t>(label_smoothing > 0.0 ? label_smoothing : 0.0),
-            weight_ptr, weight_sum};
+            weight.data(), weight_sum};
   }
 };
 
@@ -347,34 +396,71 @@ at::ScalarType acc_type(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// The class-index target as int64 rows (Byte targets widened; N values, a negligible copy).
+// The class-index target as contiguous int64 in row order (Byte targets widened: N values).
 at::Tensor index_rows(const at::Tensor& target) {
-  return target.reshape({-1}).to(at::kLong).contiguous();
+  return target.scalar_type() == at::kLong && target.is_contiguous() ? target
+                                                                     : target.to(at::kLong).contiguous();
 }
 
-// loss (reduced or per row in `shape`), and total_weight: the denominator of the mean (the sum
-// of the non-ignored rows' class weights; the number of rows for probability targets, 0 when
-// there are no logits, as torch's mean of an empty input is NaN).
-std::tuple<at::Tensor, at::Tensor> reduce_loss(const at::Tensor& row_loss, const at::Tensor& row_weight,
-                                              Reduction reduction, at::IntArrayRef shape,
-                                              at::ScalarType dtype) {
-  const at::Tensor total_weight = row_weight.sum(at::kDouble).to(row_weight.scalar_type());
-  if (reduction == Reduction::None) return {row_loss.to(dtype).view(shape), total_weight};
-  at::Tensor loss = row_loss.sum(at::kDouble);
-  if (reduction == Reduction::Mean) loss = loss / total_weight.to(at::kDouble);
-  return {loss.to(dtype), total_weight};
+// Per-row results of a forward: buffers in the accumulation type.
+struct RowResults {
+  at::Tensor logsumexp, loss, weight;
+
+  RowResults(int64_t rows, const at::Tensor& input)
+      : logsumexp(at::empty({rows}, input.options().dtype(acc_type(input.scalar_type())))),
+        loss(at::empty({rows}, logsumexp.options())),
+        weight(at::empty({rows}, logsumexp.options())) {}
+};
+
+// The loss (reduced, or per row in `shape`) and total_weight, the denominator of the mean: the
+// sum of the non-ignored rows' class weights, the number of rows for probability targets (0
+// without logits, as torch's mean over an empty input is NaN). Sums in double.
+template <typename scalar_t, typename acc_t>
+std::tuple<at::Tensor, at::Tensor> finish_loss(const RowResults& rows, Reduction reduction,
+                                              at::IntArrayRef shape, bool no_logits) {
+  const int64_t n = rows.loss.numel();
+  const acc_t* row_weight = rows.weight.const_data_ptr<acc_t>();
+  double total_weight = 0;
+  for (int64_t r = 0; r < n; ++r) total_weight += row_weight[r];
+  if (no_logits) total_weight = 0;
+  at::Tensor total_weight_out = at::empty({}, rows.weight.options());
+  *total_weight_out.data_ptr<acc_t>() = static_cast<acc_t>(total_weight);
+  const auto dtype = c10::CppTypeToScalarType<scalar_t>::value;
+  if (reduction == Reduction::None) return {rows.loss.to(dtype).view(shape), total_weight_out};
+  const acc_t* row_loss = rows.loss.const_data_ptr<acc_t>();
+  double total = 0;
+  for (int64_t r = 0; r < n; ++r) total += row_loss[r];
+  if (reduction == Reduction::Mean) total /= total_weight;
+  at::Tensor loss = at::empty({}, rows.loss.options().dtype(dtype));
+  *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(total);
+  return {loss, total_weight_out};
 }
 
-// d loss / d loss_row, per row ([rows] with stride 1) or shared (stride 0), in acc type.
-at::Tensor row_scale(const at::Tensor& grad_loss, const at::Tensor& total_weight, Reduction reduction,
-                     at::ScalarType acc, int64_t rows, const char* op) {
-  const int64_t expected = reduction == Reduction::None ? rows : 1;
-  TORCH_CHECK(grad_loss.numel() == expected, "fastops::", op, ": expected grad_loss with ",
-              expected, " values, got ", grad_loss.numel());
-  at::Tensor scale = grad_loss.to(acc).reshape({-1}).contiguous();
-  if (reduction == Reduction::Mean) scale = scale / total_weight.to(acc);
-  return scale;
-}
+// d loss / d loss_row = values[r * stride] * multiplier: grad_loss per row for "none" (stride
+// 1), shared otherwise (stride 0), over total_weight for a mean.
+template <typename acc_t>
+struct RowScale {
+  at::Tensor values;
+  int64_t stride;
+  acc_t multiplier;
+
+  RowScale(const at::Tensor& grad_loss, const at::Tensor& total_weight, Reduction reduction,
+           int64_t rows, const char* op) {
+    const int64_t expected = reduction == Reduction::None ? rows : 1;
+    TORCH_CHECK(grad_loss.numel() == expected, "fastops::", op, ": expected grad_loss with ",
+                expected, " values, got ", grad_loss.numel());
+    TORCH_CHECK(total_weight.numel() == 1, "fastops::", op,
+                ": expected a one-element total_weight, got ", total_weight.sizes());
+    const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+    values = grad_loss.to(acc).contiguous();
+    stride = reduction == Reduction::None ? 1 : 0;
+    multiplier = reduction == Reduction::Mean ? acc_t(1) / total_weight.to(acc).template item<acc_t>() : acc_t(1);
+  }
+  // The scales of rows r0, r0 + 1, ...
+  ScaleView<acc_t> shifted(int64_t r0) const {
+    return {values.const_data_ptr<acc_t>() + r0 * stride, stride, multiplier};
+  }
+};
 
 // ------------------------------------------------------------------------------ cross_entropy
 
@@ -386,23 +472,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
   const at::Tensor prob = args.prob_target ? classes_last(target) : at::Tensor();
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
   const int64_t rows = logits.size(0);
-  const auto acc = acc_type(input.scalar_type());
   const auto shape = row_shape(input.sizes());
-  at::Tensor lse = at::empty({rows}, input.options().dtype(acc));
-  at::Tensor row_loss = at::empty({rows}, lse.options());
-  at::Tensor row_weight = at::empty({rows}, lse.options());
+  const RowResults results(rows, input);
+  at::Tensor loss, total_weight;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Spec<acc_t> spec(weight, args.classes, ignore_index, label_smoothing);
+    const Spec<scalar_t, acc_t> spec(weight, args.classes, ignore_index, label_smoothing);
     const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
                             index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
                             prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
-    forward_rows(in, spec.spec, lse.data_ptr<acc_t>(), row_loss.data_ptr<acc_t>(),
-                 row_weight.data_ptr<acc_t>());
+    forward_rows(in, spec.spec, results.logsumexp.data_ptr<acc_t>(), results.loss.data_ptr<acc_t>(),
+                 results.weight.data_ptr<acc_t>());
+    std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
+        results, args.reduction, shape, args.prob_target && args.classes == 0);
   });
-  if (args.prob_target && args.classes == 0) row_weight.zero_();
-  auto [loss, total_weight] = reduce_loss(row_loss, row_weight, args.reduction, shape, input.scalar_type());
-  return {loss, lse.view(shape), total_weight};
+  return {loss, results.logsumexp.view(shape), total_weight};
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_cpu(
@@ -419,22 +503,19 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_cpu(
   const at::Tensor prob = args.prob_target ? classes_last(target) : at::Tensor();
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
   const int64_t rows = logits.size(0);
-  const auto acc = acc_type(input.scalar_type());
-  const at::Tensor lse = logsumexp.to(acc).reshape({-1}).contiguous();
-  const at::Tensor scale = row_scale(grad_loss, total_weight, args.reduction, acc, rows, op);
+  const at::Tensor lse = logsumexp.to(acc_type(input.scalar_type())).contiguous();
   TORCH_CHECK(lse.numel() == rows, "fastops::", op, ": expected logsumexp with ", rows,
               " values, got ", lse.numel());
-
   at::Tensor grad_input = need_input ? at::empty_like(logits) : at::Tensor();
   at::Tensor grad_target = need_target ? at::empty_like(logits) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Spec<acc_t> spec(weight, args.classes, ignore_index, label_smoothing);
+    const Spec<scalar_t, acc_t> spec(weight, args.classes, ignore_index, label_smoothing);
+    const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction, rows, op);
     const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
                             index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
                             prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
-    backward_rows(in, spec.spec, lse.const_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
-                  scale.numel() == 1 ? 0 : 1,
+    backward_rows(in, spec.spec, lse.const_data_ptr<acc_t>(), scale.shifted(0),
                   need_input ? grad_input.data_ptr<scalar_t>() : nullptr,
                   need_target ? grad_target.data_ptr<scalar_t>() : nullptr);
   });
@@ -461,7 +542,7 @@ void check_linear(const at::Tensor& input, const at::Tensor& linear_weight,
   }
 }
 
-// Rows per chunk of logits and the reusable chunk buffer.
+// Rows per chunk of logits.
 int64_t linear_chunk_rows(int64_t rows, int64_t classes) {
   return std::max<int64_t>(1, std::min(rows, kLinearChunkElements / std::max<int64_t>(1, classes)));
 }
@@ -490,28 +571,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
   const auto args = check_arguments(input, logits_shape, target, weight, reduction, label_smoothing, kLinearOp);
   const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
-  const auto acc = acc_type(input.scalar_type());
-  at::Tensor lse = at::empty({rows}, input.options().dtype(acc));
-  at::Tensor row_loss = at::empty({rows}, lse.options());
-  at::Tensor row_weight = at::empty({rows}, lse.options());
+  const RowResults results(rows, input);
   const int64_t chunk = linear_chunk_rows(rows, classes);
   at::Tensor buffer = at::empty({chunk, classes}, input.options());
+  at::Tensor loss, total_weight;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Spec<acc_t> spec(weight, classes, ignore_index, label_smoothing);
+    const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
       const int64_t m = std::min(chunk, rows - r0);
       const at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
       const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
                               index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
                               prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
-      forward_rows(in, spec.spec, lse.data_ptr<acc_t>() + r0, row_loss.data_ptr<acc_t>() + r0,
-                   row_weight.data_ptr<acc_t>() + r0);
+      forward_rows(in, spec.spec, results.logsumexp.data_ptr<acc_t>() + r0,
+                   results.loss.data_ptr<acc_t>() + r0, results.weight.data_ptr<acc_t>() + r0);
     }
+    std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
+        results, args.reduction, {rows}, args.prob_target && classes == 0);
   });
-  if (args.prob_target && classes == 0) row_weight.zero_();
-  auto [loss, total_weight] = reduce_loss(row_loss, row_weight, args.reduction, {rows}, input.scalar_type());
-  return {loss, lse, total_weight};
+  return {loss, results.logsumexp, total_weight};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu(
@@ -531,9 +610,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
               ": a class-index target has no gradient");
   const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
-  const auto acc = acc_type(input.scalar_type());
-  const at::Tensor lse = logsumexp.to(acc).contiguous();
-  const at::Tensor scale = row_scale(grad_loss, total_weight, args.reduction, acc, rows, op);
+  const at::Tensor lse = logsumexp.to(acc_type(input.scalar_type())).contiguous();
+  TORCH_CHECK(lse.numel() == rows, "fastops::", op, ": expected logsumexp with ", rows,
+              " values, got ", lse.numel());
   const auto empty = input.new_empty({0});
   at::Tensor grad_input = need_input ? at::empty_like(input, at::MemoryFormat::Contiguous) : empty;
   at::Tensor grad_linear_weight = need_linear_weight ? at::zeros_like(linear_weight, at::MemoryFormat::Contiguous) : empty;
@@ -545,8 +624,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
   const at::Tensor ones = need_bias ? at::ones({chunk}, input.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Spec<acc_t> spec(weight, classes, ignore_index, label_smoothing);
-    const int64_t scale_stride = scale.numel() == 1 ? 0 : 1;
+    const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+    const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction, rows, op);
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
       const int64_t m = std::min(chunk, rows - r0);
       at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
@@ -554,8 +633,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
                               index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
                               prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
       // The gradient of the logits overwrites them in place.
-      backward_rows(in, spec.spec, lse.const_data_ptr<acc_t>() + r0,
-                    scale.const_data_ptr<acc_t>() + r0 * scale_stride, scale_stride,
+      backward_rows(in, spec.spec, lse.const_data_ptr<acc_t>() + r0, scale.shifted(r0),
                     need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
                     need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
       if (need_input) {
