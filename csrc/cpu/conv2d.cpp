@@ -38,6 +38,18 @@ struct Conv2dShape {
   // Rows of the im2col matrix of one group: the GEMM's reduction size.
   int64_t patch() const { return in_per_group() * kernel_h * kernel_w; }
   int64_t pixels() const { return out_h * out_w; }
+
+  // Stride-1 convolutions build each im2col row as one contiguous run of the zero-padded input
+  // planes (pad_planes): their GEMM columns span the padded width, and the columns past out_w are
+  // computed and discarded. A few percent more GEMM work buys far fewer, longer copies.
+  bool padded_planes() const { return stride_h == 1 && stride_w == 1; }
+  int64_t padded_h() const { return height + 2 * pad_h; }
+  int64_t padded_w() const { return width + 2 * pad_w; }
+  // Output pixel (oh, ow) of image i is GEMM column i * image_columns() + oh * row_columns() + ow.
+  int64_t row_columns() const { return padded_planes() ? padded_w() : out_w; }
+  int64_t image_columns() const { return out_h * row_columns(); }
+  // Elements read past the last padded plane by the last tap's discarded columns.
+  int64_t plane_tail() const { return (kernel_w - 1) * dilation_w; }
 };
 
 // Element strides of a 4-D tensor [N, C, H, W].
@@ -131,7 +143,7 @@ Span valid_outputs(int64_t size, int64_t out_size, int64_t stride, int64_t pad, 
 int64_t images_per_task(const Conv2dShape& s) {
   constexpr int64_t kTargetColumns = 1024;
   constexpr int64_t kColumnBufferElements = int64_t{1} << 17;
-  const int64_t pixels = std::max<int64_t>(1, s.pixels());
+  const int64_t pixels = std::max<int64_t>(1, s.image_columns());
   int64_t images = std::min(kTargetColumns / pixels,
                             kColumnBufferElements / std::max<int64_t>(1, s.patch() * pixels));
   const int64_t chunks_per_group = (at::get_num_threads() + s.groups - 1) / s.groups;
@@ -146,7 +158,7 @@ template <typename MakeBuffers, typename Task>
 void for_each_task(const Conv2dShape& s, int64_t images_per_chunk, const MakeBuffers& make_buffers,
                    const Task& task) {
   const int64_t chunks = (s.batch + images_per_chunk - 1) / images_per_chunk;
-  const int64_t gemm_work = s.out_per_group() * std::max<int64_t>(1, s.patch()) * images_per_chunk * s.pixels();
+  const int64_t gemm_work = s.out_per_group() * std::max<int64_t>(1, s.patch()) * images_per_chunk * s.image_columns();
   at::parallel_for(0, s.groups * chunks, grain_for(gemm_work), [&](int64_t begin, int64_t end) {
     auto buffers = make_buffers();
     for (int64_t t = begin; t < end; ++t) {
@@ -173,7 +185,8 @@ void copy_strided(const src_t* src, int64_t src_step, dst_t* dst, int64_t dst_st
 
 // col[(c, kh, kw), (i, oh, ow)] = input[first + i, c0 + c, ih, iw] with
 // ih = oh * stride_h - pad_h + kh * dilation_h, iw likewise, and 0 in the padding.
-// col is [patch, images * pixels], row-major.
+// col is [patch, images * pixels], row-major. Any stride; stride 1 takes the faster
+// pad_planes + planes_to_columns.
 template <typename scalar_t, typename acc_t>
 void im2col(const scalar_t* input, const Strides4& in, const Conv2dShape& s, int64_t first,
             int64_t images, int64_t c0, acc_t* col) {
@@ -216,17 +229,18 @@ inline acc_t activate(acc_t v, bool relu) {
 template <typename scalar_t, typename acc_t>
 void write_output(const acc_t* gemm, const acc_t* bias, bool relu, scalar_t* out, const Strides4& os,
                   const Conv2dShape& s, int64_t first, int64_t images, int64_t o0) {
-  const int64_t pixels = s.pixels();
-  const int64_t ld = images * pixels;
+  const int64_t ld = images * s.image_columns();
   const int64_t channels = s.out_per_group();
   if (os.c == 1 && channels > 1) {  // channels-last: channels innermost
     for (int64_t i = 0; i < images; ++i) {
-      for (int64_t p = 0; p < pixels; ++p) {
-        scalar_t* dst = out + (first + i) * os.n + o0 + (p / s.out_w) * os.h + (p % s.out_w) * os.w;
-        const acc_t* src = gemm + i * pixels + p;
-        for (int64_t oc = 0; oc < channels; ++oc) {
-          const acc_t b = bias != nullptr ? bias[o0 + oc] : acc_t(0);
-          dst[oc] = static_cast<scalar_t>(activate(src[oc * ld] + b, relu));
+      for (int64_t oh = 0; oh < s.out_h; ++oh) {
+        for (int64_t ow = 0; ow < s.out_w; ++ow) {
+          scalar_t* dst = out + (first + i) * os.n + o0 + oh * os.h + ow * os.w;
+          const acc_t* src = gemm + i * s.image_columns() + oh * s.row_columns() + ow;
+          for (int64_t oc = 0; oc < channels; ++oc) {
+            const acc_t b = bias != nullptr ? bias[o0 + oc] : acc_t(0);
+            dst[oc] = static_cast<scalar_t>(activate(src[oc * ld] + b, relu));
+          }
         }
       }
     }
@@ -236,7 +250,7 @@ void write_output(const acc_t* gemm, const acc_t* bias, bool relu, scalar_t* out
     const acc_t b = bias != nullptr ? bias[o0 + oc] : acc_t(0);
     for (int64_t i = 0; i < images; ++i) {
       for (int64_t oh = 0; oh < s.out_h; ++oh) {
-        const acc_t* src = gemm + oc * ld + i * pixels + oh * s.out_w;
+        const acc_t* src = gemm + oc * ld + i * s.image_columns() + oh * s.row_columns();
         scalar_t* dst = out + (first + i) * os.n + (o0 + oc) * os.c + oh * os.h;
         if (os.w == 1) {
           for (int64_t ow = 0; ow < s.out_w; ++ow) dst[ow] = static_cast<scalar_t>(activate(src[ow] + b, relu));
@@ -251,20 +265,20 @@ void write_output(const acc_t* gemm, const acc_t* bias, bool relu, scalar_t* out
 }
 
 // gemm[oc, (i, oh, ow)] = grad[first + i, o0 + oc, oh, ow], zero where output <= 0 when `output`
-// is given (torch's threshold_backward: a NaN output passes the gradient); bias_sum[o0 + oc]
-// accumulates the row sums when given.
+// is given (torch's threshold_backward: a NaN output passes the gradient), and zero in the
+// discarded columns past out_w; bias_sum[o0 + oc] accumulates the row sums when given.
 template <typename scalar_t, typename acc_t>
 void gather_grad(const scalar_t* grad, const Strides4& gs, const scalar_t* output, const Strides4& os,
                  const Conv2dShape& s, int64_t first, int64_t images, int64_t o0, acc_t* gemm,
                  acc_t* bias_sum) {
-  const int64_t pixels = s.pixels();
-  const int64_t ld = images * pixels;
+  const int64_t ld = images * s.image_columns();
   for (int64_t oc = 0; oc < s.out_per_group(); ++oc) {
     acc_t sum(0);
     for (int64_t i = 0; i < images; ++i) {
       for (int64_t oh = 0; oh < s.out_h; ++oh) {
         const scalar_t* g = grad + (first + i) * gs.n + (o0 + oc) * gs.c + oh * gs.h;
-        acc_t* dst = gemm + oc * ld + i * pixels + oh * s.out_w;
+        acc_t* dst = gemm + oc * ld + i * s.image_columns() + oh * s.row_columns();
+        std::fill(dst + s.out_w, dst + s.row_columns(), acc_t(0));
         if (output != nullptr) {
           const scalar_t* o = output + (first + i) * os.n + (o0 + oc) * os.c + oh * os.h;
           for (int64_t ow = 0; ow < s.out_w; ++ow) {
@@ -287,7 +301,8 @@ void gather_grad(const scalar_t* grad, const Strides4& gs, const scalar_t* outpu
 
 // grad_input[first + i, c0 + c, ih, iw] = sum of col[(c, kh, kw), (i, oh, ow)] over the taps that
 // read (ih, iw): the adjoint of im2col, gathered one input row at a time in `row` (width
-// elements) so every element of grad_input is written once.
+// elements) so every element of grad_input is written once. Any stride; stride 1 takes the
+// faster columns_to_grad_input.
 template <typename scalar_t, typename acc_t>
 void col2im(const acc_t* col, const Conv2dShape& s, int64_t first, int64_t images, int64_t c0,
             scalar_t* grad_input, const Strides4& gs, acc_t* row) {
@@ -312,6 +327,100 @@ void col2im(const acc_t* col, const Conv2dShape& s, int64_t first, int64_t image
                      s.width);
       }
     }
+  }
+}
+
+// planes[(i, c)] = input[first + i, c0 + c] zero-padded to [padded_h, padded_w], in acc_t, one
+// plane after the other, followed by plane_tail() zeros.
+template <typename scalar_t, typename acc_t>
+void pad_planes(const scalar_t* input, const Strides4& in, const Conv2dShape& s, int64_t first,
+                int64_t images, int64_t c0, acc_t* planes) {
+  const int64_t wp = s.padded_w();
+  const int64_t plane_size = s.padded_h() * wp;
+  for (int64_t i = 0; i < images; ++i) {
+    for (int64_t c = 0; c < s.in_per_group(); ++c) {
+      acc_t* plane = planes + (i * s.in_per_group() + c) * plane_size;
+      const scalar_t* src = input + (first + i) * in.n + (c0 + c) * in.c;
+      std::fill(plane, plane + s.pad_h * wp, acc_t(0));
+      for (int64_t ih = 0; ih < s.height; ++ih) {
+        acc_t* row = plane + (ih + s.pad_h) * wp;
+        std::fill(row, row + s.pad_w, acc_t(0));
+        copy_strided(src + ih * in.h, in.w, row + s.pad_w, 1, s.width);
+        std::fill(row + s.pad_w + s.width, row + wp, acc_t(0));
+      }
+      std::fill(plane + (s.pad_h + s.height) * wp, plane + plane_size, acc_t(0));
+    }
+  }
+  const int64_t end = images * s.in_per_group() * plane_size;
+  std::fill(planes + end, planes + end + s.plane_tail(), acc_t(0));
+}
+
+// Stride-1 im2col from the padded planes: col[(c, kh, kw), (i, j)] = plane(i, c)[kh * dilation_h
+// * padded_w + kw * dilation_w + j] for j < image_columns(), one contiguous copy per row and image.
+template <typename acc_t>
+void planes_to_columns(const acc_t* planes, const Conv2dShape& s, int64_t images, acc_t* col) {
+  const int64_t image_columns = s.image_columns();
+  const int64_t plane_size = s.padded_h() * s.padded_w();
+  for (int64_t c = 0; c < s.in_per_group(); ++c) {
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        acc_t* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * images * image_columns;
+        const int64_t offset = kh * s.dilation_h * s.padded_w() + kw * s.dilation_w;
+        for (int64_t i = 0; i < images; ++i) {
+          const acc_t* src = planes + (i * s.in_per_group() + c) * plane_size + offset;
+          std::copy(src, src + image_columns, row + i * image_columns);
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of pad_planes + planes_to_columns: accumulates every column row into zeroed padded
+// planes (the discarded columns hold zeros, gather_grad zeroed them), then writes the planes'
+// interiors to grad_input[first + i, c0 + c].
+template <typename scalar_t, typename acc_t>
+void columns_to_grad_input(const acc_t* col, const Conv2dShape& s, int64_t first, int64_t images,
+                           int64_t c0, acc_t* planes, scalar_t* grad_input, const Strides4& gs) {
+  const int64_t image_columns = s.image_columns();
+  const int64_t wp = s.padded_w();
+  const int64_t plane_size = s.padded_h() * wp;
+  std::fill(planes, planes + images * s.in_per_group() * plane_size + s.plane_tail(), acc_t(0));
+  for (int64_t c = 0; c < s.in_per_group(); ++c) {
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        const acc_t* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * images * image_columns;
+        const int64_t offset = kh * s.dilation_h * wp + kw * s.dilation_w;
+        for (int64_t i = 0; i < images; ++i) {
+          acc_t* dst = planes + (i * s.in_per_group() + c) * plane_size + offset;
+          const acc_t* src = row + i * image_columns;
+          for (int64_t j = 0; j < image_columns; ++j) dst[j] += src[j];
+        }
+      }
+    }
+  }
+  for (int64_t i = 0; i < images; ++i) {
+    for (int64_t c = 0; c < s.in_per_group(); ++c) {
+      const acc_t* plane = planes + (i * s.in_per_group() + c) * plane_size + s.pad_h * wp + s.pad_w;
+      scalar_t* dst = grad_input + (first + i) * gs.n + (c0 + c) * gs.c;
+      for (int64_t ih = 0; ih < s.height; ++ih) copy_strided(plane + ih * wp, 1, dst + ih * gs.h, gs.w, s.width);
+    }
+  }
+}
+
+// Buffer elements for the padded planes of `images` images of one group.
+int64_t plane_buffer_size(const Conv2dShape& s, int64_t images) {
+  return s.padded_planes() ? images * s.in_per_group() * s.padded_h() * s.padded_w() + s.plane_tail() : 0;
+}
+
+// col = the im2col matrix of images [first, first + images) of the group starting at channel c0.
+template <typename scalar_t, typename acc_t>
+void gather_columns(const scalar_t* input, const Strides4& in, const Conv2dShape& s, int64_t first,
+                    int64_t images, int64_t c0, acc_t* planes, acc_t* col) {
+  if (s.padded_planes()) {
+    pad_planes(input, in, s, first, images, c0, planes);
+    planes_to_columns(planes, s, images, col);
+  } else {
+    im2col(input, in, s, first, images, c0, col);
   }
 }
 
@@ -350,17 +459,22 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
     const Strides4 in_strides = strides_of(input);
     const Strides4 out_strides = strides_of(out);
     const int64_t images = images_per_task(s);
-    const int64_t columns = images * s.pixels();
+    const int64_t columns = images * s.image_columns();
     const auto options = weight_acc.options();
-    auto make_buffers = [&] {
-      return std::make_pair(at::empty({s.patch() * columns}, options),
-                            at::empty({s.out_per_group() * columns}, options));
+    struct Buffers {
+      at::Tensor planes, col, gemm;
     };
-    for_each_task(s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, auto& buffers) {
-      const int64_t cols = count * s.pixels();
-      at::Tensor col = matrix(buffers.first, s.patch(), cols);
-      at::Tensor gemm = matrix(buffers.second, s.out_per_group(), cols);
-      im2col(in_ptr, in_strides, s, first, count, g * s.in_per_group(), col.mutable_data_ptr<acc_t>());
+    auto make_buffers = [&] {
+      return Buffers{at::empty({plane_buffer_size(s, images)}, options),
+                     at::empty({s.patch() * columns}, options),
+                     at::empty({s.out_per_group() * columns}, options)};
+    };
+    for_each_task(s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, Buffers& buffers) {
+      const int64_t cols = count * s.image_columns();
+      at::Tensor col = matrix(buffers.col, s.patch(), cols);
+      at::Tensor gemm = matrix(buffers.gemm, s.out_per_group(), cols);
+      gather_columns(in_ptr, in_strides, s, first, count, g * s.in_per_group(),
+                     buffers.planes.mutable_data_ptr<acc_t>(), col.mutable_data_ptr<acc_t>());
       at::mm_out(gemm, weight_acc.narrow(0, g * s.out_per_group(), s.out_per_group()), col);
       write_output(gemm.const_data_ptr<acc_t>(), bias_ptr, relu, out_ptr, out_strides, s, first, count,
                    g * s.out_per_group());
@@ -424,18 +538,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     const Strides4 input_strides = need_weight ? strides_of(*input) : Strides4{};
     const Strides4 grad_input_strides = need_input ? strides_of(grad_input) : Strides4{};
     const int64_t images = images_per_task(s);
-    const int64_t columns = images * s.pixels();
+    const int64_t columns = images * s.image_columns();
     struct Buffers {
-      at::Tensor grad, col, row;
+      at::Tensor grad, col, planes, row;
     };
     auto make_buffers = [&] {
       const bool col_needed = need_input || need_weight;
       return Buffers{at::empty({s.out_per_group() * columns}, options),
                      at::empty({col_needed ? s.patch() * columns : 0}, options),
+                     at::empty({col_needed ? plane_buffer_size(s, images) : 0}, options),
                      at::empty({need_input ? s.width : 0}, options)};
     };
     for_each_task(s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, Buffers& buffers) {
-      const int64_t cols = count * s.pixels();
+      const int64_t cols = count * s.image_columns();
       const int64_t o0 = g * s.out_per_group();
       const int64_t c0 = g * s.in_per_group();
       const int64_t thread = at::get_thread_num();
@@ -445,14 +560,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
                   need_bias ? bias_partial[thread].mutable_data_ptr<acc_t>() : nullptr);
       if (need_weight) {
         at::Tensor col = matrix(buffers.col, s.patch(), cols);
-        im2col(input_ptr, input_strides, s, first, count, c0, col.mutable_data_ptr<acc_t>());
+        gather_columns(input_ptr, input_strides, s, first, count, c0, buffers.planes.mutable_data_ptr<acc_t>(),
+                       col.mutable_data_ptr<acc_t>());
         weight_partial[thread].narrow(0, o0, s.out_per_group()).addmm_(grad, col.t());
       }
       if (need_input) {
         at::Tensor col = matrix(buffers.col, s.patch(), cols);
         at::mm_out(col, weight_acc.narrow(0, o0, s.out_per_group()).t(), grad);
-        col2im(col.const_data_ptr<acc_t>(), s, first, count, c0, grad_input_ptr, grad_input_strides,
-               buffers.row.mutable_data_ptr<acc_t>());
+        if (s.padded_planes()) {
+          columns_to_grad_input(col.const_data_ptr<acc_t>(), s, first, count, c0,
+                                buffers.planes.mutable_data_ptr<acc_t>(), grad_input_ptr, grad_input_strides);
+        } else {
+          col2im(col.const_data_ptr<acc_t>(), s, first, count, c0, grad_input_ptr, grad_input_strides,
+                 buffers.row.mutable_data_ptr<acc_t>());
+        }
       }
     });
     auto reduce_threads = [&](const at::Tensor& partial, at::Tensor& result) {
