@@ -137,8 +137,9 @@ class _BatchUnpickler(pickle.Unpickler):
 
     # numpy.core in the original (numpy 1) files, numpy._core in batches pickled by numpy 2;
     # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1").
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    _ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"),
+                          ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+                          ("numpy", "dtype"), ("_codecs", "encode")})
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
@@ -156,9 +157,11 @@ def read_cifar_batch(path):
     except Exception as error:  # pickle reports corruption as many different exception types
         raise ValueError(f"{path}: not a CIFAR-10 python batch (bad pickle: {error})") from error
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: a CIFAR-10 batch is a pickled dict, found {type(batch).__name__}")
+        raise ValueError(f"{path}: a CIFAR-10 batch is a pickled dict, found "
+                         f"{type(batch).__name__}")
     # Keys are bytes in the original (Python 2) files, str in batches pickled by Python 3.
-    entries = {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
+    entries = {key.decode() if isinstance(key, bytes) else key: value
+               for key, value in batch.items()}
     if "data" not in entries or "labels" not in entries:
         raise ValueError(f"{path}: a CIFAR-10 batch has 'data' and 'labels', found "
                          f"{sorted(entries)}")
@@ -184,7 +187,8 @@ def _load_cifar(root):
         raise FileNotFoundError(f"cifar10: {', '.join(missing)} missing in {folder}; expected the "
                                 f"python version's {', '.join(names)} in {root} or {nested}")
     parts = [read_cifar_batch(os.path.join(folder, name)) for name in _CIFAR_TRAIN]
-    train = _cifar_dataset(np.concatenate([p for p, _ in parts]), np.concatenate([l for _, l in parts]))
+    train = _cifar_dataset(np.concatenate([pixels for pixels, _ in parts]),
+                           np.concatenate([labels for _, labels in parts]))
     test = _cifar_dataset(*read_cifar_batch(os.path.join(folder, _CIFAR_TEST)))
     description = (f"CIFAR-10 from {folder} ({', '.join(names)}): {len(train)} train / "
                    f"{len(test)} test images 3x32x32, {_SCALING['cifar10']}")
@@ -291,7 +295,8 @@ def _default_logistic_clouds():
     generator = torch.Generator().manual_seed(_DATA_SEED)
 
     def draw():
-        clouds = [torch.normal(mean, 1.0, (100, 2), generator=generator) + 1 for mean in (1.7, -1.7)]
+        clouds = [torch.normal(mean, 1.0, (100, 2), generator=generator) + 1
+                  for mean in (1.7, -1.7)]
         labels = torch.cat([torch.zeros(100, 1), torch.ones(100, 1)])
         return TensorDataset(torch.cat(clouds), labels)
 

@@ -495,7 +495,8 @@ def _compare(name, loss_kind, results, out):
     torch_result, fastops_result = results["torch"], results["fastops"]
     metrics = ", ".join(f"{impl} {_metric_text(loss_kind, result.epochs[-1]['test_metric'])}"
                         for impl, result in results.items())
-    speed = fastops_result.samples_per_second() / torch_result.samples_per_second()
-    return (f"summary {name}: test {metrics}; speed fastops/torch {speed:.2f}x "
-            f"({torch_result.samples_per_second():,.0f} vs {fastops_result.samples_per_second():,.0f}"
-            f" samples/s); loss curves {plot_path}")
+    torch_speed = torch_result.samples_per_second()
+    fastops_speed = fastops_result.samples_per_second()
+    return (f"summary {name}: test {metrics}; speed fastops/torch "
+            f"{fastops_speed / torch_speed:.2f}x ({torch_speed:,.0f} vs {fastops_speed:,.0f} "
+            f"samples/s); loss curves {plot_path}")

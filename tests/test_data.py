@@ -51,7 +51,8 @@ def write_cifar(folder, per_batch=3, seed=0, pickle_keys=bytes):
             pickle.dump(batch, file, protocol=2)
         batches[name] = pixels, labels
     train = [batches[f"data_batch_{i}"] for i in range(1, 6)]
-    return (np.concatenate([p for p, _ in train]), sum((l for _, l in train), []),
+    return (np.concatenate([pixels for pixels, _ in train]),
+            [label for _, labels in train for label in labels],
             *batches["test_batch"])
 
 
@@ -116,7 +117,8 @@ def test_corrupt_idx_files(tmp_path):
 @pytest.mark.parametrize("nested", [True, False])
 def test_cifar_batches_read_back(tmp_path, nested, pickle_keys):
     folder = tmp_path / "cifar-10-batches-py" if nested else tmp_path
-    train_pixels, train_labels, test_pixels, test_labels = write_cifar(folder, pickle_keys=pickle_keys)
+    train_pixels, train_labels, test_pixels, test_labels = write_cifar(folder,
+                                                                       pickle_keys=pickle_keys)
     train, test, description = data.load("cifar10", tmp_path)
     for dataset, pixels, labels in ((train, train_pixels, train_labels),
                                     (test, test_pixels, test_labels)):
@@ -209,7 +211,8 @@ def test_csv_errors(tmp_path):
     rows = pima_rows()
     rows[5, -1] = 2
     write_table(tmp_path / "diabetes.csv", rows)
-    with pytest.raises(ValueError, match="diabetes.csv: labels must be integers in 0..1, found 2.0"):
+    with pytest.raises(ValueError, match="diabetes.csv: labels must be integers in 0..1, "
+                                         "found 2.0"):
         data.load("table", tmp_path)
 
 

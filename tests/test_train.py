@@ -85,7 +85,7 @@ def test_both_impls_from_the_same_weights_plot_and_summary(tmp_path, capsys,
     out = capsys.readouterr().out
     torch_model, fastops_model = results["torch"].model, results["fastops"].model
     assert type(fastops_model[0]).__module__.startswith("fastops")
-    for ours, theirs in zip(fastops_model.parameters(), torch_model.parameters()):
+    for ours, theirs in zip(fastops_model.parameters(), torch_model.parameters(), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     assert re.search(r"summary linear_regression: test torch MSE \S+, fastops MSE \S+; speed "
                      r"fastops/torch \d+\.\d\dx \(\S+ vs \S+ samples/s\); loss curves \S+", out)
@@ -138,7 +138,8 @@ def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     assert resumed["step_losses"] == whole["step_losses"]
     for key, value in whole["model"].items():
         assert torch.equal(resumed["model"][key], value), key
-    assert [r["test_metric"] for r in resumed["epochs"]] == [r["test_metric"] for r in whole["epochs"]]
+    for record, resumed_record in zip(whole["epochs"], resumed["epochs"], strict=True):
+        assert {**record, "seconds": 0} == {**resumed_record, "seconds": 0}  # all but the time
     assert resumed["epochs"][1]["samples"] == 192  # the resumed epoch counts all its samples
 
 
@@ -191,18 +192,18 @@ def _ddp_worker(rank, world_size, port, options, out_dir):
 
 
 def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
-    common = dict(model="softmax_regression", limit=256, epochs=2, seed=3)
-    options = Options(batch_size=16, out=str(tmp_path / "ddp"), **common)
+    common = dict(model="linear_regression", limit=200, epochs=2, seed=3)
+    options = Options(batch_size=10, out=str(tmp_path / "ddp"), **common)
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), options, str(tmp_path)),
                                 nprocs=2)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for key, value in rank0["model"].items():
         assert torch.equal(rank1["model"][key], value), key  # replicas stay identical
-    single = train(Options(batch_size=32, out=str(tmp_path / "single"), **common))["torch"]
+    single = train(Options(batch_size=20, out=str(tmp_path / "single"), **common))["torch"]
     for key, value in single.model.state_dict().items():
         torch.testing.assert_close(rank0["model"][key], value, atol=1e-5, rtol=1e-5)
-    for ddp_epoch, single_epoch in zip(rank0["epochs"], single.epochs):
-        assert ddp_epoch["samples"] == single_epoch["samples"] == 256
-        assert ddp_epoch["test_metric"] == pytest.approx(single_epoch["test_metric"], abs=1e-6)
-    checkpoint = torch.load(tmp_path / "ddp" / "softmax_regression-torch.pt", weights_only=True)
+    for ddp_epoch, single_epoch in zip(rank0["epochs"], single.epochs, strict=True):
+        assert ddp_epoch["samples"] == single_epoch["samples"] == 200
+        assert ddp_epoch["test_metric"] == pytest.approx(single_epoch["test_metric"], rel=1e-5)
+    checkpoint = torch.load(tmp_path / "ddp" / "linear_regression-torch.pt", weights_only=True)
     assert checkpoint["config"]["world_size"] == 2 and len(checkpoint["processes"]) == 2
