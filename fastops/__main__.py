@@ -123,7 +123,8 @@ def _add_train_parser(commands):
         description="Trains a tutorial model with its course's loss, optimiser and data. Under "
                     "`torchrun --nproc_per_node=P -m fastops train ...` it trains data-parallel "
                     "(gloo on CPU, NCCL on CUDA). Ctrl-C saves a checkpoint; --resume goes on.")
-    parser.add_argument("--model", required=True, choices=NAMES)
+    parser.add_argument("--model", required=True, choices=NAMES, metavar="NAME",
+                        help=f"one of {', '.join(NAMES)}")
     parser.add_argument("--impl", default="torch", choices=IMPL_CHOICES,
                         help="both: torch then fastops from the same initial weights and data "
                              "order, with a loss-curve plot and a summary line (default torch)")
