@@ -115,8 +115,9 @@ def _load_idx(kind, root):
 
 
 def _unit(pixels):
-    """uint8 ``pixels`` as float32 in [0, 1], without a float64 copy of the whole set."""
-    return torch.as_tensor(pixels, dtype=torch.float32).div_(255.0)
+    """uint8 ``pixels`` (read-only when read from a file) as float32 in [0, 1], without a
+    float64 copy of the whole set."""
+    return torch.from_numpy(pixels.astype(np.float32)).div_(255.0)
 
 
 def _mnist_inputs(kind, unit_pixels):
