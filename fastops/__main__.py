@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastops info | bench``."""
+"""Command line: ``python -m fastops info | bench | train``."""
 
 import argparse
 import importlib
@@ -114,6 +114,55 @@ def bench(args):
     return 0
 
 
+def _add_train_parser(commands):
+    from fastops.models import NAMES
+    from fastops.train import IMPL_CHOICES
+
+    parser = commands.add_parser(
+        "train", help="train a tutorial model as its course does (torch, fastops or both)",
+        description="Trains a tutorial model with its course's loss, optimiser and data. Under "
+                    "`torchrun --nproc_per_node=P -m fastops train ...` it trains data-parallel "
+                    "(gloo on CPU, NCCL on CUDA). Ctrl-C saves a checkpoint; --resume goes on.")
+    parser.add_argument("--model", required=True, choices=NAMES, metavar="NAME",
+                        help=f"one of {', '.join(NAMES)}")
+    parser.add_argument("--impl", default="torch", choices=IMPL_CHOICES,
+                        help="both: torch then fastops from the same initial weights and data "
+                             "order, with a loss-curve plot and a summary line (default torch)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="folder of the real data set (MNIST/Fashion-MNIST IDX files, "
+                             "cifar-10-batches-py, or the CSV table); default: built-in data")
+    parser.add_argument("--epochs", type=int, help="default: the course's")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
+    parser.add_argument("--seed", type=int, default=0, help="initial weights and data order")
+    parser.add_argument("--batch-size", type=int, help="per process; default: the course's")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="only the first N training and N test samples (quick runs)")
+    parser.add_argument("--out", metavar="DIR", help="checkpoints and plot (default runs/<model>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint in --out (same options)")
+    parser.add_argument("--sync-bn", action="store_true",
+                        help="BatchNorm statistics over all processes (SyncBatchNorm; CUDA)")
+
+
+def train(args):
+    """Runs fastops.train with the command line's options; 130 when a signal stopped it."""
+    from fastops import train as training
+
+    options = training.Options(
+        model=args.model, impl=args.impl, data=args.data, epochs=args.epochs, device=args.device,
+        seed=args.seed, batch_size=args.batch_size, limit=args.limit, out=args.out,
+        resume=args.resume, sync_bn=args.sync_bn)
+    try:
+        results = training.train(options)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"python -m fastops train: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
+        print("python -m fastops train: stopped without saving", file=sys.stderr)
+        return training.INTERRUPTED
+    return training.INTERRUPTED if any(result.interrupted for result in results.values()) else 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m fastops")
@@ -125,10 +174,13 @@ def main(argv=None):
     bench_parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
     bench_parser.add_argument("--filter", help="pytest -k expression selecting cases")
     bench_parser.add_argument("--out", help="results folder (default benchmarks/results/<device>)")
+    _add_train_parser(commands)
     args = parser.parse_args(argv)
     args.raw = argv[1:]
     if args.command == "info":
         return info()
+    if args.command == "train":
+        return train(args)
     return bench(args)
 
 

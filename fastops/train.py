@@ -1,0 +1,502 @@
+"""``python -m fastops train``: trains a tutorial model the way its course does (RECIPES: loss,
+optimiser, learning rate, batch size, epochs, data), on torch.nn layers, on fastops layers, or
+both from the same initial weights and the same data order, to compare them.
+
+    train(Options(model="cifar_net", impl="both")) -> {impl: Result}
+
+Each epoch shows a tqdm bar (loss, accuracy, samples/s) and ends with a line giving the test
+accuracy (the test MSE for regressions) and the epoch's time. Under ``torchrun
+--nproc_per_node=P`` the same code trains data-parallel: one process per CPU (gloo) or GPU
+(NCCL), DistributedDataParallel, each process a 1/P share of every epoch (DistributedSampler);
+the batch size is per process.
+
+Ctrl-C (SIGINT), or the SIGTERM that torchrun sends its workers when it is interrupted, stops
+at the next step boundary, where model, optimiser and RNG state are consistent, and saves a
+checkpoint; ``resume=True`` continues from that very step, so an interrupted and resumed run
+trains exactly as an uninterrupted one. A checkpoint is also saved after every epoch.
+"""
+
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
+from tqdm import tqdm
+
+from . import data
+from .convert import convert
+from .models import IMPLS, NAMES, RECIPES, build
+
+INTERRUPTED = 130  # exit status of a run stopped by a signal (128 + SIGINT), as shells report it
+IMPL_CHOICES = IMPLS + ("both",)
+_EVAL_BATCH_SIZE = 256  # evaluation only: no effect on the results
+_STOP_POLL_STEPS = 10  # data-parallel processes agree on a stop request every this many steps
+_POSTFIX_SECONDS = 0.5  # refresh of the bar's loss/accuracy (reading them waits for the GPU)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What ``python -m fastops train`` is asked (None: the recipe's / the default)."""
+
+    model: str
+    impl: str = "torch"  # "torch" | "fastops" | "both"
+    data: str | None = None  # folder (or CSV) of the real data set; None: built-in default
+    epochs: int | None = None
+    device: str | None = None  # "cpu" | "cuda"; None: cuda where present
+    seed: int = 0
+    batch_size: int | None = None  # per process
+    limit: int | None = None  # use only the first `limit` training and test samples
+    out: str | None = None  # checkpoints and plot; None: runs/<model>
+    resume: bool = False
+    sync_bn: bool = False
+
+
+@dataclasses.dataclass
+class Result:
+    """One build's training: the trained model (not DDP-wrapped), the loss of every step (this
+    process's batch), one record per finished epoch (train_loss, train_metric, test_loss,
+    test_metric, seconds, samples) and whether a signal stopped it."""
+
+    impl: str
+    model: nn.Module
+    step_losses: list
+    epochs: list
+    interrupted: bool
+
+    def samples_per_second(self):
+        seconds = sum(record["seconds"] for record in self.epochs)
+        return sum(record["samples"] for record in self.epochs) / seconds if seconds else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Processes:
+    """This process's place in a data-parallel run (rank 0 of 1 when run alone)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+class _StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request the training loop honours at the next
+    step boundary; a second signal stops at once (KeyboardInterrupt), without a checkpoint."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint "
+              "(a second Ctrl-C stops at once, without one)", file=sys.stderr, flush=True)
+
+
+class _Totals:
+    """Sums over an epoch's batches on this process, kept on the device so that training never
+    waits for the GPU to report a number."""
+
+    def __init__(self, device, sums=(0.0, 0.0, 0.0)):
+        self.loss_sum, self.correct, self.count = (torch.tensor(value, dtype=torch.float64,
+                                                                device=device) for value in sums)
+
+    def add(self, loss, count, correct=None):
+        self.loss_sum += loss.detach() * count
+        if correct is not None:
+            self.correct += correct
+        self.count += count
+
+    def local(self):
+        return [self.loss_sum.item(), self.correct.item(), self.count.item()]
+
+    def reduced(self, processes):
+        """(mean loss, accuracy, samples) over every process's batches."""
+        sums = torch.stack([self.loss_sum, self.correct, self.count])
+        if processes.world_size > 1:
+            dist.all_reduce(sums)
+        loss_sum, correct, count = sums.tolist()
+        return loss_sum / max(count, 1), correct / max(count, 1), int(count)
+
+
+def _correct(loss_kind, outputs, targets):
+    """Correct predictions in a batch: outputs [B, 1] probabilities vs targets [B, 1] in {0, 1}
+    (bce), outputs [B, C] logits vs targets [B] class indices (cross entropy); None for MSE."""
+    if loss_kind == "mse":
+        return None
+    if loss_kind == "bce":
+        return ((outputs > 0.5) == (targets > 0.5)).sum()
+    return (outputs.argmax(1) == targets).sum()
+
+
+def _metric(loss_kind, mean_loss, accuracy):
+    """What a model is judged by: the MSE for regressions, else the accuracy."""
+    return mean_loss if loss_kind == "mse" else accuracy
+
+
+def _metric_text(loss_kind, value):
+    return f"MSE {value:.4g}" if loss_kind == "mse" else f"accuracy {100 * value:.2f}%"
+
+
+def _batches(dataset, indices, batch_size, device):
+    """(inputs, targets) on ``device``, ``batch_size`` samples of ``dataset[indices]`` at a
+    time in that order. The sampler hands whole index lists to the TensorDataset: one gather
+    per batch instead of one fetch per sample and a collate."""
+    # Its own generator: a DataLoader otherwise draws a worker seed from the global RNG at
+    # every iteration start, and a run resumed mid-epoch would then see other dropout masks.
+    loader = DataLoader(dataset, sampler=BatchSampler(indices, batch_size, drop_last=False),
+                        batch_size=None, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())
+    for inputs, targets in loader:
+        yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+
+def _epoch_order(dataset, processes, seed, epoch):
+    """This process's share of the epoch's shuffled sample order: DistributedSampler's, so that
+    P processes with batch B see together what one process with batch P*B sees."""
+    sampler = DistributedSampler(dataset, num_replicas=processes.world_size, rank=processes.rank,
+                                 shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@torch.no_grad()
+def _evaluate(model, loss_fn, loss_kind, dataset, processes):
+    """(mean loss, accuracy) over the whole test set, each process scoring every P-th sample."""
+    model.eval()
+    totals = _Totals(processes.device)
+    indices = list(range(processes.rank, len(dataset), processes.world_size))
+    for inputs, targets in _batches(dataset, indices, _EVAL_BATCH_SIZE, processes.device):
+        outputs = model(inputs)
+        totals.add(loss_fn(outputs, targets), len(targets), _correct(loss_kind, outputs, targets))
+    model.train()
+    mean_loss, accuracy, _ = totals.reduced(processes)
+    return mean_loss, accuracy
+
+
+def _build(name, impl, sync_bn, model_kwargs):
+    """build(name, impl); with ``sync_bn`` the BatchNorm layers become SyncBatchNorm before the
+    fastops conversion (which then leaves them, and the ReLU after them, as they are)."""
+    if not sync_bn:
+        return build(name, impl, **model_kwargs)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(build(name, "torch", **model_kwargs))
+    return convert(model, fuse=True, inplace=True, verbose=False) if impl == "fastops" else model
+
+
+def _rng_state(device):
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _Run:
+    """Training of one build (impl): model, optimiser, where it stands (epoch, step within the
+    epoch), and its checkpoint."""
+
+    def __init__(self, impl, options, config, processes, initial_state, model_kwargs):
+        self.impl, self.options, self.config, self.processes = impl, options, config, processes
+        self.recipe = RECIPES[options.model]
+        self.model = _build(options.model, impl, options.sync_bn, model_kwargs)
+        self.model.load_state_dict(initial_state)
+        self.model.to(processes.device)
+        self.optimizer = self.recipe.make_optimizer(self.model.parameters())
+        self.loss_fn = self.recipe.make_loss(impl)
+        self.path = os.path.join(config["out"], f"{options.model}-{impl}.pt")
+        self.epoch, self.step = 0, 0  # the next batch to train
+        self.step_losses, self.epoch_records = [], []
+        self.epoch_seconds = 0.0  # spent so far in the unfinished epoch
+        self.totals = _Totals(processes.device)
+        if options.resume and os.path.exists(self.path):
+            self._restore()
+        else:
+            torch.manual_seed(options.seed + processes.rank)  # dropout differs across processes
+
+    def _restore(self):
+        checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        changed = [f"{key}={checkpoint['config'].get(key)!r} (now {value!r})"
+                   for key, value in self.config.items()
+                   if key != "out" and checkpoint["config"].get(key) != value]
+        if changed:
+            raise ValueError(f"--resume: {self.path} was written with {', '.join(changed)}; the "
+                             "model and the data order depend on these, so resume with the same "
+                             "options (or leave out --resume to start afresh)")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
+        self.step_losses, self.epoch_records = checkpoint["step_losses"], checkpoint["epochs"]
+        self.epoch_seconds = checkpoint["epoch_seconds"]
+        mine = checkpoint["processes"][self.processes.rank]
+        self.totals = _Totals(self.processes.device, mine["totals"])
+        _set_rng_state(mine["rng"], self.processes.device)
+        if self.processes.main:
+            print(f"{self.impl}: resuming {self.path} at epoch {self.epoch + 1}, step {self.step}")
+
+    def save(self, pending_losses):
+        """Writes the checkpoint (rank 0; every process contributes its RNG state and sums)."""
+        self.step_losses += torch.stack(pending_losses).tolist() if pending_losses else []
+        pending_losses.clear()
+        mine = {"rng": _rng_state(self.processes.device), "totals": self.totals.local()}
+        everyone = [mine]
+        if self.processes.world_size > 1:
+            everyone = [None] * self.processes.world_size
+            dist.all_gather_object(everyone, mine)
+        if not self.processes.main:
+            return
+        checkpoint = {"config": self.config, "model": self.model.state_dict(),
+                      "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                      "step": self.step, "step_losses": self.step_losses,
+                      "epochs": self.epoch_records, "epoch_seconds": self.epoch_seconds,
+                      "processes": everyone}
+        partial = self.path + ".partial"  # a kill while writing must not destroy the last one
+        torch.save(checkpoint, partial)
+        os.replace(partial, self.path)
+
+    def _stop_agreed(self, stop, force=False):
+        """Whether to stop now: in a data-parallel run every process must stop at the same
+        step, so they compare their requests every few steps (and when ``force``)."""
+        if self.processes.world_size == 1:
+            return stop.requested
+        if not force and self.step % _STOP_POLL_STEPS:
+            return False
+        flag = torch.tensor([float(stop.requested)], device=self.processes.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def train(self, train_set, test_set, epochs, batch_size, stop):
+        """Trains up to ``epochs`` epochs; returns the Result (interrupted if a stop came)."""
+        processes, loss_kind = self.processes, self.recipe.loss
+        network = self.model
+        if processes.world_size > 1:
+            device_ids = [processes.device] if processes.device.type == "cuda" else None
+            network = DistributedDataParallel(self.model, device_ids=device_ids)
+        while self.epoch < epochs:
+            order = _epoch_order(train_set, processes, self.options.seed, self.epoch)
+            bar = tqdm(total=len(order) * processes.world_size, unit="sample", unit_scale=True,
+                       desc=f"{self.impl} epoch {self.epoch + 1}/{epochs}", leave=False,
+                       disable=not processes.main, dynamic_ncols=True,
+                       initial=min(self.step * batch_size, len(order)) * processes.world_size)
+            pending_losses, last_postfix = [], time.monotonic()
+            started = time.perf_counter()
+            for inputs, targets in _batches(train_set, order[self.step * batch_size:], batch_size,
+                                            processes.device):
+                outputs = network(inputs)
+                loss = self.loss_fn(outputs, targets)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.step += 1
+                self.totals.add(loss, len(targets), _correct(loss_kind, outputs, targets))
+                pending_losses.append(loss.detach())
+                bar.update(len(targets) * processes.world_size)
+                if processes.main and time.monotonic() - last_postfix > _POSTFIX_SECONDS:
+                    bar.set_postfix_str(self._running_text(), refresh=False)
+                    last_postfix = time.monotonic()
+                if self._stop_agreed(stop):
+                    bar.close()
+                    self.epoch_seconds += time.perf_counter() - started
+                    return self._interrupted(pending_losses)
+            if processes.device.type == "cuda":
+                torch.cuda.synchronize(processes.device)
+            self.epoch_seconds += time.perf_counter() - started
+            bar.close()
+            self._finish_epoch(test_set, epochs)
+            self.save(pending_losses)
+            if self.epoch < epochs and self._stop_agreed(stop, force=True):
+                return self._interrupted([])
+        return Result(self.impl, self.model, self.step_losses, self.epoch_records, False)
+
+    def _running_text(self):
+        count = max(self.totals.count.item(), 1)
+        text = f"loss {self.totals.loss_sum.item() / count:.4f}"
+        if self.recipe.loss != "mse":
+            text += f", acc {100 * self.totals.correct.item() / count:.1f}%"
+        return text
+
+    def _finish_epoch(self, test_set, epochs):
+        """Scores the epoch, prints its line, and moves on to the next epoch."""
+        loss_kind = self.recipe.loss
+        train_loss, train_accuracy, samples = self.totals.reduced(self.processes)
+        test_loss, test_accuracy = _evaluate(self.model, self.loss_fn, loss_kind, test_set,
+                                             self.processes)
+        train_metric = _metric(loss_kind, train_loss, train_accuracy)
+        test_metric = _metric(loss_kind, test_loss, test_accuracy)
+        record = {"train_loss": train_loss, "train_metric": train_metric, "test_loss": test_loss,
+                  "test_metric": test_metric, "seconds": self.epoch_seconds, "samples": samples}
+        self.epoch_records.append(record)
+        if self.processes.main:
+            tqdm.write(f"{self.impl} epoch {self.epoch + 1}/{epochs}: train loss {train_loss:.4g}"
+                       f", {_metric_text(loss_kind, train_metric)} | test loss {test_loss:.4g}, "
+                       f"{_metric_text(loss_kind, test_metric)} | "
+                       f"{self.epoch_seconds:.2f} s, {samples / self.epoch_seconds:,.0f} samples/s")
+        self.epoch, self.step, self.epoch_seconds = self.epoch + 1, 0, 0.0
+        self.totals = _Totals(self.processes.device)
+
+    def _interrupted(self, pending_losses):
+        self.save(pending_losses)
+        if self.processes.main:
+            print(f"{self.impl}: stopped at epoch {self.epoch + 1}, step {self.step}; checkpoint "
+                  f"{self.path} (continue with --resume)", flush=True)
+        return Result(self.impl, self.model, self.step_losses, self.epoch_records, True)
+
+
+def _resolve_device(requested):
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available here")
+    return requested
+
+
+def _start_processes(device_type):
+    """Joins the data-parallel run torchrun started (WORLD_SIZE > 1 in the environment):
+    gloo on CPU, NCCL on CUDA with one GPU per process (LOCAL_RANK)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return _Processes(0, 1, torch.device(device_type))
+    if device_type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return _Processes(dist.get_rank(), world_size, device)
+
+
+def _check_options(options):
+    if options.model not in NAMES:
+        raise ValueError(f"--model: unknown model {options.model!r}; expected one of {list(NAMES)}")
+    if options.impl not in IMPL_CHOICES:
+        raise ValueError(f"--impl must be one of {list(IMPL_CHOICES)}, got {options.impl!r}")
+    for name in ("epochs", "batch_size", "limit"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _check_sync_bn(options, reference_model, device_type, world_size):
+    if not any(isinstance(module, _BATCH_NORMS) for module in reference_model.modules()):
+        raise ValueError(f"--sync-bn: {options.model} has no BatchNorm layer to synchronise")
+    if device_type == "cpu" and world_size > 1:
+        raise ValueError("--sync-bn needs CUDA: torch's SyncBatchNorm synchronises only GPU "
+                         "(CUDA/XPU) tensors and raises on CPU ones in a multi-process run; on "
+                         "CPU leave out --sync-bn (each process then normalises with the "
+                         "statistics of its own batch)")
+
+
+def _first(dataset, limit):
+    return dataset if limit is None else TensorDataset(*(t[:limit] for t in dataset.tensors))
+
+
+def train(options):
+    """Trains ``options.model`` as :class:`Options` says; returns {impl: Result}. Raises
+    ValueError / FileNotFoundError for bad options or data, naming the option or file."""
+    _check_options(options)
+    recipe = RECIPES[options.model]
+    epochs = options.epochs or recipe.epochs
+    batch_size = options.batch_size or recipe.batch_size
+    device_type = _resolve_device(options.device)
+    impls = IMPLS if options.impl == "both" else (options.impl,)
+    out = options.out or os.path.join("runs", options.model)
+    if options.resume and not any(os.path.exists(os.path.join(out, f"{options.model}-{impl}.pt"))
+                                  for impl in impls):
+        raise FileNotFoundError(f"--resume: no checkpoint {options.model}-<impl>.pt for --impl "
+                                f"{options.impl} in {out} (an earlier run with the same --out "
+                                "writes it)")
+
+    train_set, test_set, description = data.load(recipe.data, options.data)
+    train_set, test_set = _first(train_set, options.limit), _first(test_set, options.limit)
+    features = train_set.tensors[0].shape[1]
+    model_kwargs = {"in_features": features} if options.model == "multi_feature_logistic" else {}
+    torch.manual_seed(options.seed)  # the same initial weights for every build and process
+    reference_model = build(options.model, "torch", **model_kwargs)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if options.sync_bn:
+        _check_sync_bn(options, reference_model, device_type, world_size)
+
+    processes = _start_processes(device_type)
+    try:
+        if processes.main:
+            os.makedirs(out, exist_ok=True)
+            print(f"{options.model}: {recipe.loss} loss, {recipe.optimizer} lr {recipe.lr}, "
+                  f"batch {batch_size}" + (f" x {processes.world_size} processes"
+                                           if processes.world_size > 1 else "")
+                  + f", {epochs} epochs on {processes.device}\ndata: {description}"
+                  + (f" (first {options.limit} samples of each split)" if options.limit else ""),
+                  flush=True)
+        config = {"model": options.model, "seed": options.seed, "batch_size": batch_size,
+                  "world_size": processes.world_size, "limit": options.limit,
+                  "data": options.data, "sync_bn": options.sync_bn, "out": out}
+        results = {}
+        with _StopRequest() as stop:
+            for impl in impls:
+                run = _Run(impl, options, dict(config, impl=impl), processes,
+                           reference_model.state_dict(), model_kwargs)
+                results[impl] = run.train(train_set, test_set, epochs, batch_size, stop)
+                if results[impl].interrupted:
+                    return results
+        if processes.main:
+            for result in results.values():
+                text = _metric_text(recipe.loss, result.epochs[-1]["test_metric"])
+                print(f"{result.impl}: test {text} after {len(result.epochs)} epochs, "
+                      f"{result.samples_per_second():,.0f} samples/s")
+            if len(results) == 2:
+                print(_compare(options.model, recipe.loss, results, out))
+        return results
+    finally:
+        if processes.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _compare(name, loss_kind, results, out):
+    """Plots both builds' loss curves to <out>/<name>-loss.png; returns the summary line."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    for result in results.values():
+        axes.plot(range(1, len(result.step_losses) + 1), result.step_losses, label=result.impl,
+                  linewidth=0.8, alpha=0.8)
+    if all(loss > 0 for result in results.values() for loss in result.step_losses):
+        axes.set_yscale("log")
+    axes.set(xlabel="step", ylabel=f"training loss ({loss_kind})",
+             title=f"{name}: torch.nn vs fastops, same initial weights and data order")
+    axes.legend()
+    plot_path = os.path.join(out, f"{name}-loss.png")
+    figure.savefig(plot_path, dpi=120)
+
+    torch_result, fastops_result = results["torch"], results["fastops"]
+    metrics = ", ".join(f"{impl} {_metric_text(loss_kind, result.epochs[-1]['test_metric'])}"
+                        for impl, result in results.items())
+    torch_speed = torch_result.samples_per_second()
+    fastops_speed = fastops_result.samples_per_second()
+    return (f"summary {name}: test {metrics}; speed fastops/torch "
+            f"{fastops_speed / torch_speed:.2f}x ({torch_speed:,.0f} vs {fastops_speed:,.0f} "
+            f"samples/s); loss curves {plot_path}")
