@@ -10,7 +10,7 @@ accuracy (the test MSE for regressions) and the epoch's time. Under ``torchrun
 (NCCL), DistributedDataParallel, each process a 1/P share of every epoch (DistributedSampler);
 the batch size is per process.
 
-Ctrl-C (SIGINT), or the SIGTERM that torchrun sends its workers when it is interrupted, stops
+Ctrl-C (SIGINT; torchrun passes it on to its workers) or SIGTERM (what schedulers send) stops
 at the next step boundary, where model, optimiser and RNG state are consistent, and saves a
 checkpoint; ``resume=True`` continues from that very step, so an interrupted and resumed run
 trains exactly as an uninterrupted one. A checkpoint is also saved after every epoch.
