@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -480,9 +481,17 @@ def _compare(name, loss_kind, results, out):
 
     figure = Figure(figsize=(8, 4.5), layout="constrained")
     axes = figure.add_subplot()
-    for result in results.values():
-        axes.plot(range(1, len(result.step_losses) + 1), result.step_losses, label=result.impl,
-                  linewidth=0.8, alpha=0.8)
+    # dashed second curve: where the builds agree it lies on the first and both stay visible
+    for result, line_style in zip(results.values(), ("-", "--"), strict=True):
+        losses = np.asarray(result.step_losses)
+        steps = np.arange(1, len(losses) + 1)
+        raw = axes.plot(steps, losses, linewidth=0.5, alpha=0.3)[0]
+        # a moving average over 1% of the run: per-step losses of small batches are noise
+        window = max(1, len(losses) // 100)
+        smooth = np.convolve(losses, np.full(window, 1.0 / window), mode="valid")
+        label = result.impl + (f" (mean of {window} steps)" if window > 1 else "")
+        axes.plot(steps[window - 1:], smooth, color=raw.get_color(), linestyle=line_style,
+                  linewidth=1.5, label=label)
     if all(loss > 0 for result in results.values() for loss in result.step_losses):
         axes.set_yscale("log")
     axes.set(xlabel="step", ylabel=f"training loss ({loss_kind})",
