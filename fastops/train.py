@@ -465,7 +465,7 @@ def train(options):
         if processes.main:
             for result in results.values():
                 text = _metric_text(recipe.loss, result.epochs[-1]["test_metric"])
-                print(f"{result.impl}: test {text} after {len(result.epochs)} epochs, "
+                print(f"{result.impl}: test {text} after epoch {len(result.epochs)}, "
                       f"{result.samples_per_second():,.0f} samples/s")
             if len(results) == 2:
                 print(_compare(options.model, recipe.loss, results, out))
