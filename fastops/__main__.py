@@ -115,8 +115,7 @@ def bench(args):
 
 
 def _add_train_parser(commands):
-    from fastops.models import NAMES
-    from fastops.train import IMPL_CHOICES
+    from fastops.models import IMPLS, NAMES  # not fastops.train: `info` must not need tqdm
 
     parser = commands.add_parser(
         "train", help="train a tutorial model as its course does (torch, fastops or both)",
@@ -125,7 +124,7 @@ def _add_train_parser(commands):
                     "(gloo on CPU, NCCL on CUDA). Ctrl-C saves a checkpoint; --resume goes on.")
     parser.add_argument("--model", required=True, choices=NAMES, metavar="NAME",
                         help=f"one of {', '.join(NAMES)}")
-    parser.add_argument("--impl", default="torch", choices=IMPL_CHOICES,
+    parser.add_argument("--impl", default="torch", choices=[*IMPLS, "both"],
                         help="both: torch then fastops from the same initial weights and data "
                              "order, with a loss-curve plot and a summary line (default torch)")
     parser.add_argument("--data", metavar="DIR",

@@ -10,7 +10,7 @@ accuracy (the test MSE for regressions) and the epoch's time. Under ``torchrun
 (NCCL), DistributedDataParallel, each process a 1/P share of every epoch (DistributedSampler);
 the batch size is per process.
 
-Ctrl-C (SIGINT), or the SIGTERM that torchrun sends its workers when it is interrupted, stops
+Ctrl-C (SIGINT; torchrun passes it on to its workers) or SIGTERM (what schedulers send) stops
 at the next step boundary, where model, optimiser and RNG state are consistent, and saves a
 checkpoint; ``resume=True`` continues from that very step, so an interrupted and resumed run
 trains exactly as an uninterrupted one. A checkpoint is also saved after every epoch.
@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -220,7 +221,7 @@ class _Run:
     """Training of one build (impl): model, optimiser, where it stands (epoch, step within the
     epoch), and its checkpoint."""
 
-    def __init__(self, impl, options, config, processes, initial_state, model_kwargs):
+    def __init__(self, impl, options, config, path, processes, initial_state, model_kwargs):
         self.impl, self.options, self.config, self.processes = impl, options, config, processes
         self.recipe = RECIPES[options.model]
         self.model = _build(options.model, impl, options.sync_bn, model_kwargs)
@@ -228,7 +229,7 @@ class _Run:
         self.model.to(processes.device)
         self.optimizer = self.recipe.make_optimizer(self.model.parameters())
         self.loss_fn = self.recipe.make_loss(impl)
-        self.path = os.path.join(config["out"], f"{options.model}-{impl}.pt")
+        self.path = path
         self.epoch, self.step = 0, 0  # the next batch to train
         self.step_losses, self.epoch_records = [], []
         self.epoch_seconds = 0.0  # spent so far in the unfinished epoch
@@ -241,8 +242,7 @@ class _Run:
     def _restore(self):
         checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
         changed = [f"{key}={checkpoint['config'].get(key)!r} (now {value!r})"
-                   for key, value in self.config.items()
-                   if key != "out" and checkpoint["config"].get(key) != value]
+                   for key, value in self.config.items() if checkpoint["config"].get(key) != value]
         if changed:
             raise ValueError(f"--resume: {self.path} was written with {', '.join(changed)}; the "
                              "model and the data order depend on these, so resume with the same "
@@ -374,10 +374,9 @@ def _resolve_device(requested):
     return requested
 
 
-def _start_processes(device_type):
-    """Joins the data-parallel run torchrun started (WORLD_SIZE > 1 in the environment):
-    gloo on CPU, NCCL on CUDA with one GPU per process (LOCAL_RANK)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+def _start_processes(device_type, world_size):
+    """Joins the data-parallel run torchrun started (world_size > 1; the rendezvous comes
+    from the environment): gloo on CPU, NCCL on CUDA with one GPU per process (LOCAL_RANK)."""
     if world_size == 1:
         return _Processes(0, 1, torch.device(device_type))
     if device_type == "cuda":
@@ -425,23 +424,23 @@ def train(options):
     device_type = _resolve_device(options.device)
     impls = IMPLS if options.impl == "both" else (options.impl,)
     out = options.out or os.path.join("runs", options.model)
-    if options.resume and not any(os.path.exists(os.path.join(out, f"{options.model}-{impl}.pt"))
-                                  for impl in impls):
+    checkpoints = {impl: os.path.join(out, f"{options.model}-{impl}.pt") for impl in impls}
+    if options.resume and not any(os.path.exists(path) for path in checkpoints.values()):
         raise FileNotFoundError(f"--resume: no checkpoint {options.model}-<impl>.pt for --impl "
                                 f"{options.impl} in {out} (an earlier run with the same --out "
                                 "writes it)")
 
     train_set, test_set, description = data.load(recipe.data, options.data)
     train_set, test_set = _first(train_set, options.limit), _first(test_set, options.limit)
-    features = train_set.tensors[0].shape[1]
-    model_kwargs = {"in_features": features} if options.model == "multi_feature_logistic" else {}
+    model_kwargs = ({"in_features": train_set.tensors[0].shape[1]}
+                    if options.model == "multi_feature_logistic" else {})  # the table's width
     torch.manual_seed(options.seed)  # the same initial weights for every build and process
     reference_model = build(options.model, "torch", **model_kwargs)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     if options.sync_bn:
         _check_sync_bn(options, reference_model, device_type, world_size)
 
-    processes = _start_processes(device_type)
+    processes = _start_processes(device_type, world_size)
     try:
         if processes.main:
             os.makedirs(out, exist_ok=True)
@@ -451,13 +450,14 @@ def train(options):
                   + f", {epochs} epochs on {processes.device}\ndata: {description}"
                   + (f" (first {options.limit} samples of each split)" if options.limit else ""),
                   flush=True)
+        # what the model and the data order depend on: a resumed run must have the same
         config = {"model": options.model, "seed": options.seed, "batch_size": batch_size,
                   "world_size": processes.world_size, "limit": options.limit,
-                  "data": options.data, "sync_bn": options.sync_bn, "out": out}
+                  "data": options.data, "sync_bn": options.sync_bn}
         results = {}
         with _StopRequest() as stop:
             for impl in impls:
-                run = _Run(impl, options, dict(config, impl=impl), processes,
+                run = _Run(impl, options, dict(config, impl=impl), checkpoints[impl], processes,
                            reference_model.state_dict(), model_kwargs)
                 results[impl] = run.train(train_set, test_set, epochs, batch_size, stop)
                 if results[impl].interrupted:
@@ -465,7 +465,7 @@ def train(options):
         if processes.main:
             for result in results.values():
                 text = _metric_text(recipe.loss, result.epochs[-1]["test_metric"])
-                print(f"{result.impl}: test {text} after {len(result.epochs)} epochs, "
+                print(f"{result.impl}: test {text} after epoch {len(result.epochs)}, "
                       f"{result.samples_per_second():,.0f} samples/s")
             if len(results) == 2:
                 print(_compare(options.model, recipe.loss, results, out))
@@ -481,9 +481,17 @@ def _compare(name, loss_kind, results, out):
 
     figure = Figure(figsize=(8, 4.5), layout="constrained")
     axes = figure.add_subplot()
-    for result in results.values():
-        axes.plot(range(1, len(result.step_losses) + 1), result.step_losses, label=result.impl,
-                  linewidth=0.8, alpha=0.8)
+    # dashed second curve: where the builds agree it lies on the first and both stay visible
+    for result, line_style in zip(results.values(), ("-", "--"), strict=True):
+        losses = np.asarray(result.step_losses)
+        steps = np.arange(1, len(losses) + 1)
+        raw = axes.plot(steps, losses, linewidth=0.5, alpha=0.3)[0]
+        # a moving average over 1% of the run: per-step losses of small batches are noise
+        window = max(1, len(losses) // 100)
+        smooth = np.convolve(losses, np.full(window, 1.0 / window), mode="valid")
+        label = result.impl + (f" (mean of {window} steps)" if window > 1 else "")
+        axes.plot(steps[window - 1:], smooth, color=raw.get_color(), linestyle=line_style,
+                  linewidth=1.5, label=label)
     if all(loss > 0 for result in results.values() for loss in result.step_losses):
         axes.set_yscale("log")
     axes.set(xlabel="step", ylabel=f"training loss ({loss_kind})",

@@ -172,7 +172,9 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
 def write_table(path, rows, header=True):
     lines = (["preg,glucose,bp,skin,insulin,bmi,pedigree,age,outcome"] if header else [])
     lines += [",".join(str(v) for v in row) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wt") as file:
+        file.write("\n".join(lines) + "\n")
 
 
 def pima_rows(n=40, seed=0):
@@ -182,10 +184,11 @@ def pima_rows(n=40, seed=0):
     return np.concatenate([features, labels[:, None]], axis=1)
 
 
-@pytest.mark.parametrize("header", [True, False])
-def test_csv_table_read_back(tmp_path, header):
+@pytest.mark.parametrize("name,header", [("diabetes.csv", True), ("diabetes.csv.gz", False),
+                                         ("pima-indians-diabetes.csv", False)])
+def test_csv_table_read_back(tmp_path, name, header):
     rows = pima_rows()
-    write_table(tmp_path / "diabetes.csv", rows, header)
+    write_table(tmp_path / name, rows, header)
     train, test, description = data.load("table", tmp_path)
     assert (len(train), len(test)) == (32, 8)
     inputs = train.tensors[0]
@@ -196,7 +199,7 @@ def test_csv_table_read_back(tmp_path, header):
     assert sorted(restored.tolist()) == sorted(rows[:, -1].tolist())
     assert train.tensors[1].mean().item() == 0.5  # stratified split
     assert "32 train / 8 test rows of 8 standardised features" in description
-    assert data.load("table", tmp_path / "diabetes.csv")[2] == description  # the file itself
+    assert data.load("table", tmp_path / name)[2] == description  # the file itself
 
 
 def test_csv_errors(tmp_path):

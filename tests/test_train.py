@@ -39,7 +39,7 @@ def test_linear_regression_learns_the_formula(tmp_path, capsys):
     assert "data: built-in synthetic linear regression" in out
     assert re.search(r"torch epoch 3/3: train loss \S+, MSE \S+ \| test loss \S+, MSE \S+ \| "
                      r"\S+ s, \S+ samples/s", out)
-    mse = float(re.search(r"torch: test MSE (\S+) after 3 epochs", out).group(1))
+    mse = float(re.search(r"torch: test MSE (\S+) after epoch 3,", out).group(1))
     assert mse < 1e-3  # the noise alone gives 1e-4
     assert (tmp_path / "linear_regression-torch.pt").exists()
 
@@ -77,6 +77,16 @@ def convert_to_existing_twins(monkeypatch):
     convert.twins.cache_clear()
     yield
     convert.twins.cache_clear()
+
+
+def test_multi_feature_logistic_sized_to_a_csv_table(tmp_path):
+    rng = torch.Generator().manual_seed(0)
+    features = torch.randint(0, 200, (50, 8), generator=rng)
+    rows = [",".join(map(str, row + [i % 2])) for i, row in enumerate(features.tolist())]
+    (tmp_path / "diabetes.csv").write_text("\n".join(rows) + "\n")
+    result = train(Options(model="multi_feature_logistic", data=str(tmp_path), epochs=1,
+                           out=str(tmp_path / "run")))["torch"]
+    assert result.model[0].in_features == 8 and result.epochs[0]["samples"] == 40
 
 
 def test_both_impls_from_the_same_weights_plot_and_summary(tmp_path, capsys,
