@@ -203,7 +203,6 @@ TORCH_LIBRARY(fastops, m) {
       "str reduction, int ignore_index, float label_smoothing, bool[4] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
 
-
   // conv2d: input [N, C, H, W], weight [O, C / groups, kH, kW], bias [O] -> [N, O, oH, oW], with
   // explicit symmetric zero padding (fastops.functional normalises 'same' / 'valid' and the
   // padding modes); the output is channels-last when input or weight is, as with torch.
@@ -216,6 +215,7 @@ TORCH_LIBRARY(fastops, m) {
   m.def(
       "conv2d_backward(Tensor grad_output, Tensor? input, Tensor weight, Tensor? output, "
       "SymInt[4] input_size, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+      "str activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
   // batch_norm: input [N, C, *]; weight, bias, running_mean, running_var [C] -> (output [N, C, *],
   // save_mean [C], save_invstd [C]); the statistics are float32 (float64 for a float64 input).

@@ -1,7 +1,6 @@
 """python -m fastops train: end to end on the built-in data, --impl both, checkpoint and
 --resume after a signal, option errors, and data-parallel training over 2 gloo processes."""
 
-import importlib
 import os
 import re
 import signal
@@ -58,27 +57,6 @@ def test_classifiers_report_accuracy(tmp_path, model, options, features):
     assert all(record["samples"] > 0 for record in result.epochs)
 
 
-@pytest.fixture
-def convert_to_existing_twins(monkeypatch):
-    """fastops.convert looks up a fastops twin for every layer it knows, and on this branch
-    only fastops.nn.Linear exists yet (the other layers come from their own branches): stand in
-    for the missing twins with classes that refuse to run, so that Linear-only models convert.
-    A no-op once every layer is merged."""
-    convert = importlib.import_module("fastops.convert")  # the package exports the function
-    fastops_nn = importlib.import_module("fastops.nn")
-
-    def refuse(self, *args):
-        raise NotImplementedError(f"fastops.nn.{type(self).__name__} is not on this branch")
-
-    for layer, name in convert._TWIN_NAMES.items():
-        if not hasattr(fastops_nn, name):
-            monkeypatch.setattr(fastops_nn, name, type(name, (layer,), {"forward": refuse}),
-                                raising=False)
-    convert.twins.cache_clear()
-    yield
-    convert.twins.cache_clear()
-
-
 def test_multi_feature_logistic_sized_to_a_csv_table(tmp_path):
     rng = torch.Generator().manual_seed(0)
     features = torch.randint(0, 200, (50, 8), generator=rng)
@@ -89,8 +67,7 @@ def test_multi_feature_logistic_sized_to_a_csv_table(tmp_path):
     assert result.model[0].in_features == 8 and result.epochs[0]["samples"] == 40
 
 
-def test_both_impls_from_the_same_weights_plot_and_summary(tmp_path, capsys,
-                                                           convert_to_existing_twins):
+def test_both_impls_from_the_same_weights_plot_and_summary(tmp_path, capsys):
     results = train(Options(model="linear_regression", impl="both", epochs=1, out=str(tmp_path)))
     out = capsys.readouterr().out
     torch_model, fastops_model = results["torch"].model, results["fastops"].model
@@ -217,3 +194,13 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
         assert ddp_epoch["test_metric"] == pytest.approx(single_epoch["test_metric"], rel=1e-5)
     checkpoint = torch.load(tmp_path / "ddp" / "linear_regression-torch.pt", weights_only=True)
     assert checkpoint["config"]["world_size"] == 2 and len(checkpoint["processes"]) == 2
+
+
+@pytest.mark.parametrize("model", ["mnist_cnn", "lenet_bn"])
+def test_both_impls_of_a_cnn_train_alike(tmp_path, model):
+    results = train(Options(model=model, impl="both", epochs=1, limit=256, batch_size=64,
+                            out=str(tmp_path)))
+    torch_losses = torch.tensor(results["torch"].step_losses)
+    fastops_losses = torch.tensor(results["fastops"].step_losses)
+    assert len(torch_losses) == 4
+    torch.testing.assert_close(fastops_losses, torch_losses, atol=1e-3, rtol=1e-3)
