@@ -118,6 +118,8 @@ def _linear_cross_entropy_backward_fake(grad_loss, input, linear_weight, bias, t
         _grad(need_linear_weight, input, lambda: linear_weight.shape),
         _grad(need_bias, input, lambda: (classes,)),
         _grad(need_target, input, lambda: (input.shape[0], classes)),
+    )
+
 
 def _conv2d_output_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
