@@ -34,14 +34,33 @@ constexpr int64_t kFlushBlock = 2048;
 
 enum class Layout { Planes, Rows };
 
+// Whether `t` is dense with its channels innermost: t.movedim(1, -1).is_contiguous(), without
+// building the view (this runs on every call).
+bool channels_innermost(const at::Tensor& t) {
+  int64_t expected = 1;
+  auto dense = [&](int64_t d) {
+    if (t.size(d) == 1) return true;
+    const bool ok = t.stride(d) == expected;
+    expected *= t.size(d);
+    return ok;
+  };
+  if (!dense(1)) return false;
+  for (int64_t d = t.dim() - 1; d >= 2; --d) {
+    if (!dense(d)) return false;
+  }
+  return dense(0);
+}
+
 // Rows when the channels are the innermost dimension (channels-last, or 2-D [N, C]).
 Layout layout_of(const at::Tensor& t) {
-  return t.movedim(1, -1).is_contiguous() ? Layout::Rows : Layout::Planes;
+  return channels_innermost(t) ? Layout::Rows : Layout::Planes;
 }
 
 // `t` as a dense tensor in `layout` (no copy when it already is).
 at::Tensor to_layout(const at::Tensor& t, Layout layout) {
-  if (layout == Layout::Rows) return t.movedim(1, -1).contiguous().movedim(-1, 1);
+  if (layout == Layout::Rows) {
+    return channels_innermost(t) ? t : t.movedim(1, -1).contiguous().movedim(-1, 1);
+  }
   return t.contiguous();
 }
 
@@ -312,9 +331,9 @@ void write_channels(at::Tensor& t, const std::vector<double>& values) {
   });
 }
 
-at::Tensor channels_tensor(const std::vector<double>& values, const at::Tensor& like) {
-  at::Tensor out = at::empty({static_cast<int64_t>(values.size())}, like.options().dtype(at::kDouble));
-  std::copy(values.begin(), values.end(), out.data_ptr<double>());
+at::Tensor channels_tensor(const std::vector<double>& values, const at::TensorOptions& options) {
+  at::Tensor out = at::empty({static_cast<int64_t>(values.size())}, options);
+  write_channels(out, values);
   return out;
 }
 
@@ -422,7 +441,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
     });
   }
   const auto stats = input.options().dtype(stat_dtype(input.scalar_type()));
-  return {output, channels_tensor(mean, input).to(stats), channels_tensor(invstd, input).to(stats)};
+  return {output, channels_tensor(mean, stats), channels_tensor(invstd, stats)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
@@ -529,9 +548,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   if (need_weight) {
     std::vector<double> gw(C);
     for (int64_t c = 0; c < C; ++c) gw[c] = sum_gx[c] * invstd[c];
-    grad_weight = channels_tensor(gw, grad_output).to(param_options);
+    grad_weight = channels_tensor(gw, param_options);
   }
-  if (need_bias) grad_bias = channels_tensor(sum_g, grad_output).to(param_options);
+  if (need_bias) grad_bias = channels_tensor(sum_g, param_options);
   return {grad_input, grad_weight, grad_bias};
 }
 
