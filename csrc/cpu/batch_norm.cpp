@@ -164,9 +164,10 @@ void gradient_row_sums(const scalar_t* g, const scalar_t* x, const scalar_t* y, 
   }
 }
 
-// Per-channel sums over the whole input of first(x) and second(x), where `rows_moments` folds
-// one channels-last row [C] into opmath accumulators and `plane_moments` one plane row into
-// two doubles. Returns {first[C], second[C]} in double.
+// Two per-channel sums over the whole input: `plane_moments(p, c, first, second)` sums one plane
+// row p (channel c) into two doubles, `row_moments(r, first, second)` adds one channels-last row
+// [C] to opmath accumulators (flushed to double every block of rows). Returns {first[C],
+// second[C]} in double.
 template <typename scalar_t, typename PlaneFn, typename RowFn>
 std::pair<std::vector<double>, std::vector<double>> channel_sums(Layout layout, const Geometry& geo,
                                                                  const PlaneFn& plane_moments,
