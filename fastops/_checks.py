@@ -34,3 +34,9 @@ def check_activation(activation, fn, allowed=("relu",)):
     check(activation is None or activation in allowed, fn,
           f"activation must be None or one of {list(allowed)}, got {activation!r}", ValueError)
     return "none" if activation is None else activation
+
+
+def fail(fn, message, error=RuntimeError):
+    """Raises like :func:`check` with a failed condition; for hot paths, where the caller tests
+    the condition itself so that the message is formatted only on failure."""
+    raise error(f"fastops.functional.{fn}: {message}")

@@ -92,12 +92,13 @@ def test_functional_parity(device, dtype, shape, layout, mode, affine, activatio
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("affine", ["weight_bias", "weight", "none"])
 @pytest.mark.parametrize("shape", [(6, 5), (3, 4, 2, 5)], ids=str)
-def test_bfloat16_input_with_float32_parameters_and_statistics(mode, affine, shape):
-    x, w, b, rm, rv = make(shape, dtype=torch.bfloat16, param_dtype=torch.float32, affine=affine)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_input_with_float32_parameters_and_statistics(mode, affine, shape, dtype):
+    x, w, b, rm, rv = make(shape, dtype=dtype, param_dtype=torch.float32, affine=affine)
     training, (rm, rv) = mode_args(mode, rm, rv)
     assert_same(lambda *a: F.batch_norm_relu(*a, training=training),
                 lambda *a, **k: reference(*a, training=training, activation="relu", **k),
-                [x, w, b, rm, rv], torch.bfloat16)
+                [x, w, b, rm, rv], dtype)
 
 
 def test_large_mean_stays_accurate():

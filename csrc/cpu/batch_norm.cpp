@@ -8,16 +8,19 @@
 // (+ ReLU). Backward: one pass for both per-channel reductions, one for the input gradient.
 // Per-channel coefficients are computed in double; element passes run in opmath (float for
 // float/bfloat16/half, double for double) and partial sums are flushed to double every block.
+// The element loops are plain `omp simd` loops with compile-time flags: the compiler vectorises
+// them for the target it builds for (at::vec without a CPU_CAPABILITY build falls back to its
+// scalar emulation, measured ~10x slower here).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <c10/util/accumulate.h>
 #include <torch/library.h>
 
+#include <bit>
 #include <cmath>
-#include <functional>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -31,14 +34,33 @@ constexpr int64_t kFlushBlock = 2048;
 
 enum class Layout { Planes, Rows };
 
+// Whether `t` is dense with its channels innermost: t.movedim(1, -1).is_contiguous(), without
+// building the view (this runs on every call).
+bool channels_innermost(const at::Tensor& t) {
+  int64_t expected = 1;
+  auto dense = [&](int64_t d) {
+    if (t.size(d) == 1) return true;
+    const bool ok = t.stride(d) == expected;
+    expected *= t.size(d);
+    return ok;
+  };
+  if (!dense(1)) return false;
+  for (int64_t d = t.dim() - 1; d >= 2; --d) {
+    if (!dense(d)) return false;
+  }
+  return dense(0);
+}
+
 // Rows when the channels are the innermost dimension (channels-last, or 2-D [N, C]).
 Layout layout_of(const at::Tensor& t) {
-  return t.movedim(1, -1).is_contiguous() ? Layout::Rows : Layout::Planes;
+  return channels_innermost(t) ? Layout::Rows : Layout::Planes;
 }
 
 // `t` as a dense tensor in `layout` (no copy when it already is).
 at::Tensor to_layout(const at::Tensor& t, Layout layout) {
-  if (layout == Layout::Rows) return t.movedim(1, -1).contiguous().movedim(-1, 1);
+  if (layout == Layout::Rows) {
+    return channels_innermost(t) ? t : t.movedim(1, -1).contiguous().movedim(-1, 1);
+  }
   return t.contiguous();
 }
 
@@ -51,41 +73,36 @@ Geometry geometry_of(const at::Tensor& t) {
   return {t.size(0), t.size(1), c10::multiply_integers(t.sizes().slice(2))};
 }
 
-// Loads / stores Vec::size() elements of scalar_t as one Vectorized<opmath_t>.
-template <typename scalar_t>
-struct OpmathIO {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using Vec = at::vec::Vectorized<opmath_t>;
-  static Vec load(const scalar_t* p) {
-    if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-      return Vec::loadu(p);
-    } else {
-      Vec v;
-      at::vec::load_to_float<scalar_t>(p, v);
-      return v;
-    }
+// Calls fn(std::true_type{}) or fn(std::false_type{}): hot loops are compiled per flag value.
+template <typename Fn>
+void with_flag(bool flag, const Fn& fn) {
+  if (flag) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
   }
-  static void store(scalar_t* p, const Vec& v) {
-    if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-      v.store(p);
-    } else {
-      at::vec::convert_from_float<scalar_t>(v, v).store(p, Vec::size());
-    }
-  }
-};
+}
+
+// torch's threshold_backward: the gradient is zero where the ReLU output is <= 0 (a NaN output
+// passes it). A bit mask rather than `cond ? 0 : grad`: compilers keep the select branch-free
+// (and the loop vectorised) only when no floating-point operation is conditional.
+template <typename opmath_t>
+inline opmath_t relu_masked(opmath_t grad, opmath_t output) {
+  using bits_t = std::conditional_t<sizeof(opmath_t) == 4, uint32_t, uint64_t>;
+  const bits_t keep = output <= opmath_t(0) ? bits_t(0) : ~bits_t(0);
+  return std::bit_cast<opmath_t>(std::bit_cast<bits_t>(grad) & keep);
+}
 
 // A per-channel coefficient seen by an element loop: the same value for a whole plane row
 // (Broadcast) or one value per element of a channels-last row (PerChannel).
 template <typename T>
 struct Broadcast {
   T value;
-  at::vec::Vectorized<T> vec(int64_t) const { return at::vec::Vectorized<T>(value); }
   T at(int64_t) const { return value; }
 };
 template <typename T>
 struct PerChannel {
   const T* values;
-  at::vec::Vectorized<T> vec(int64_t j) const { return at::vec::Vectorized<T>::loadu(values + j); }
   T at(int64_t j) const { return values[j]; }
 };
 
@@ -95,67 +112,62 @@ struct PerChannel {
 template <typename scalar_t>
 void shifted_moments(const scalar_t* x, int64_t len, at::opmath_type<scalar_t> shift, double& sum,
                      double& sum_sq) {
-  using IO = OpmathIO<scalar_t>;
-  using Vec = typename IO::Vec;
-  using opmath_t = typename IO::opmath_t;
+  using opmath_t = at::opmath_type<scalar_t>;
   sum = 0;
   sum_sq = 0;
-  const Vec shift_vec(shift);
   for (int64_t start = 0; start < len; start += kFlushBlock) {
     const int64_t end = std::min(len, start + kFlushBlock);
-    Vec s(0), q(0);
-    int64_t i = start;
-    for (; i + Vec::size() <= end; i += Vec::size()) {
-      const Vec d = IO::load(x + i) - shift_vec;
-      s += d;
-      q = at::vec::fmadd(d, d, q);
-    }
-    opmath_t s_tail = 0, q_tail = 0;
-    for (; i < end; ++i) {
+    opmath_t s = 0, q = 0;
+#pragma omp simd reduction(+ : s, q)
+    for (int64_t i = start; i < end; ++i) {
       const opmath_t d = static_cast<opmath_t>(x[i]) - shift;
-      s_tail += d;
-      q_tail += d * d;
+      s += d;
+      q += d * d;
     }
-    sum += static_cast<double>(at::vec::vec_reduce_all<opmath_t>(std::plus<Vec>(), s) + s_tail);
-    sum_sq += static_cast<double>(at::vec::vec_reduce_all<opmath_t>(std::plus<Vec>(), q) + q_tail);
+    sum += static_cast<double>(s);
+    sum_sq += static_cast<double>(q);
   }
 }
 
-// Sums of g' and g' * (x - mean) over one plane row, g' = g masked by ReLU (output <= 0 -> 0).
-template <typename scalar_t>
+// Sums of g' and g' * (x - mean) over one plane row, g' = g masked by ReLU when kMask.
+template <bool kMask, typename scalar_t>
 void gradient_moments(const scalar_t* g, const scalar_t* x, const scalar_t* y, int64_t len,
                       at::opmath_type<scalar_t> mean, double& sum_g, double& sum_gx) {
-  using IO = OpmathIO<scalar_t>;
-  using Vec = typename IO::Vec;
-  using opmath_t = typename IO::opmath_t;
+  using opmath_t = at::opmath_type<scalar_t>;
   sum_g = 0;
   sum_gx = 0;
-  const Vec mean_vec(mean), zero(0);
   for (int64_t start = 0; start < len; start += kFlushBlock) {
     const int64_t end = std::min(len, start + kFlushBlock);
-    Vec s(0), p(0);
-    int64_t i = start;
-    for (; i + Vec::size() <= end; i += Vec::size()) {
-      Vec gv = IO::load(g + i);
-      // torch's threshold_backward: zero where output <= 0 (a NaN output passes the gradient)
-      if (y != nullptr) gv = Vec::blendv(gv, zero, IO::load(y + i) <= zero);
+    opmath_t s = 0, p = 0;
+#pragma omp simd reduction(+ : s, p)
+    for (int64_t i = start; i < end; ++i) {
+      opmath_t gv = static_cast<opmath_t>(g[i]);
+      if constexpr (kMask) gv = relu_masked(gv, static_cast<opmath_t>(y[i]));
       s += gv;
-      p = at::vec::fmadd(gv, IO::load(x + i) - mean_vec, p);
+      p += gv * (static_cast<opmath_t>(x[i]) - mean);
     }
-    opmath_t s_tail = 0, p_tail = 0;
-    for (; i < end; ++i) {
-      const opmath_t gv = (y != nullptr && static_cast<opmath_t>(y[i]) <= 0) ? 0 : static_cast<opmath_t>(g[i]);
-      s_tail += gv;
-      p_tail += gv * (static_cast<opmath_t>(x[i]) - mean);
-    }
-    sum_g += static_cast<double>(at::vec::vec_reduce_all<opmath_t>(std::plus<Vec>(), s) + s_tail);
-    sum_gx += static_cast<double>(at::vec::vec_reduce_all<opmath_t>(std::plus<Vec>(), p) + p_tail);
+    sum_g += static_cast<double>(s);
+    sum_gx += static_cast<double>(p);
   }
 }
 
-// Per-channel sums over the whole input of first(x) and second(x), where `rows_moments` folds
-// one channels-last row [C] into opmath accumulators and `plane_moments` one plane row into
-// two doubles. Returns {first[C], second[C]} in double.
+// Adds g' and g' * (x - mean) of one channels-last row [C] to per-channel accumulators.
+template <bool kMask, typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+void gradient_row_sums(const scalar_t* g, const scalar_t* x, const scalar_t* y, const opmath_t* mean,
+                       int64_t C, opmath_t* sum_g, opmath_t* sum_gx) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    opmath_t gv = static_cast<opmath_t>(g[c]);
+    if constexpr (kMask) gv = relu_masked(gv, static_cast<opmath_t>(y[c]));
+    sum_g[c] += gv;
+    sum_gx[c] += gv * (static_cast<opmath_t>(x[c]) - mean[c]);
+  }
+}
+
+// Two per-channel sums over the whole input: `plane_moments(p, c, first, second)` sums one plane
+// row p (channel c) into two doubles, `row_moments(r, first, second)` adds one channels-last row
+// [C] to opmath accumulators (flushed to double every block of rows). Returns {first[C],
+// second[C]} in double.
 template <typename scalar_t, typename PlaneFn, typename RowFn>
 std::pair<std::vector<double>, std::vector<double>> channel_sums(Layout layout, const Geometry& geo,
                                                                  const PlaneFn& plane_moments,
@@ -182,7 +194,7 @@ std::pair<std::vector<double>, std::vector<double>> channel_sums(Layout layout, 
   const int64_t rows_per_block = std::max<int64_t>(1, std::min(kFlushBlock, kFlushBlock * 8 / std::max<int64_t>(1, C)));
   const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
   std::vector<double> block_first(blocks * C), block_second(blocks * C);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks, grain_for(rows_per_block * C), [&](int64_t begin, int64_t end) {
     std::vector<opmath_t> acc_first(C), acc_second(C);
     for (int64_t b = begin; b < end; ++b) {
       std::fill(acc_first.begin(), acc_first.end(), opmath_t(0));
@@ -209,9 +221,7 @@ template <typename scalar_t>
 std::pair<std::vector<double>, std::vector<double>> mean_and_variance(const scalar_t* x,
                                                                       Layout layout,
                                                                       const Geometry& geo) {
-  using IO = OpmathIO<scalar_t>;
-  using Vec = typename IO::Vec;
-  using opmath_t = typename IO::opmath_t;
+  using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = geo.channels, S = geo.spatial;
   // The shift of channel c is its first element: close to the mean on the scale of the spread.
   std::vector<opmath_t> shift(C);
@@ -221,16 +231,12 @@ std::pair<std::vector<double>, std::vector<double>> mean_and_variance(const scal
   auto plane = [&](int64_t p, int64_t c, double& sum, double& sum_sq) {
     shifted_moments(x + p * S, S, shift[c], sum, sum_sq);
   };
+  const opmath_t* shift_c = shift.data();
   auto row = [&](int64_t r, opmath_t* sum, opmath_t* sum_sq) {
     const scalar_t* xr = x + r * C;
-    int64_t c = 0;
-    for (; c + Vec::size() <= C; c += Vec::size()) {
-      const Vec d = IO::load(xr + c) - Vec::loadu(shift.data() + c);
-      (Vec::loadu(sum + c) + d).store(sum + c);
-      at::vec::fmadd(d, d, Vec::loadu(sum_sq + c)).store(sum_sq + c);
-    }
-    for (; c < C; ++c) {
-      const opmath_t d = static_cast<opmath_t>(xr[c]) - shift[c];
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const opmath_t d = static_cast<opmath_t>(xr[c]) - shift_c[c];
       sum[c] += d;
       sum_sq[c] += d * d;
     }
@@ -248,49 +254,32 @@ std::pair<std::vector<double>, std::vector<double>> mean_and_variance(const scal
 
 // --------------------------------------------------------------------------- element passes
 
-// y = act((x - mean) * scale + shift) over `len` elements of one row.
-template <typename scalar_t, typename Coef>
+// y = act((x - mean) * scale + shift) over `len` elements of one row; act = ReLU when kReLU.
+template <bool kReLU, typename scalar_t, typename Coef>
 void normalize_span(const scalar_t* x, scalar_t* y, int64_t len, const Coef& mean, const Coef& scale,
-                    const Coef& shift, bool relu) {
-  using IO = OpmathIO<scalar_t>;
-  using Vec = typename IO::Vec;
-  using opmath_t = typename IO::opmath_t;
-  const Vec zero(0);
-  int64_t i = 0;
-  for (; i + Vec::size() <= len; i += Vec::size()) {
-    Vec v = at::vec::fmadd(IO::load(x + i) - mean.vec(i), scale.vec(i), shift.vec(i));
-    if (relu) v = at::vec::clamp_min(v, zero);
-    IO::store(y + i, v);
-  }
-  for (; i < len; ++i) {
+                    const Coef& shift) {
+  using opmath_t = at::opmath_type<scalar_t>;
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
     opmath_t v = (static_cast<opmath_t>(x[i]) - mean.at(i)) * scale.at(i) + shift.at(i);
-    if (relu && v < 0) v = 0;  // NaN stays NaN, as with torch.relu
+    if constexpr (kReLU) v = v < opmath_t(0) ? opmath_t(0) : v;  // NaN stays NaN, as torch.relu
     y[i] = static_cast<scalar_t>(v);
   }
 }
 
 // gx = g' * g_scale + (x - mean) * x_scale + offset over `len` elements of one row, with g' the
-// gradient masked by ReLU when y is given; x is read only when x_scale matters (training).
-template <typename scalar_t, typename Coef>
+// gradient masked by ReLU when kMask; x is read only in training (kTraining).
+template <bool kMask, bool kTraining, typename scalar_t, typename Coef>
 void input_gradient_span(const scalar_t* g, const scalar_t* x, const scalar_t* y, scalar_t* gx,
                          int64_t len, const Coef& mean, const Coef& g_scale, const Coef& x_scale,
                          const Coef& offset) {
-  using IO = OpmathIO<scalar_t>;
-  using Vec = typename IO::Vec;
-  using opmath_t = typename IO::opmath_t;
-  const Vec zero(0);
-  int64_t i = 0;
-  for (; i + Vec::size() <= len; i += Vec::size()) {
-    Vec gv = IO::load(g + i);
-    if (y != nullptr) gv = Vec::blendv(gv, zero, IO::load(y + i) <= zero);
-    Vec v = at::vec::fmadd(gv, g_scale.vec(i), offset.vec(i));
-    if (x != nullptr) v = at::vec::fmadd(IO::load(x + i) - mean.vec(i), x_scale.vec(i), v);
-    IO::store(gx + i, v);
-  }
-  for (; i < len; ++i) {
-    const opmath_t gv = (y != nullptr && static_cast<opmath_t>(y[i]) <= 0) ? 0 : static_cast<opmath_t>(g[i]);
+  using opmath_t = at::opmath_type<scalar_t>;
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    opmath_t gv = static_cast<opmath_t>(g[i]);
+    if constexpr (kMask) gv = relu_masked(gv, static_cast<opmath_t>(y[i]));
     opmath_t v = gv * g_scale.at(i) + offset.at(i);
-    if (x != nullptr) v += (static_cast<opmath_t>(x[i]) - mean.at(i)) * x_scale.at(i);
+    if constexpr (kTraining) v += (static_cast<opmath_t>(x[i]) - mean.at(i)) * x_scale.at(i);
     gx[i] = static_cast<scalar_t>(v);
   }
 }
@@ -343,9 +332,9 @@ void write_channels(at::Tensor& t, const std::vector<double>& values) {
   });
 }
 
-at::Tensor channels_tensor(const std::vector<double>& values, const at::Tensor& like) {
-  at::Tensor out = at::empty({static_cast<int64_t>(values.size())}, like.options().dtype(at::kDouble));
-  std::copy(values.begin(), values.end(), out.data_ptr<double>());
+at::Tensor channels_tensor(const std::vector<double>& values, const at::TensorOptions& options) {
+  at::Tensor out = at::empty({static_cast<int64_t>(values.size())}, options);
+  write_channels(out, values);
   return out;
 }
 
@@ -444,13 +433,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
                  shift_o = cast_vector<opmath_t>(shift);
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       scalar_t* yp = output.data_ptr<scalar_t>();
-      for_each_span<opmath_t>(layout, geo, [&](int64_t offset, int64_t len, const auto& coef) {
-        normalize_span(xp + offset, yp + offset, len, coef(mean_o), coef(scale_o), coef(shift_o), relu);
+      with_flag(relu, [&](auto relu_flag) {
+        for_each_span<opmath_t>(layout, geo, [&](int64_t offset, int64_t len, const auto& coef) {
+          normalize_span<decltype(relu_flag)::value>(xp + offset, yp + offset, len, coef(mean_o),
+                                                     coef(scale_o), coef(shift_o));
+        });
       });
     });
   }
   const auto stats = input.options().dtype(stat_dtype(input.scalar_type()));
-  return {output, channels_tensor(mean, input).to(stats), channels_tensor(invstd, input).to(stats)};
+  return {output, channels_tensor(mean, stats), channels_tensor(invstd, stats)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
@@ -493,37 +485,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   const bool need_sums = need_weight || need_bias || (training && need_input);
   if (need_sums && g.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "batch_norm_backward_sums", [&] {
-      using IO = OpmathIO<scalar_t>;
-      using Vec = typename IO::Vec;
-      using opmath_t = typename IO::opmath_t;
+      using opmath_t = at::opmath_type<scalar_t>;
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
       // Without x (only grad_bias asked for), the second sum reads g in its place and is unused.
       const scalar_t* xp = need_x ? x.const_data_ptr<scalar_t>() : gp;
       const auto mean_o = cast_vector<opmath_t>(mean);
+      const opmath_t* mean_c = mean_o.data();
       const int64_t S = geo.spatial;
-      auto plane = [&](int64_t p, int64_t c, double& sg, double& sgx) {
-        gradient_moments(gp + p * S, xp + p * S, yp ? yp + p * S : nullptr, S, mean_o[c], sg, sgx);
-      };
-      auto row = [&](int64_t r, opmath_t* sg, opmath_t* sgx) {
-        const scalar_t* gr = gp + r * C;
-        const scalar_t* xr = xp + r * C;
-        const scalar_t* yr = yp ? yp + r * C : nullptr;
-        const Vec zero(0);
-        int64_t c = 0;
-        for (; c + Vec::size() <= C; c += Vec::size()) {
-          Vec gv = IO::load(gr + c);
-          if (yr != nullptr) gv = Vec::blendv(gv, zero, IO::load(yr + c) <= zero);
-          (Vec::loadu(sg + c) + gv).store(sg + c);
-          at::vec::fmadd(gv, IO::load(xr + c) - Vec::loadu(mean_o.data() + c), Vec::loadu(sgx + c)).store(sgx + c);
-        }
-        for (; c < C; ++c) {
-          const opmath_t gv = (yr != nullptr && static_cast<opmath_t>(yr[c]) <= 0) ? 0 : static_cast<opmath_t>(gr[c]);
-          sg[c] += gv;
-          sgx[c] += gv * (static_cast<opmath_t>(xr[c]) - mean_o[c]);
-        }
-      };
-      std::tie(sum_g, sum_gx) = channel_sums<scalar_t>(layout, geo, plane, row);
+      with_flag(relu, [&](auto relu_flag) {
+        constexpr bool kMask = decltype(relu_flag)::value;
+        auto plane = [&](int64_t p, int64_t c, double& sg, double& sgx) {
+          gradient_moments<kMask>(gp + p * S, xp + p * S, kMask ? yp + p * S : nullptr, S, mean_c[c], sg, sgx);
+        };
+        auto row = [&](int64_t r, opmath_t* sg, opmath_t* sgx) {
+          gradient_row_sums<kMask>(gp + r * C, xp + r * C, kMask ? yp + r * C : nullptr, mean_c, C, sg, sgx);
+        };
+        std::tie(sum_g, sum_gx) = channel_sums<scalar_t>(layout, geo, plane, row);
+      });
     });
   }
 
@@ -550,9 +529,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
         const scalar_t* xp = training ? x.const_data_ptr<scalar_t>() : nullptr;
         const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
         scalar_t* gxp = grad_input.data_ptr<scalar_t>();
-        for_each_span<opmath_t>(layout, geo, [&](int64_t off, int64_t len, const auto& coef) {
-          input_gradient_span(gp + off, xp ? xp + off : nullptr, yp ? yp + off : nullptr, gxp + off, len,
-                              coef(mean_o), coef(g_scale_o), coef(x_scale_o), coef(offset_o));
+        with_flag(relu, [&](auto relu_flag) {
+          with_flag(training, [&](auto training_flag) {
+            constexpr bool kMask = decltype(relu_flag)::value, kTraining = decltype(training_flag)::value;
+            for_each_span<opmath_t>(layout, geo, [&](int64_t off, int64_t len, const auto& coef) {
+              input_gradient_span<kMask, kTraining>(
+                  gp + off, kTraining ? xp + off : nullptr, kMask ? yp + off : nullptr, gxp + off, len,
+                  coef(mean_o), coef(g_scale_o), coef(x_scale_o), coef(offset_o));
+            });
+          });
         });
       });
     }
@@ -564,9 +549,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   if (need_weight) {
     std::vector<double> gw(C);
     for (int64_t c = 0; c < C; ++c) gw[c] = sum_gx[c] * invstd[c];
-    grad_weight = channels_tensor(gw, grad_output).to(param_options);
+    grad_weight = channels_tensor(gw, param_options);
   }
-  if (need_bias) grad_bias = channels_tensor(sum_g, grad_output).to(param_options);
+  if (need_bias) grad_bias = channels_tensor(sum_g, param_options);
   return {grad_input, grad_weight, grad_bias};
 }
 
