@@ -232,6 +232,13 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
     raises(RuntimeError, "expected input to be 4-D", fastops.ops.conv2d, x[0], w, b, *args, "none", state=state)
     raises(RuntimeError, "expected stride to have 2 values", fastops.ops.conv2d, x, w, b, (1, 1, 1), *args[1:], "none")
     raises(RuntimeError, "expected a kernel of at least 1x1", fastops.ops.conv2d, x, w[..., :0], b, *args, "none")
+    raises(RuntimeError, "fastops::conv2d: expected input.*to have groups \\* weight.shape\\[1\\] = 12 channels",
+           fastops.ops.conv2d, x, w, b, *args[:3], 3, "none", state=state)
+    raises(RuntimeError, "fastops::conv2d: calculated padded input size per channel",
+           fastops.ops.conv2d, x, w, b, (1, 1), (0, 0), (5, 1), 1, "none", state=state)
+    raises(RuntimeError, r"fastops::conv2d: expected bias of shape \[6\]", fastops.ops.conv2d, x, w, b[:2], *args,
+           "none", state=state)
+    raises(RuntimeError, "fastops::conv2d: non-positive groups", fastops.ops.conv2d, x, w, b, *args[:3], 0, "none")
 
 
 # ----------------------------------------------------------- Triton kernels (interpreter on CPU)
