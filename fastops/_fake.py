@@ -128,11 +128,13 @@ def _conv2d_output_size(size, kernel, stride, padding, dilation):
 @torch.library.register_fake("fastops::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation):
     height, width = (
-        _conv2d_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d], dilation[d])
+        _conv2d_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d],
+                            dilation[d])
         for d in range(2)
     )
     # channels-last when input or weight is, like the CPU kernel (and torch)
-    channels_last = torch.channels_last in (suggest_memory_format(input), suggest_memory_format(weight))
+    formats = (suggest_memory_format(input), suggest_memory_format(weight))
+    channels_last = torch.channels_last in formats
     return input.new_empty((input.shape[0], weight.shape[0], height, width)).contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

@@ -455,6 +455,35 @@ def _conv2d_padding(input, weight, padding, stride, dilation, fn):
     return input, tuple(t // 2 for t in total)
 
 
+def _check_conv2d_config(input, weight, bias, stride, padding, dilation, groups, fn):
+    """torch's errors for a bad configuration (the CUDA kernels rely on these checks; the CPU
+    kernel repeats them for direct op calls). input is 4-D here, padding explicit."""
+    check(groups > 0, fn, f"non-positive groups is not supported, got groups={groups}")
+    check(min(stride) > 0, fn, f"non-positive stride is not supported, got stride={list(stride)}")
+    check(min(padding) >= 0, fn, f"negative padding is not supported, got padding={list(padding)}")
+    check(min(dilation) > 0, fn,
+          f"non-positive dilation is not supported, got dilation={list(dilation)}")
+    out_channels, in_per_group, kernel_h, kernel_w = weight.shape
+    check(out_channels > 0 and out_channels % groups == 0, fn,
+          f"expected weight.shape[0] (out_channels) to be a positive multiple of groups={groups}, "
+          f"got weight of shape {list(weight.shape)}")
+    check(in_per_group * groups == input.shape[1], fn,
+          f"expected input[{list(input.shape)}] to have groups * weight.shape[1] = "
+          f"{in_per_group * groups} channels (groups={groups}, weight of shape "
+          f"{list(weight.shape)}), got {input.shape[1]} channels")
+    check(kernel_h > 0 and kernel_w > 0, fn,
+          f"expected a kernel of at least 1x1, got weight of shape {list(weight.shape)}")
+    padded = [input.shape[2 + d] + 2 * padding[d] for d in range(2)]
+    extent = [dilation[d] * (weight.shape[2 + d] - 1) + 1 for d in range(2)]
+    check(padded[0] >= extent[0] and padded[1] >= extent[1], fn,
+          f"calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size "
+          f"(dilated): ({extent[0]} x {extent[1]}). "
+          "Kernel size can't be greater than actual input size")
+    check(bias is None or (bias.dim() == 1 and bias.shape[0] == out_channels), fn,
+          f"expected bias of shape [{out_channels}] (weight.shape[0]), got "
+          f"{list(bias.shape) if bias is not None else None}")
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
     """``torch.nn.functional.conv2d`` (+ optional fused activation).
 
@@ -473,7 +502,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         check_tensor(bias, "bias", fn)
         check_like(bias, "bias", input, "input", fn)
     check(input.dim() in (3, 4), fn,
-          f"expected 3-D (unbatched) or 4-D (batched) input, got input of shape {list(input.shape)}")
+          "expected 3-D (unbatched) or 4-D (batched) input, got input of shape "
+          f"{list(input.shape)}")
     check(weight.dim() == 4, fn,
           f"expected weight to be 4-D [out_channels, in_channels / groups, kH, kW], got shape "
           f"{list(weight.shape)}")
@@ -484,6 +514,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if unbatched:
         input = input.unsqueeze(0)
     input, padding = _conv2d_padding(input, weight, padding, stride, dilation, fn)
+    _check_conv2d_config(input, weight, bias, stride, padding, dilation, groups, fn)
     output = _ops.conv2d(input, weight, bias, stride, padding, dilation, groups, activation)
     return output.squeeze(0) if unbatched else output
 

@@ -129,15 +129,14 @@ def test_relu_keeps_nan_and_masks_gradient_like_torch():
 @pytest.mark.parametrize("activation", ["none", "relu"])
 @pytest.mark.parametrize("stride,padding,dilation,groups", [((1, 1), (0, 0), (1, 1), 1), ((2, 1), (1, 2), (2, 1), 2)])
 def test_gradcheck(activation, stride, padding, dilation, groups):
-    x, w, b = make((2,), 4, 4, (5, 4), (3, 2), groups, dtype=torch.float64)
+    x, w, b = make((2,), 2, 4, (4, 3), (2, 2), groups, dtype=torch.float64)
     args = (stride, padding, dilation, groups, activation)
     assert torch.autograd.gradcheck(lambda x, w, b: fastops.ops.conv2d(x, w, b, *args), (x, w, b))
     assert torch.autograd.gradcheck(lambda x, w: fastops.ops.conv2d(x, w, None, *args), (x, w))
 
 
-@pytest.mark.parametrize("activation", ["none", "relu"])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("activation,bias,channels_last", [("none", True, False), ("relu", False, True),
+                                                          ("relu", True, False)])
 def test_opcheck(activation, bias, channels_last):
     x, w, b = make((2,), 4, 6, (7, 6), (3, 3), groups=2, bias=bias)
     if channels_last:
@@ -233,6 +232,13 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
     raises(RuntimeError, "expected input to be 4-D", fastops.ops.conv2d, x[0], w, b, *args, "none", state=state)
     raises(RuntimeError, "expected stride to have 2 values", fastops.ops.conv2d, x, w, b, (1, 1, 1), *args[1:], "none")
     raises(RuntimeError, "expected a kernel of at least 1x1", fastops.ops.conv2d, x, w[..., :0], b, *args, "none")
+    raises(RuntimeError, "fastops::conv2d: expected input.*to have groups \\* weight.shape\\[1\\] = 12 channels",
+           fastops.ops.conv2d, x, w, b, *args[:3], 3, "none", state=state)
+    raises(RuntimeError, "fastops::conv2d: calculated padded input size per channel",
+           fastops.ops.conv2d, x, w, b, (1, 1), (0, 0), (5, 1), 1, "none", state=state)
+    raises(RuntimeError, r"fastops::conv2d: expected bias of shape \[6\]", fastops.ops.conv2d, x, w, b[:2], *args,
+           "none", state=state)
+    raises(RuntimeError, "fastops::conv2d: non-positive groups", fastops.ops.conv2d, x, w, b, *args[:3], 0, "none")
 
 
 # ----------------------------------------------------------- Triton kernels (interpreter on CPU)
@@ -245,9 +251,8 @@ TRITON_CASES = [  # (batch, C, O, (H, W), (kH, kW), stride, padding, dilation, g
 ]
 
 
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("bias,channels_last", [(True, False), (False, True)])
 @pytest.mark.parametrize("activation", ["none", "relu"])
-@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("case", TRITON_CASES)
 def test_triton_launchers_match_torch(bias, activation, channels_last, case):
     from fastops.triton_kernels.conv2d import conv2d_backward, conv2d_forward

@@ -78,7 +78,8 @@ def conv2d_forward_kernel(
         ih = oh[:, None] * STRIDE_H - PAD_H + kh[None, :] * DIL_H
         iw = ow[:, None] * STRIDE_W - PAD_W + kw[None, :] * DIL_W
         x_in = m_in[:, None] & k_in[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_ptrs = x_base[:, None] + c[None, :].to(tl.int64) * stride_xc + ih * stride_xh + iw * stride_xw
+        x_ptrs = (x_base[:, None] + c[None, :].to(tl.int64) * stride_xc
+                  + ih * stride_xh + iw * stride_xw)
         a = tl.load(x_ptrs, mask=x_in, other=0.0)
         w_ptrs = w_base[None, :] + (c * stride_wc + kh * stride_wh + kw * stride_ww)[:, None]
         b = tl.load(w_ptrs, mask=k_in[:, None] & n_in[None, :], other=0.0)
@@ -144,13 +145,15 @@ def conv2d_grad_input_kernel(
         g_in = (m_in[:, None] & k_in[None, :] & (th >= 0) & (tw >= 0) & (oh * STRIDE_H == th)
                 & (ow * STRIDE_W == tw) & (oh < OH) & (ow < OW))
         o64 = o[None, :].to(tl.int64)
-        a = tl.load(g_base[:, None] + o64 * stride_gc + oh * stride_gh + ow * stride_gw, mask=g_in, other=0.0)
+        g_ptrs = g_base[:, None] + o64 * stride_gc + oh * stride_gh + ow * stride_gw
+        a = tl.load(g_ptrs, mask=g_in, other=0.0)
         if RELU:
             # zero where out <= 0 (torch's threshold_backward: a NaN output passes the gradient)
             out_v = tl.load(out_base[:, None] + o64 * stride_oc + oh * stride_oh + ow * stride_ow,
                             mask=g_in, other=0.0)
             a = tl.where(out_v <= 0, tl.zeros_like(a), a)
-        w_ptrs = w_base[None, :] + (o.to(tl.int64) * stride_wo + kh * stride_wh + kw * stride_ww)[:, None]
+        tap = o.to(tl.int64) * stride_wo + kh * stride_wh + kw * stride_ww
+        w_ptrs = w_base[None, :] + tap[:, None]
         b = tl.load(w_ptrs, mask=k_in[:, None] & n_in[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
@@ -222,7 +225,8 @@ def conv2d_grad_weight_kernel(
         if RELU:
             # zero where out <= 0 (torch's threshold_backward: a NaN output passes the gradient)
             pixel_o = n_img * stride_on + oh * stride_oh + ow * stride_ow
-            out_v = tl.load(out_ptr + oc[:, None] * stride_oc + pixel_o[None, :], mask=g_in, other=0.0)
+            out_v = tl.load(out_ptr + oc[:, None] * stride_oc + pixel_o[None, :], mask=g_in,
+                            other=0.0)
             a = tl.where(out_v <= 0, tl.zeros_like(a), a)
         if NEED_BIAS:
             bias_acc += tl.sum(a.to(tl.float32), axis=1)
@@ -267,7 +271,8 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, activ
     "none" | "relu"."""
     batch, channels, height, width = input.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
-    out_h, out_w = (_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d], dilation[d])
+    out_h, out_w = (_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d],
+                                 dilation[d])
                     for d in range(2))
     out = torch.empty((batch, out_channels, out_h, out_w), device=input.device, dtype=input.dtype,
                       memory_format=_output_memory_format(input, weight))
@@ -275,8 +280,8 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, activ
         return out
 
     def grid(meta):
-        return (cdiv(batch * out_h * out_w, meta["BLOCK_M"]) * cdiv(out_channels // groups, meta["BLOCK_N"]),
-                groups)
+        tiles_m = cdiv(batch * out_h * out_w, meta["BLOCK_M"])
+        return (tiles_m * cdiv(out_channels // groups, meta["BLOCK_N"]), groups)
 
     conv2d_forward_kernel[grid](
         input, weight, bias, out,
@@ -289,8 +294,8 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, activ
     return out
 
 
-def conv2d_backward(grad_output, input, weight, output, input_size, stride, padding, dilation, groups,
-                    activation, output_mask):
+def conv2d_backward(grad_output, input, weight, output, input_size, stride, padding, dilation,
+                    groups, activation, output_mask):
     """Gradients (input, weight, bias) of conv2d_forward; the ReLU mask comes from ``output``.
     ``input`` is needed only for the weight gradient, ``input_size`` gives grad_input's shape.
     Gradients not asked for in output_mask come back as empty tensors."""
@@ -307,11 +312,13 @@ def conv2d_backward(grad_output, input, weight, output, input_size, stride, padd
 
     grad_input = empty_grad(grad_output)
     if need_input:
-        grad_input = torch.empty(tuple(input_size), device=grad_output.device, dtype=grad_output.dtype,
+        grad_input = torch.empty(tuple(input_size), device=grad_output.device,
+                                 dtype=grad_output.dtype,
                                  memory_format=suggest_memory_format(grad_output))
 
         def grid(meta):
-            return (cdiv(batch * height * width, meta["BLOCK_M"]) * cdiv(c_per_group, meta["BLOCK_N"]), groups)
+            tiles_m = cdiv(batch * height * width, meta["BLOCK_M"])
+            return (tiles_m * cdiv(c_per_group, meta["BLOCK_N"]), groups)
 
         if grad_input.numel():
             conv2d_grad_input_kernel[grid](
@@ -326,11 +333,12 @@ def conv2d_backward(grad_output, input, weight, output, input_size, stride, padd
         patch = c_per_group * kernel_h * kernel_w
         reduction = batch * out_h * out_w
         o_per_group = out_channels // groups
-        split = _split_k(grad_output.device, groups * cdiv(o_per_group, 64) * cdiv(patch, 64), reduction)
+        tiles = groups * cdiv(o_per_group, 64) * cdiv(patch, 64)
+        split = _split_k(grad_output.device, tiles, reduction)
         partial_weight = torch.empty((split, out_channels, patch) if need_weight else (0,),
                                      device=grad_output.device, dtype=torch.float32)
-        partial_bias = torch.empty((split, out_channels) if need_bias else (0,), device=grad_output.device,
-                                   dtype=torch.float32)
+        partial_bias = torch.empty((split, out_channels) if need_bias else (0,),
+                                   device=grad_output.device, dtype=torch.float32)
         # Without the weight gradient only the bias sums are computed: one column of tiles, and
         # the input pointer is never read (grad_output stands in for it).
         x = input if need_weight else grad_output

@@ -143,9 +143,9 @@ Span valid_outputs(int64_t size, int64_t out_size, int64_t stride, int64_t pad, 
 int64_t images_per_task(const Conv2dShape& s) {
   constexpr int64_t kTargetColumns = 1024;
   constexpr int64_t kColumnBufferElements = int64_t{1} << 17;
-  const int64_t pixels = std::max<int64_t>(1, s.image_columns());
-  int64_t images = std::min(kTargetColumns / pixels,
-                            kColumnBufferElements / std::max<int64_t>(1, s.patch() * pixels));
+  const int64_t columns = std::max<int64_t>(1, s.image_columns());
+  int64_t images = std::min(kTargetColumns / columns,
+                            kColumnBufferElements / std::max<int64_t>(1, s.patch() * columns));
   const int64_t chunks_per_group = (at::get_num_threads() + s.groups - 1) / s.groups;
   images = std::min(images, (s.batch + chunks_per_group - 1) / chunks_per_group);
   return std::max<int64_t>(1, images);
