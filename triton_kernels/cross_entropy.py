@@ -94,8 +94,10 @@ def cross_entropy_forward_kernel(
                 coefficient_sum += tl.sum(tl.where(inside, a, 0.0), axis=1)
             else:
                 a = w
-            dot += tl.sum(tl.where(inside, a * x, 0.0), axis=1)
-    lse = running_max + tl.log(running_sum)
+            # padding is -inf in x (for the max): 0 here, so that 0 * -inf makes no NaN
+            dot += tl.sum(a * tl.where(inside, x, 0.0), axis=1)
+    # rows past the end (not stored) get lse 0 rather than -inf: no NaN arithmetic below
+    lse = tl.where(row_in, running_max + tl.log(tl.where(row_in, running_sum, 1.0)), 0.0)
 
     if PROB_TARGET:
         loss = -(dot - lse * coefficient_sum)

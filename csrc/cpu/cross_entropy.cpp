@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -60,6 +61,18 @@ void load_chunk(const scalar_t* src, int64_t n, acc_t* dst) {
 template <typename scalar_t, typename acc_t>
 void store_chunk(const acc_t* src, int64_t n, scalar_t* dst) {
   for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+
+// A chunk of logits in the accumulation type: in place for float and double, else converted
+// into `buffer`.
+template <typename scalar_t, typename acc_t>
+const acc_t* chunk_as_acc(const scalar_t* src, int64_t n, acc_t* buffer) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return src;
+  } else {
+    load_chunk(src, n, buffer);
+    return buffer;
+  }
 }
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -133,12 +146,12 @@ template <typename scalar_t, typename acc_t>
 RowForward<acc_t> row_forward(const scalar_t* x, const scalar_t* prob, const LossSpec<acc_t>& spec,
                               bool dot_coefficients) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  acc_t logits[kChunk];
+  acc_t buffer[kChunk];
   acc_t probs[kChunk];
   acc_t running_max = kNegInf, running_sum = 0, dot = 0, coefficient_sum = 0;
   for (int64_t c0 = 0; c0 < spec.classes; c0 += kChunk) {
     const int64_t n = chunk_size(c0, spec.classes);
-    load_chunk(x + c0, n, logits);
+    const acc_t* logits = chunk_as_acc(x + c0, n, buffer);
     acc_t chunk_max = kNegInf;
 #pragma omp simd reduction(max : chunk_max)
     for (int64_t j = 0; j < n; ++j) chunk_max = logits[j] > chunk_max ? logits[j] : chunk_max;
@@ -178,7 +191,7 @@ void row_backward(const scalar_t* x, const scalar_t* prob, int64_t target, acc_t
                   acc_t scale, const LossSpec<acc_t>& spec, scalar_t* grad_x, scalar_t* grad_prob) {
   const int64_t C = spec.classes;
   const acc_t keep = acc_t(1) - spec.smoothing;
-  acc_t logits[kChunk];
+  acc_t buffer[kChunk];
   acc_t probs[kChunk];
   acc_t grad[kChunk];
   acc_t total = 0;  // A
@@ -195,7 +208,7 @@ void row_backward(const scalar_t* x, const scalar_t* prob, int64_t target, acc_t
   const acc_t smooth_per_class = spec.smoothing / acc_t(C);
   for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
     const int64_t n = chunk_size(c0, C);
-    load_chunk(x + c0, n, logits);
+    const acc_t* logits = chunk_as_acc(x + c0, n, buffer);
     if (grad_prob != nullptr) {
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) grad[j] = -scale * spec.class_weight(c0 + j) * keep * (logits[j] - logsumexp);
@@ -402,36 +415,40 @@ at::Tensor index_rows(const at::Tensor& target) {
                                                                      : target.to(at::kLong).contiguous();
 }
 
-// Per-row results of a forward: buffers in the accumulation type.
+// Per-row results of a forward, in the accumulation type: the log-sum-exp (an output), the
+// loss and the row's weight in a mean (host buffers, reduced or copied out by finish_loss).
+template <typename acc_t>
 struct RowResults {
-  at::Tensor logsumexp, loss, weight;
+  at::Tensor logsumexp;
+  std::vector<acc_t> loss, weight;
 
   RowResults(int64_t rows, const at::Tensor& input)
-      : logsumexp(at::empty({rows}, input.options().dtype(acc_type(input.scalar_type())))),
-        loss(at::empty({rows}, logsumexp.options())),
-        weight(at::empty({rows}, logsumexp.options())) {}
+      : logsumexp(at::empty({rows}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value))),
+        loss(rows),
+        weight(rows) {}
 };
 
 // The loss (reduced, or per row in `shape`) and total_weight, the denominator of the mean: the
 // sum of the non-ignored rows' class weights, the number of rows for probability targets (0
 // without logits, as torch's mean over an empty input is NaN). Sums in double.
 template <typename scalar_t, typename acc_t>
-std::tuple<at::Tensor, at::Tensor> finish_loss(const RowResults& rows, Reduction reduction,
+std::tuple<at::Tensor, at::Tensor> finish_loss(const RowResults<acc_t>& rows, Reduction reduction,
                                               at::IntArrayRef shape, bool no_logits) {
-  const int64_t n = rows.loss.numel();
-  const acc_t* row_weight = rows.weight.const_data_ptr<acc_t>();
   double total_weight = 0;
-  for (int64_t r = 0; r < n; ++r) total_weight += row_weight[r];
+  for (const acc_t w : rows.weight) total_weight += w;
   if (no_logits) total_weight = 0;
-  at::Tensor total_weight_out = at::empty({}, rows.weight.options());
+  at::Tensor total_weight_out = at::empty({}, rows.logsumexp.options());
   *total_weight_out.data_ptr<acc_t>() = static_cast<acc_t>(total_weight);
-  const auto dtype = c10::CppTypeToScalarType<scalar_t>::value;
-  if (reduction == Reduction::None) return {rows.loss.to(dtype).view(shape), total_weight_out};
-  const acc_t* row_loss = rows.loss.const_data_ptr<acc_t>();
+  const auto options = rows.logsumexp.options().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  if (reduction == Reduction::None) {
+    at::Tensor loss = at::empty(shape, options);
+    store_chunk(rows.loss.data(), static_cast<int64_t>(rows.loss.size()), loss.data_ptr<scalar_t>());
+    return {loss, total_weight_out};
+  }
   double total = 0;
-  for (int64_t r = 0; r < n; ++r) total += row_loss[r];
+  for (const acc_t l : rows.loss) total += l;
   if (reduction == Reduction::Mean) total /= total_weight;
-  at::Tensor loss = at::empty({}, rows.loss.options().dtype(dtype));
+  at::Tensor loss = at::empty({}, options);
   *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(total);
   return {loss, total_weight_out};
 }
@@ -473,20 +490,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
   const int64_t rows = logits.size(0);
   const auto shape = row_shape(input.sizes());
-  const RowResults results(rows, input);
-  at::Tensor loss, total_weight;
+  at::Tensor loss, lse, total_weight;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Spec<scalar_t, acc_t> spec(weight, args.classes, ignore_index, label_smoothing);
+    RowResults<acc_t> results(rows, input);
     const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
                             index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
                             prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
-    forward_rows(in, spec.spec, results.logsumexp.data_ptr<acc_t>(), results.loss.data_ptr<acc_t>(),
-                 results.weight.data_ptr<acc_t>());
+    forward_rows(in, spec.spec, results.logsumexp.data_ptr<acc_t>(), results.loss.data(),
+                 results.weight.data());
     std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
         results, args.reduction, shape, args.prob_target && args.classes == 0);
+    lse = results.logsumexp.view(shape);
   });
-  return {loss, results.logsumexp.view(shape), total_weight};
+  return {loss, lse, total_weight};
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_cpu(
@@ -571,13 +589,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
   const auto args = check_arguments(input, logits_shape, target, weight, reduction, label_smoothing, kLinearOp);
   const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
-  const RowResults results(rows, input);
   const int64_t chunk = linear_chunk_rows(rows, classes);
   at::Tensor buffer = at::empty({chunk, classes}, input.options());
-  at::Tensor loss, total_weight;
+  at::Tensor loss, lse, total_weight;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+    RowResults<acc_t> results(rows, input);
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
       const int64_t m = std::min(chunk, rows - r0);
       const at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
@@ -585,12 +603,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
                               index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
                               prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
       forward_rows(in, spec.spec, results.logsumexp.data_ptr<acc_t>() + r0,
-                   results.loss.data_ptr<acc_t>() + r0, results.weight.data_ptr<acc_t>() + r0);
+                   results.loss.data() + r0, results.weight.data() + r0);
     }
     std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
         results, args.reduction, {rows}, args.prob_target && classes == 0);
+    lse = results.logsumexp;
   });
-  return {loss, results.logsumexp, total_weight};
+  return {loss, lse, total_weight};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu(
