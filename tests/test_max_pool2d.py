@@ -342,14 +342,17 @@ def test_triton_launchers_match_torch(config, memory, dtype):
     assert_close(got_grad, want_grad, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
-def test_triton_forward_integers_match_torch(dtype):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.uint8, torch.int8,
+                                   torch.int16, torch.int32, torch.int64])
+def test_triton_forward_other_dtypes_match_torch(dtype):
+    """Also the integer minimum for windows of only padding, as torch."""
     from fastops.triton_kernels.max_pool2d import max_pool2d_forward
 
-    config = CONFIGS["padding-only window"]
-    x = make_input(config[0], "ties").mul(40).to(dtype)
-    out, _ = max_pool2d_forward(x, (1, 2), (1, 1), (0, 1), (1, 3), False)
-    assert torch.equal(out, reference(x, config, return_indices=False))
+    for name in ("padding-only window", "overlapping ceil"):
+        config = CONFIGS[name]
+        x = make_input(config[0], "ties").mul(40).to(dtype)
+        out, _ = max_pool2d_forward(x, *op_window(config), config[-1])
+        assert torch.equal(out, reference(x, config, return_indices=False))
 
 
 def test_triton_argmax_int16_window():
