@@ -213,11 +213,11 @@ def _int_pair(value, name, fn, allow_empty=False):
     return (values[0].__index__(), values[-1].__index__())
 
 
-def _max_pool2d_output_size(input_shape, kernel_size, stride, padding, dilation, ceil_mode,
-                            fn="max_pool2d"):
+def _max_pool2d_output_size(input_shape, kernel_size, stride, padding, dilation, ceil_mode):
     """(H_out, W_out) of max pooling an input [*, C, H, W], validated with torch's rules and
     messages: positive kernel, stride and dilation; 0 <= padding <= kernel // 2; with
     ceil_mode, the last window must start inside the input or its left padding."""
+    fn = "max_pool2d"
     for k, s, p, d in zip(kernel_size, stride, padding, dilation):
         check(s != 0, fn, "stride should not be zero")
         check(p >= 0, fn, f"pad must be non-negative, but got pad: {p}")
@@ -226,7 +226,8 @@ def _max_pool2d_output_size(input_shape, kernel_size, stride, padding, dilation,
         check(p <= half, fn, "pad should be at most half of effective kernel "
               f"size, but got pad={p}, kernel_size={k} and dilation={d}")
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
-    check(kh > 0 and kw > 0, fn, f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
+    check(kh > 0 and kw > 0, fn,
+          f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
     check(sh > 0 and sw > 0, fn, f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
     check(dh > 0 and dw > 0, fn,
           f"dilation should be greater than zero, but got dilationH: {dh} dilationW: {dw}")
@@ -260,7 +261,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     fn = "max_pool2d"
     check_tensor(input, "input", fn)
     kernel = _int_pair(kernel_size, "kernel_size", fn)
-    stride = _int_pair(stride if stride is not None else (), "stride", fn, allow_empty=True) or kernel
+    stride = _int_pair(() if stride is None else stride, "stride", fn, allow_empty=True) or kernel
     padding = _int_pair(padding, "padding", fn)
     dilation = _int_pair(dilation, "dilation", fn)
     check(isinstance(ceil_mode, bool), fn,
@@ -278,7 +279,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                                      stride, padding, dilation, ceil_mode)
     results = (output,)
     if return_indices:
-        results += (_ops.max_pool2d_indices(argmax, input.shape[-1], kernel, stride, padding, dilation),)
+        results += (_ops.max_pool2d_indices(argmax, input.shape[-1], kernel, stride, padding,
+                                            dilation),)
     if not batched:
         results = tuple(t.squeeze(0) for t in results)
     return results if return_indices else results[0]

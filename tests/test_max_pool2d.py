@@ -38,6 +38,13 @@ def ours(input, config, return_indices=True):
     return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
+def op_window(config):
+    """(kernel_size, stride, padding, dilation) of a config as the ops take them: pairs."""
+    _, kernel_size, stride, padding, dilation, _ = config
+    pair = torch.nn.modules.utils._pair
+    return pair(kernel_size), pair(stride or kernel_size), pair(padding), pair(dilation)
+
+
 def make_input(shape, values, device="cpu", dtype=torch.float32, seed=0):
     """randn values; "ties": few distinct integers, so most windows hold several maxima;
     "special": randn sprinkled with NaN and -inf (and windows of only -inf)."""
@@ -155,8 +162,8 @@ def test_argmax_dtype_by_window_size():
         indices = fastops.ops.max_pool2d_indices(argmax, kernel[1], kernel, kernel, (0, 0), (1, 1))
         assert torch.equal(indices, want_indices)
         with torch._subclasses.FakeTensorMode():
-            fake_argmax = fastops.ops.max_pool2d(torch.empty(x.shape), kernel, kernel, (0, 0), (1, 1),
-                                                 False)[1]
+            fake_argmax = fastops.ops.max_pool2d(torch.empty(x.shape), kernel, kernel, (0, 0),
+                                                 (1, 1), False)[1]
         assert fake_argmax.dtype == dtype
 
 
@@ -186,9 +193,8 @@ def test_gradcheck(config, memory):
 @pytest.mark.parametrize("memory", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("config", ["overlapping ceil", "dilated rectangular", "empty batch"])
 def test_opcheck(memory, config):
-    shape, kernel, stride, padding, dilation, ceil_mode = CONFIGS[config]
-    pair = torch.nn.modules.utils._pair
-    window = (pair(kernel), pair(stride or kernel), pair(padding), pair(dilation))
+    shape, *_, ceil_mode = CONFIGS[config]
+    window = op_window(CONFIGS[config])
     x = layout(torch.randn(shape), memory)
     for requires_grad in (True, False):
         torch.library.opcheck(fastops.ops.max_pool2d.default,
@@ -216,8 +222,8 @@ def test_autocast_keeps_the_input_dtype_like_torch():
 @pytest.mark.parametrize("return_indices", [False, True])
 def test_module_compile_fullgraph(return_indices):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), fastops.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
-                                torch.nn.ReLU())
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),
+                                fastops.nn.MaxPool2d(3, 2, 1, ceil_mode=True), torch.nn.ReLU())
     x = torch.randn(2, 3, 11, 10, requires_grad=True)
     compiled = compile_fullgraph(model)
     out, ref = compiled(x), model(x)
@@ -245,7 +251,8 @@ def test_bad_input_raises_torch_errors_and_changes_nothing():
         (RuntimeError, "stride should not be zero", (x, (3, 0)), {}),
         (RuntimeError, "stride should be greater than zero, but got dH: -1 dW: -1", (x, 3),
          dict(stride=-1)),
-        (RuntimeError, "kernel size should be greater than zero, but got kH: -1 kW: -1", (x, -1), {}),
+        (RuntimeError, "kernel size should be greater than zero, but got kH: -1 kW: -1",
+         (x, -1), {}),
         (RuntimeError, "dilation should be greater than zero, but got dilationH: 1 dilationW: -1",
          (x, 3), dict(dilation=(1, -1))),
         (RuntimeError, r"Given input size: \(3x7x7\). Calculated output size: \(3x0x0\). Output "
@@ -294,12 +301,17 @@ def test_ops_validate_their_arguments():
     out, argmax = fastops.ops.max_pool2d(x, *window, False)
     raises(RuntimeError, "expected argmax of dtype Byte for a window of 9 elements, got Long",
            fastops.ops.max_pool2d_backward, out, argmax.long(), [6, 6], *window)
-    raises(RuntimeError, "expected grad_output of the argmax shape", fastops.ops.max_pool2d_backward,
-           out[:, :1], argmax, [6, 6], *window)
+    raises(RuntimeError, "expected grad_output of the argmax shape",
+           fastops.ops.max_pool2d_backward, out[:, :1], argmax, [6, 6], *window)
     raises(RuntimeError, "expected a floating-point grad_output", fastops.ops.max_pool2d_backward,
            argmax.int(), argmax, [6, 6], *window)
     raises(RuntimeError, "expected argmax to be 4-D", fastops.ops.max_pool2d_indices, argmax[0], 6,
            *window)
+    corrupt = argmax.clone()
+    corrupt[0, 1, 2, 0] = 200
+    for memory in ("contiguous", "channels_last"):
+        raises(RuntimeError, "argmax holds 200, not a position of the 9-element window",
+               fastops.ops.max_pool2d_backward, out, layout(corrupt, memory), [6, 6], *window)
 
 
 # ----------------------------------------------------------- Triton kernels (interpreter on CPU)
@@ -315,9 +327,8 @@ def test_triton_launchers_match_torch(config, memory, dtype):
                                                    max_pool2d_indices)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    shape, kernel, stride, padding, dilation, ceil_mode = CONFIGS[config]
-    pair = torch.nn.modules.utils._pair
-    window = (pair(kernel), pair(stride or kernel), pair(padding), pair(dilation))
+    shape, *_, ceil_mode = CONFIGS[config]
+    window = op_window(CONFIGS[config])
     x = layout(make_input(shape, "special", device, dtype), memory).requires_grad_()
     want, want_indices = reference(x, CONFIGS[config])
     out, argmax = max_pool2d_forward(x.detach(), *window, ceil_mode)
@@ -331,14 +342,17 @@ def test_triton_launchers_match_torch(config, memory, dtype):
     assert_close(got_grad, want_grad, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
-def test_triton_forward_integers_match_torch(dtype):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.uint8, torch.int8,
+                                   torch.int16, torch.int32, torch.int64])
+def test_triton_forward_other_dtypes_match_torch(dtype):
+    """Also the integer minimum for windows of only padding, as torch."""
     from fastops.triton_kernels.max_pool2d import max_pool2d_forward
 
-    config = CONFIGS["padding-only window"]
-    x = make_input(config[0], "ties").mul(40).to(dtype)
-    out, _ = max_pool2d_forward(x, (1, 2), (1, 1), (0, 1), (1, 3), False)
-    assert torch.equal(out, reference(x, config, return_indices=False))
+    for name in ("padding-only window", "overlapping ceil"):
+        config = CONFIGS[name]
+        x = make_input(config[0], "ties").mul(40).to(dtype)
+        out, _ = max_pool2d_forward(x, *op_window(config), config[-1])
+        assert torch.equal(out, reference(x, config, return_indices=False))
 
 
 def test_triton_argmax_int16_window():
@@ -349,7 +363,8 @@ def test_triton_argmax_int16_window():
     want, want_indices = TF.max_pool2d(x, (1, 257), (1, 40), return_indices=True)
     assert argmax.dtype == torch.int16
     assert torch.equal(out, want)
-    assert torch.equal(max_pool2d_indices(argmax, 300, (1, 257), (1, 40), (0, 0), (1, 1)), want_indices)
+    indices = max_pool2d_indices(argmax, 300, (1, 257), (1, 40), (0, 0), (1, 1))
+    assert torch.equal(indices, want_indices)
 
 
 # ---------------------------------------------------------------------------- CUDA (real GPU)

@@ -121,7 +121,8 @@ def max_pool2d_backward_kernel(
             hit = row_hit & (col >= 0) & (col - ow * SW == 0) & (ow < OW)
             chosen = tl.load(arg_plane + oh * stride_ah + ow * stride_aw, mask=hit, other=0)
             hit = hit & (chosen.to(tl.int32) == kh * KW + kw)
-            acc += tl.load(g_plane + oh * stride_gh + ow * stride_gw, mask=hit, other=0.0).to(tl.float32)
+            grad = tl.load(g_plane + oh * stride_gh + ow * stride_gw, mask=hit, other=0.0)
+            acc += grad.to(tl.float32)
     gx_offset = n * stride_xn + c * stride_xc + ih * stride_xh + iw * stride_xw
     tl.store(gx_ptr + gx_offset, acc.to(gx_ptr.dtype.element_ty), mask=inside)
 
@@ -156,7 +157,8 @@ def _compact_argmax_dtype(kernel_size):
 
 def _pooled_size(size, kernel, stride, pad, dilation, ceil_mode):
     """torch's pooling output size (arguments validated by fastops.functional)."""
-    out = (size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride + 1
+    span = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
     return out - 1 if ceil_mode and (out - 1) * stride >= size + pad else out
 
 
@@ -175,9 +177,10 @@ def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode)
     oh = _pooled_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
     ow = _pooled_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
     format = suggest_memory_format(input)
-    output = torch.empty((n, c, oh, ow), device=input.device, dtype=input.dtype, memory_format=format)
-    argmax = torch.empty((n, c, oh, ow), device=input.device, dtype=_compact_argmax_dtype(kernel_size),
+    output = torch.empty((n, c, oh, ow), device=input.device, dtype=input.dtype,
                          memory_format=format)
+    argmax = torch.empty((n, c, oh, ow), device=input.device,
+                         dtype=_compact_argmax_dtype(kernel_size), memory_format=format)
     total = output.numel()
     if total == 0:
         return output, argmax
@@ -216,7 +219,8 @@ def max_pool2d_indices(argmax, input_width, kernel_size, stride, padding, dilati
     """argmax [N, C, H_out, W_out] -> torch's int64 indices (flat per input plane), same layout."""
     n, c, oh, ow = argmax.shape
     format = suggest_memory_format(argmax)
-    indices = torch.empty(argmax.shape, device=argmax.device, dtype=torch.int64, memory_format=format)
+    indices = torch.empty(argmax.shape, device=argmax.device, dtype=torch.int64,
+                          memory_format=format)
     total = indices.numel()
     if total == 0:
         return indices
