@@ -150,6 +150,8 @@ def _conv2d_backward_fake(grad_output, input, weight, output, input_size, stride
         grad_input,
         _grad(need_weight, grad_output, lambda: tuple(weight.shape)),
         _grad(need_bias, grad_output, lambda: (weight.shape[0],)),
+    )
+
 
 def _batch_norm_like(tensor):
     """An uninitialised tensor with the layout the batch_norm kernels give their results: the

@@ -11,6 +11,8 @@ class _BatchNormForward:
     num_batches_tracked is counted only once the batch has been accepted, so a rejected input
     leaves every buffer as it was."""
 
+    activation = None  # class default: fastops.convert turns torch.nn instances into these classes
+
     def _init_activation(self, activation):
         check_activation(activation, "batch_norm")  # fail at construction, not at the first call
         self.activation = activation

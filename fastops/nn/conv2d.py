@@ -14,6 +14,8 @@ class Conv2d(torch.nn.Conv2d):
     [out_channels, oH, oW].
     """
 
+    activation = None  # class default: fastops.convert turns nn.Conv2d instances into this class
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", device=None, dtype=None,
                  activation=None):

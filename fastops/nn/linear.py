@@ -14,7 +14,9 @@ class Linear(torch.nn.Linear):
     the GEMM epilogue (no mask is stored for backward).
     """
 
-    activation = None  # class default: fastops.convert turns nn.Linear instances into this class
+    # class defaults: fastops.convert turns nn.Linear instances into this class
+    activation = None
+    dropout = 0.0
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None,
                  activation=None, dropout=0.0):
