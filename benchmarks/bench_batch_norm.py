@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from common import DEVICE, DTYPES, bench, implementations, randn
+from common import DEVICE, DTYPES, bench, cases, implementations, randn
 from fastops import functional as F
 
 CASES = {  # name: input shape [N, C, *]
@@ -23,7 +23,7 @@ IMPLS = {
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", IMPLS["train"])
 def bench_batch_norm_relu(benchmark, impl, case, mode, dtype):
     shape = CASES[case]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from common import DTYPES, bench, implementations, randn
+from common import DTYPES, bench, cases, implementations, randn
 from fastops import functional as F
 
 CASES = {  # name: (batch, in_channels, (H, W), out_channels, kernel, padding)
@@ -19,7 +19,7 @@ IMPLS = implementations(lambda x, w, b, padding: torch.relu(TF.conv2d(x, w, b, p
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", IMPLS)
 def bench_conv2d_relu(benchmark, impl, case, backward, dtype):
     batch, in_channels, size, out_channels, kernel, padding = CASES[case]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from common import DTYPES, bench, implementations, randn
+from common import DTYPES, bench, cases, implementations, randn
 from fastops import functional as F
 
 P = 0.5
@@ -22,7 +22,7 @@ MLP_IMPLS = implementations(lambda x, w, b: TF.dropout(torch.relu(TF.linear(x, w
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", IMPLS)
 def bench_dropout(benchmark, impl, case, backward, dtype):
     inputs = [randn(*CASES[case], dtype=dtype, requires_grad=backward)]

@@ -5,7 +5,7 @@ int64 indices; fastops: a 1-byte window-local argmax per output element)."""
 import pytest
 import torch.nn.functional as TF
 
-from common import DTYPES, bench, implementations, randn
+from common import DTYPES, bench, cases, implementations, randn
 from fastops import functional as F
 
 CASES = {  # name: (input shape, kernel_size, stride, padding)
@@ -19,7 +19,7 @@ IMPLS = {case: implementations(lambda x, k=k, s=s, p=p: TF.max_pool2d(x, k, s, p
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", ["torch", "fastops", "torch.compile"])
 def bench_max_pool2d(benchmark, impl, case, backward, dtype):
     shape = CASES[case][0]

@@ -119,17 +119,29 @@ def _fuse_traced_relu(model, log):
     for node in list(traced.graph.nodes):
         is_relu = (node.op == "call_function" and node.target in _RELU_FUNCTIONS
                    and not node.kwargs.get("inplace", False))
-        if not is_relu or node.args[0].op != "call_module" or len(node.args[0].users) != 1:
+        source = node.args[0] if is_relu else None
+        if not (isinstance(source, torch.fx.Node) and source.op == "call_module"
+                and len(source.users) == 1):
             continue
-        layer = traced.get_submodule(node.args[0].target)
+        layer = traced.get_submodule(source.target)
         if _fuses_relu(layer) and layer.activation is None:
             layer.activation = "relu"
-            node.replace_all_uses_with(node.args[0])
+            node.replace_all_uses_with(source)
             traced.graph.erase_node(node)
-            log.append(f"fused {node.args[0].target} with the relu in forward (torch.fx)")
+            log.append(f"fused {source.target} with the relu in forward (torch.fx)")
             fused = True
     if not fused:
         return model
+    # GraphModule keeps only what forward uses: carry over the rest so state_dict keys stay.
+    for name, child in model.named_children():
+        if not hasattr(traced, name):
+            traced.add_submodule(name, child)
+    for name, parameter in model._parameters.items():
+        if parameter is not None and not hasattr(traced, name):
+            traced.register_parameter(name, parameter)
+    for name, buffer in model._buffers.items():
+        if buffer is not None and not hasattr(traced, name):
+            traced.register_buffer(name, buffer)
     traced.recompile()
     return traced
 
