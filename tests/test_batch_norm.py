@@ -120,6 +120,17 @@ def test_relu_keeps_nan_and_masks_gradient_like_torch():
                 [x, w, b, rm, rv], torch.float32)
 
 
+def test_bias_without_weight_gets_its_gradient():
+    # an absent weight has no autograd edge: the bias gradient must still reach the bias
+    x = torch.randn(6, 3, 4, requires_grad=True)
+    for training in (True, False):
+        bias = torch.randn(3, requires_grad=True)
+        ours = torch.autograd.grad(F.batch_norm(x, torch.zeros(3), torch.ones(3), None, bias, training).sum(), [x, bias])
+        theirs = torch.autograd.grad(TF.batch_norm(x, torch.zeros(3), torch.ones(3), None, bias, training).sum(), [x, bias])
+        for got, want in zip(ours, theirs):
+            assert_close(got, want)
+
+
 # --------------------------------------------------------------------------------------- modules
 
 MODULES = {  # fastops module -> the torch modules it replaces (torch applies relu after)

@@ -48,16 +48,11 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    // Absent parameters have no edge in the graph, so their indices must not be asked about.
-    const std::array<bool, 3> mask = {
-        ctx->needs_input_grad(0),
-        ctx->saved_data["has_weight"].toBool() && ctx->needs_input_grad(1),
-        ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
-    auto optional = [](const at::Tensor& t) {
-      return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-    };
+    const auto mask = input_grad_mask<3>(
+        ctx, {true, ctx->saved_data["has_weight"].toBool(), ctx->saved_data["has_bias"].toBool()});
     const auto [grad_input, grad_weight, grad_bias] = fastops::batch_norm_backward(
-        grad_outputs[0], optional(saved[0]), optional(saved[1]), optional(saved[2]), saved[3], saved[4],
+        grad_outputs[0], optional_tensor(saved[0]), optional_tensor(saved[1]),
+        optional_tensor(saved[2]), saved[3], saved[4],
         ctx->saved_data["training"].toBool(), ctx->saved_data["activation"].toStringRef(), mask);
     const torch::autograd::Variable none;
     return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_weight),

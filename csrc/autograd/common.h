@@ -21,4 +21,23 @@ inline torch::autograd::Variable grad_or_undefined(bool needed, const at::Tensor
   return needed ? grad : torch::autograd::Variable();
 }
 
+// The saved tensors of a Function that are optional arguments of a backward op.
+inline std::optional<at::Tensor> optional_tensor(const at::Tensor& saved) {
+  return saved.defined() ? std::optional<at::Tensor>(saved) : std::nullopt;
+}
+
+// needs_input_grad for the first N tensor inputs of a Function, some of them optional:
+// `present[i]` says whether input i was given. An absent optional tensor has no edge in the
+// graph, so the edges of the inputs after it move down by one.
+template <size_t N>
+std::array<bool, N> input_grad_mask(torch::autograd::AutogradContext* ctx,
+                                    const std::array<bool, N>& present) {
+  std::array<bool, N> mask{};
+  size_t edge = 0;
+  for (size_t i = 0; i < N; ++i) {
+    if (present[i]) mask[i] = ctx->needs_input_grad(edge++);
+  }
+  return mask;
+}
+
 }  // namespace fastops

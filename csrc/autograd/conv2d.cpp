@@ -39,16 +39,10 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    // An absent bias has no edge in the graph, so its index must not be asked about.
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      has_bias && ctx->needs_input_grad(2)};
-    auto optional = [](const at::Tensor& t) {
-      return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-    };
+    const auto mask = input_grad_mask<3>(ctx, {true, true, ctx->saved_data["has_bias"].toBool()});
     const auto input_size = ctx->saved_data["input_size"].toSymIntVector();
     const auto [grad_input, grad_weight, grad_bias] = fastops::conv2d_backward(
-        grad_outputs[0], optional(saved[0]), saved[1], optional(saved[2]), input_size,
+        grad_outputs[0], optional_tensor(saved[0]), saved[1], optional_tensor(saved[2]), input_size,
         ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
         ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt(),
         ctx->saved_data["activation"].toStringRef(), mask);

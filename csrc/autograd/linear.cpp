@@ -36,15 +36,10 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    // An absent bias has no edge in the graph, so its index must not be asked about.
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      has_bias && ctx->needs_input_grad(2)};
-    auto optional = [](const at::Tensor& t) {
-      return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-    };
+    const auto mask = input_grad_mask<3>(ctx, {true, true, ctx->saved_data["has_bias"].toBool()});
     const auto [grad_input, grad_weight, grad_bias] = fastops::linear_backward(
-        grad_outputs[0].contiguous(), optional(saved[0]), optional(saved[1]), optional(saved[2]),
+        grad_outputs[0].contiguous(), optional_tensor(saved[0]), optional_tensor(saved[1]),
+        optional_tensor(saved[2]),
         ctx->saved_data["activation"].toStringRef(), mask,
         ctx->saved_data["dropout_seed"].toOptional<at::Tensor>(),
         ctx->saved_data["dropout_p"].toDouble());
