@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from common import DEVICE, DTYPES, bench, implementations, randn
+from common import DEVICE, DTYPES, bench, cases, implementations, randn
 from fastops import functional as F
 
 CASES = {  # name: (rows, classes)
@@ -29,7 +29,7 @@ def targets(rows, classes):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", IMPLS)
 def bench_cross_entropy(benchmark, impl, case, backward, dtype):
     rows, classes = CASES[case]
@@ -39,7 +39,7 @@ def bench_cross_entropy(benchmark, impl, case, backward, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("case", LINEAR_CASES)
+@pytest.mark.parametrize("case", cases(LINEAR_CASES))
 @pytest.mark.parametrize("impl", LINEAR_IMPLS)
 def bench_linear_cross_entropy(benchmark, impl, case, backward, dtype):
     rows, hidden, classes = LINEAR_CASES[case]

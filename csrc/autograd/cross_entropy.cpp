@@ -20,10 +20,6 @@ void check_weight_not_differentiable(const std::optional<at::Tensor>& weight, co
               "class weights, as torch's nll_loss): it cannot have requires_grad=True");
 }
 
-std::optional<at::Tensor> optional(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
-
 void save_options(AutogradContext* ctx, c10::string_view reduction, int64_t ignore_index,
                   double label_smoothing) {
   ctx->saved_data["reduction"] = std::string(reduction);
@@ -52,7 +48,7 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
     const auto [grad_input, grad_target] = fastops::cross_entropy_backward(
-        grad_outputs[0], saved[0], saved[1], optional(saved[2]), saved[3], saved[4],
+        grad_outputs[0], saved[0], saved[1], optional_tensor(saved[2]), saved[3], saved[4],
         ctx->saved_data["reduction"].toStringRef(), ctx->saved_data["ignore_index"].toInt(),
         ctx->saved_data["label_smoothing"].toDouble(), mask);
     const torch::autograd::Variable none;
@@ -84,15 +80,11 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    // An absent bias has no edge in the graph: it must not be asked about, and the target's
-    // edge comes right after linear_weight's.
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      has_bias && ctx->needs_input_grad(2),
-                                      ctx->needs_input_grad(has_bias ? 3 : 2)};
+    const auto mask =
+        input_grad_mask<4>(ctx, {true, true, ctx->saved_data["has_bias"].toBool(), true});
     const auto [grad_input, grad_linear_weight, grad_bias, grad_target] =
         fastops::linear_cross_entropy_backward(
-            grad_outputs[0], saved[0], saved[1], optional(saved[2]), saved[3], optional(saved[4]),
+            grad_outputs[0], saved[0], saved[1], optional_tensor(saved[2]), saved[3], optional_tensor(saved[4]),
             saved[5], saved[6], ctx->saved_data["reduction"].toStringRef(),
             ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["label_smoothing"].toDouble(),
             mask);
