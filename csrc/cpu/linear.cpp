@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -30,25 +29,22 @@ std::optional<DropoutNoise> output_dropout(const std::optional<at::Tensor>& seed
 template <typename scalar_t>
 void bias_activation_inplace(scalar_t* out, const scalar_t* bias, int64_t rows, int64_t cols,
                              bool relu, const std::optional<DropoutNoise>& dropout) {
-  using Vec = at::vec::Vectorized<scalar_t>;
   const scalar_t scale = dropout ? dropout_scale<scalar_t>(dropout->p) : scalar_t(1);
+  // Plain loops, one per case, which the compiler vectorises for the machine's SIMD width
+  // (at::vec falls back to its generic code in an extension built without -mavx flags).
+  // `v < 0 ? 0 : v` keeps NaN, as torch.relu does.
   at::parallel_for(0, rows, grain_for(cols), [&](int64_t begin, int64_t end) {
-    const Vec zero(scalar_t(0));
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* row = out + r * cols;
-      int64_t c = 0;
-      for (; c + Vec::size() <= cols; c += Vec::size()) {
-        Vec v = Vec::loadu(row + c);
-        if (bias != nullptr) v = v + Vec::loadu(bias + c);
-        if (relu) v = at::vec::clamp_min(v, zero);
-        v.store(row + c);
-      }
-      for (; c < cols; ++c) {
-        scalar_t v = row[c];
-        if (bias != nullptr) v = v + bias[c];
-        // NaN stays NaN, as with torch.relu.
-        if (relu && v < scalar_t(0)) v = scalar_t(0);
-        row[c] = v;
+      if (bias != nullptr && relu) {
+        for (int64_t c = 0; c < cols; ++c) {
+          const scalar_t v = row[c] + bias[c];
+          row[c] = v < scalar_t(0) ? scalar_t(0) : v;
+        }
+      } else if (bias != nullptr) {
+        for (int64_t c = 0; c < cols; ++c) row[c] = row[c] + bias[c];
+      } else if (relu) {
+        for (int64_t c = 0; c < cols; ++c) row[c] = row[c] < scalar_t(0) ? scalar_t(0) : row[c];
       }
       if (dropout) apply_dropout(*dropout, scale, r * cols, cols, row, row);
     }
