@@ -54,45 +54,50 @@ void bias_activation_inplace(scalar_t* out, const scalar_t* bias, int64_t rows, 
 // One pass over grad_output [rows, cols]: masked = grad * noise * !(output <= 0), with the
 // dropout noise when `dropout` is given and the ReLU mask when `output` is (`masked` is written
 // when either is), and column sums of the (masked) gradient when `colsum` is given
-// (accumulated in opmath). Parallel over column blocks so each thread owns its slice of the sums.
+// (accumulated in opmath). Parallel over blocks of rows, so the inner loops run along
+// contiguous rows and vectorise; each block keeps its own partial column sums, added up last.
 template <typename scalar_t>
 void mask_and_column_sum(const scalar_t* grad, const scalar_t* output,
                          const std::optional<DropoutNoise>& dropout, scalar_t* masked,
                          scalar_t* colsum, int64_t rows, int64_t cols) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t kBlock = 64;
   const scalar_t scale = dropout ? dropout_scale<scalar_t>(dropout->p) : scalar_t(1);
-  at::parallel_for(0, (cols + kBlock - 1) / kBlock, 1, [&](int64_t block_begin, int64_t block_end) {
-    acc_t acc[kBlock];
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t rows_per_block = (rows + blocks - 1) / blocks;
+  std::vector<acc_t> partial(colsum != nullptr ? blocks * cols : 0, acc_t(0));
+  at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     for (int64_t block = block_begin; block < block_end; ++block) {
-      const int64_t c0 = block * kBlock;
-      const int64_t width = std::min(kBlock, cols - c0);
-      std::fill(acc, acc + width, acc_t(0));
-      for (int64_t r = 0; r < rows; ++r) {
-        const scalar_t* g = grad + r * cols + c0;
+      acc_t* acc = colsum != nullptr ? partial.data() + block * cols : nullptr;
+      const int64_t row_end = std::min(rows, (block + 1) * rows_per_block);
+      for (int64_t r = block * rows_per_block; r < row_end; ++r) {
+        const scalar_t* g = grad + r * cols;
         if (masked != nullptr) {
-          scalar_t* m = masked + r * cols + c0;
+          scalar_t* m = masked + r * cols;
           if (dropout) {
             // torch's order: the gradient through dropout (grad * noise), then the ReLU mask.
-            apply_dropout(*dropout, scale, r * cols + c0, width, g, m);
+            apply_dropout(*dropout, scale, r * cols, cols, g, m);
             g = m;
           }
-          const scalar_t* o = output != nullptr ? output + r * cols + c0 : nullptr;
-          for (int64_t j = 0; j < width; ++j) {
+          if (output != nullptr) {
+            const scalar_t* o = output + r * cols;
             // torch's threshold_backward: zero where output <= 0, so a NaN output passes grad.
-            const scalar_t v = o != nullptr && o[j] <= scalar_t(0) ? scalar_t(0) : g[j];
-            m[j] = v;
-            acc[j] += static_cast<acc_t>(v);
+            for (int64_t c = 0; c < cols; ++c) m[c] = o[c] <= scalar_t(0) ? scalar_t(0) : g[c];
           }
-        } else {
-          for (int64_t j = 0; j < width; ++j) acc[j] += static_cast<acc_t>(g[j]);
+          g = m;
         }
-      }
-      if (colsum != nullptr) {
-        for (int64_t j = 0; j < width; ++j) colsum[c0 + j] = static_cast<scalar_t>(acc[j]);
+        if (acc != nullptr) {
+          for (int64_t c = 0; c < cols; ++c) acc[c] += static_cast<acc_t>(g[c]);
+        }
       }
     }
   });
+  if (colsum != nullptr) {
+    for (int64_t c = 0; c < cols; ++c) {
+      acc_t sum = 0;
+      for (int64_t block = 0; block < blocks; ++block) sum += partial[block * cols + c];
+      colsum[c] = static_cast<scalar_t>(sum);
+    }
+  }
 }
 
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
