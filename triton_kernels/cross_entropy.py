@@ -224,14 +224,22 @@ def _accumulate_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _loss_rows(input, target, weight, ignore_index, label_smoothing):
-    """Per-row (loss, row_weight, lse) in float32 for logits [N, C, d...]."""
+def _rows_view(input, target, weight, label_smoothing):
+    """What the forward and backward launchers share: logits and target as rows (no copy),
+    the row and class counts, the effective smoothing and the class weight (with its sum)."""
     x, x_strides = _as_rows(input)
     prob_target = target.is_floating_point()
     t, t_strides = _as_rows(target) if prob_target else _index_rows(target)
     rows, classes = x.shape[0] * x.shape[2], x.shape[1]
     smoothing = max(float(label_smoothing), 0.0)
     weight, weight_sum = _class_weight(weight, x)
+    return x, x_strides, t, t_strides, prob_target, rows, classes, smoothing, weight, weight_sum
+
+
+def _loss_rows(input, target, weight, ignore_index, label_smoothing):
+    """Per-row (loss, row_weight, lse) in float32 for logits [N, C, d...]."""
+    (x, x_strides, t, t_strides, prob_target, rows, classes, smoothing, weight,
+     weight_sum) = _rows_view(input, target, weight, label_smoothing)
     loss = torch.empty(rows, device=x.device, dtype=torch.float32)
     row_weight = torch.empty_like(loss)
     lse = torch.empty_like(loss)
@@ -265,12 +273,8 @@ def _loss_grads(input, target, weight, lse, scale, ignore_index, label_smoothing
                 need_target):
     """Gradients of input and of a probability target as contiguous rows [N * S, C]. (Never
     written over the input: autotuning runs the kernel several times on the same arguments.)"""
-    x, x_strides = _as_rows(input)
-    prob_target = target.is_floating_point()
-    t, t_strides = _as_rows(target) if prob_target else _index_rows(target)
-    rows, classes = x.shape[0] * x.shape[2], x.shape[1]
-    smoothing = max(float(label_smoothing), 0.0)
-    weight, weight_sum = _class_weight(weight, x)
+    (x, x_strides, t, t_strides, prob_target, rows, classes, smoothing, weight,
+     weight_sum) = _rows_view(input, target, weight, label_smoothing)
     grad_input = torch.empty((rows, classes), device=x.device, dtype=x.dtype) if need_input else None
     grad_target = torch.empty((rows, classes), device=x.device, dtype=x.dtype) if need_target else None
     if rows > 0 and classes > 0:
