@@ -5,7 +5,10 @@
 #include <ATen/ATen.h>
 #include <c10/util/string_view.h>
 
+#include <bit>
+#include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace fastops {
 
@@ -45,6 +48,18 @@ inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const 
 // a task holds roughly at::internal::GRAIN_SIZE elements of work.
 inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_item));
+}
+
+// torch's threshold_backward: the gradient is zero where the ReLU output is <= 0 (a NaN output
+// passes it). A bit mask rather than `cond ? 0 : grad`: compilers keep the select branch-free
+// (and the loop vectorised) only when no floating-point load or operation is conditional; a
+// branch on random signs costs a misprediction every other element.
+template <typename opmath_t>
+inline opmath_t relu_masked(opmath_t grad, opmath_t output) {
+  static_assert(sizeof(opmath_t) == 4 || sizeof(opmath_t) == 8, "relu_masked: float or double");
+  using bits_t = std::conditional_t<sizeof(opmath_t) == 4, uint32_t, uint64_t>;
+  const bits_t keep = output <= opmath_t(0) ? bits_t(0) : ~bits_t(0);
+  return std::bit_cast<opmath_t>(std::bit_cast<bits_t>(grad) & keep);
 }
 
 }  // namespace fastops

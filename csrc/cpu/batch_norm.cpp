@@ -83,16 +83,6 @@ void with_flag(bool flag, const Fn& fn) {
   }
 }
 
-// torch's threshold_backward: the gradient is zero where the ReLU output is <= 0 (a NaN output
-// passes it). A bit mask rather than `cond ? 0 : grad`: compilers keep the select branch-free
-// (and the loop vectorised) only when no floating-point operation is conditional.
-template <typename opmath_t>
-inline opmath_t relu_masked(opmath_t grad, opmath_t output) {
-  using bits_t = std::conditional_t<sizeof(opmath_t) == 4, uint32_t, uint64_t>;
-  const bits_t keep = output <= opmath_t(0) ? bits_t(0) : ~bits_t(0);
-  return std::bit_cast<opmath_t>(std::bit_cast<bits_t>(grad) & keep);
-}
-
 // A per-channel coefficient seen by an element loop: the same value for a whole plane row
 // (Broadcast) or one value per element of a channels-last row (PerChannel).
 template <typename T>

@@ -282,7 +282,7 @@ void gather_grad(const scalar_t* grad, const Strides4& gs, const scalar_t* outpu
         if (output != nullptr) {
           const scalar_t* o = output + (first + i) * os.n + (o0 + oc) * os.c + oh * os.h;
           for (int64_t ow = 0; ow < s.out_w; ++ow) {
-            const acc_t v = o[ow * os.w] <= scalar_t(0) ? acc_t(0) : static_cast<acc_t>(g[ow * gs.w]);
+            const acc_t v = relu_masked(static_cast<acc_t>(g[ow * gs.w]), static_cast<acc_t>(o[ow * os.w]));
             dst[ow] = v;
             sum += v;
           }

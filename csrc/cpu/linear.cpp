@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common.h"
@@ -62,7 +63,9 @@ void mask_and_column_sum(const scalar_t* grad, const scalar_t* output,
                          scalar_t* colsum, int64_t rows, int64_t cols) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t scale = dropout ? dropout_scale<scalar_t>(dropout->p) : scalar_t(1);
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  // One block per thread, fewer when there is too little work to pay for a parallel region.
+  const int64_t max_blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t blocks = std::clamp<int64_t>(rows * cols / at::internal::GRAIN_SIZE, 1, max_blocks);
   const int64_t rows_per_block = (rows + blocks - 1) / blocks;
   std::vector<acc_t> partial(colsum != nullptr ? blocks * cols : 0, acc_t(0));
   at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
@@ -71,21 +74,26 @@ void mask_and_column_sum(const scalar_t* grad, const scalar_t* output,
       const int64_t row_end = std::min(rows, (block + 1) * rows_per_block);
       for (int64_t r = block * rows_per_block; r < row_end; ++r) {
         const scalar_t* g = grad + r * cols;
-        if (masked != nullptr) {
-          scalar_t* m = masked + r * cols;
-          if (dropout) {
-            // torch's order: the gradient through dropout (grad * noise), then the ReLU mask.
-            apply_dropout(*dropout, scale, r * cols, cols, g, m);
-            g = m;
-          }
-          if (output != nullptr) {
-            const scalar_t* o = output + r * cols;
-            // torch's threshold_backward: zero where output <= 0, so a NaN output passes grad.
-            for (int64_t c = 0; c < cols; ++c) m[c] = o[c] <= scalar_t(0) ? scalar_t(0) : g[c];
-          }
+        scalar_t* m = masked != nullptr ? masked + r * cols : nullptr;
+        if (dropout) {
+          // torch's order: the gradient through dropout (grad * noise), then the ReLU mask.
+          apply_dropout(*dropout, scale, r * cols, cols, g, m);
           g = m;
         }
-        if (acc != nullptr) {
+        const scalar_t* o = output != nullptr ? output + r * cols : nullptr;
+        // One loop per case, each branch-free so that it vectorises.
+        if (o != nullptr && acc != nullptr) {
+          for (int64_t c = 0; c < cols; ++c) {
+            const acc_t v = relu_masked(static_cast<acc_t>(g[c]), static_cast<acc_t>(o[c]));
+            m[c] = static_cast<scalar_t>(v);
+            acc[c] += static_cast<acc_t>(m[c]);
+          }
+        } else if (o != nullptr) {
+          for (int64_t c = 0; c < cols; ++c) {
+            m[c] = static_cast<scalar_t>(
+                relu_masked(static_cast<acc_t>(g[c]), static_cast<acc_t>(o[c])));
+          }
+        } else if (acc != nullptr) {
           for (int64_t c = 0; c < cols; ++c) acc[c] += static_cast<acc_t>(g[c]);
         }
       }
