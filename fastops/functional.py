@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ._checks import (SUPPORTED_DTYPES, check, check_activation, check_float_dtype, check_like,
+from ._checks import (SUPPORTED_DTYPES, check_activation, check_float_dtype, check_like,
                       check_tensor, fail)
 
 _ops = torch.ops.fastops
@@ -33,24 +33,30 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
     check_tensor(weight, "weight", fn)
     check_float_dtype(input, "input", fn)
     check_like(weight, "weight", input, "input", fn)
-    check(input.dim() >= 1, fn, "expected input to have at least 1 dimension, got a 0-D tensor")
-    check(weight.dim() in (1, 2), fn, f"expected weight to be 1-D or 2-D, got {weight.dim()}-D")
+    if input.dim() < 1:
+        fail(fn, "expected input to have at least 1 dimension, got a 0-D tensor")
+    if weight.dim() not in (1, 2):
+        fail(fn, f"expected weight to be 1-D or 2-D, got {weight.dim()}-D")
     vector_weight = weight.dim() == 1
     weight_2d = weight.unsqueeze(0) if vector_weight else weight
-    check(input.shape[-1] == weight_2d.shape[1], fn,
-          f"input and weight shapes cannot be multiplied: input.shape[-1] is {input.shape[-1]}, "
-          f"weight expects in_features = {weight_2d.shape[1]} (input {tuple(input.shape)}, "
-          f"weight {tuple(weight.shape)})")
+    if input.shape[-1] != weight_2d.shape[1]:
+        fail(fn,
+             f"input and weight shapes cannot be multiplied: input.shape[-1] is {input.shape[-1]}, "
+             f"weight expects in_features = {weight_2d.shape[1]} (input {tuple(input.shape)}, "
+             f"weight {tuple(weight.shape)})")
     if bias is None:
         output = _ops.linear(input, weight_2d, None, activation,
                              *_linear_dropout(fused_dropout, dropout))
     else:
         check_tensor(bias, "bias", fn)
         check_like(bias, "bias", input, "input", fn)
-        check(not vector_weight, fn, "a bias needs a 2-D weight (torch: mat2 must be a matrix)")
+        if vector_weight:
+            fail(fn, "a bias needs a 2-D weight (torch: mat2 must be a matrix)")
         out_features = weight_2d.shape[0]
         if bias.dim() <= 1 and bias.numel() in (1, out_features):
-            output = _ops.linear(input, weight_2d, bias.reshape(-1).expand(out_features), activation,
+            if bias.shape != (out_features,):  # [] or [1]: broadcast along the features
+                bias = bias.reshape(-1).expand(out_features)
+            output = _ops.linear(input, weight_2d, bias, activation,
                                  *_linear_dropout(fused_dropout, dropout))
         else:
             # torch also accepts any bias that broadcasts to the output (e.g. one per row):
@@ -60,9 +66,10 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
                 broadcasts = torch.broadcast_shapes(bias.shape, out_shape) == out_shape
             except RuntimeError:
                 broadcasts = False
-            check(broadcasts, fn,
-                  f"expected bias of shape [{out_features}] or broadcastable to the output "
-                  f"{list(out_shape)}, got {list(bias.shape)}")
+            if not broadcasts:
+                fail(fn,
+                     f"expected bias of shape [{out_features}] or broadcastable to the output "
+                     f"{list(out_shape)}, got {list(bias.shape)}")
             output = _ops.linear(input, weight_2d, None, "none") + bias
             if activation == "relu":
                 output = torch.relu(output)
@@ -92,9 +99,10 @@ def _dropout_seed():
 
 def _check_p(p, fn):
     # torch: ValueError from its Python check; NaN slips through it and ATen raises RuntimeError.
-    message = f"dropout probability has to be between 0 and 1, but got {p}"
-    check(not (p < 0.0 or p > 1.0), fn, message, ValueError)
-    check(p == p, fn, message)
+    if p < 0.0 or p > 1.0:
+        fail(fn, f"dropout probability has to be between 0 and 1, but got {p}", ValueError)
+    if math.isnan(p):
+        fail(fn, f"dropout probability has to be between 0 and 1, but got {p}")
 
 
 def _dropout(input, p, training, inplace, fn, channel_size):
@@ -129,8 +137,8 @@ def _feature_channel_size(input, fn, batched):
     """Elements per channel of torch's feature dropout: input [N, C, *] (or [C, *] when not
     ``batched``) keeps or drops each [*] block as a whole."""
     dims = input.shape[2:] if batched else input.shape[1:]
-    check(input.dim() >= (2 if batched else 1), fn,
-          "Feature dropout requires at least 2 dimensions in the input")
+    if input.dim() < (2 if batched else 1):
+        fail(fn, "Feature dropout requires at least 2 dimensions in the input")
     size = 1
     for d in dims:
         size *= d
@@ -142,10 +150,11 @@ def dropout1d(input, p=0.5, training=True, inplace=False):
     fn = "dropout1d"
     check_tensor(input, "input", fn)
     _check_p(p, fn)
-    check(input.dim() in (2, 3), fn,
-          f"dropout1d: Expected 2D or 3D input, but received a {input.dim()}D input. Note that "
-          "dropout1d exists to provide channel-wise dropout on inputs with 1 spatial dimension, a "
-          "channel dimension, and an optional batch dimension (i.e. 2D or 3D inputs).")
+    if input.dim() not in (2, 3):
+        fail(fn, f"dropout1d: Expected 2D or 3D input, but received a {input.dim()}D input. "
+                 "Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
+                 "spatial dimension, a channel dimension, and an optional batch dimension (i.e. 2D "
+                 "or 3D inputs).")
     return _dropout(input, p, training, inplace, fn,
                     lambda: _feature_channel_size(input, fn, batched=input.dim() == 3))
 
@@ -202,14 +211,15 @@ def _int_pair(value, name, fn, allow_empty=False):
     for a non-int and its RuntimeError for a wrong length. ``allow_empty``: () -> None."""
     values = value if isinstance(value, (tuple, list, torch.Size)) else (value,)
     for v in values:
-        check(not isinstance(v, bool) and hasattr(v, "__index__"), fn,
-              f"argument '{name}' must be an int or a tuple of ints, not {type(v).__name__}",
-              TypeError)
+        if isinstance(v, bool) or not hasattr(v, "__index__"):
+            fail(fn, f"argument '{name}' must be an int or a tuple of ints, not "
+                     f"{type(v).__name__}", TypeError)
     if allow_empty and len(values) == 0:
         return None
     lengths = "omitted, a single int, or a tuple of two ints" if allow_empty else \
         "a single int, or a tuple of two ints"
-    check(len(values) in (1, 2), fn, f"{name} must either be {lengths}, got {list(values)}")
+    if len(values) not in (1, 2):
+        fail(fn, f"{name} must either be {lengths}, got {list(values)}")
     return (values[0].__index__(), values[-1].__index__())
 
 
@@ -219,31 +229,38 @@ def _max_pool2d_output_size(input_shape, kernel_size, stride, padding, dilation,
     ceil_mode, the last window must start inside the input or its left padding."""
     fn = "max_pool2d"
     for k, s, p, d in zip(kernel_size, stride, padding, dilation):
-        check(s != 0, fn, "stride should not be zero")
-        check(p >= 0, fn, f"pad must be non-negative, but got pad: {p}")
+        if s == 0:
+            fail(fn, "stride should not be zero")
+        if p < 0:
+            fail(fn, f"pad must be non-negative, but got pad: {p}")
         effective = (k - 1) * d + 1  # halved with C's truncation, as torch does
         half = effective // 2 if effective >= 0 else -(-effective // 2)
-        check(p <= half, fn, "pad should be at most half of effective kernel "
-              f"size, but got pad={p}, kernel_size={k} and dilation={d}")
+        if p > half:
+            fail(fn, "pad should be at most half of effective kernel "
+                 f"size, but got pad={p}, kernel_size={k} and dilation={d}")
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
-    check(kh > 0 and kw > 0, fn,
-          f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
-    check(sh > 0 and sw > 0, fn, f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
-    check(dh > 0 and dw > 0, fn,
-          f"dilation should be greater than zero, but got dilationH: {dh} dilationW: {dw}")
+    if kh <= 0 or kw <= 0:
+        fail(fn, f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
+    if sh <= 0 or sw <= 0:
+        fail(fn, f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
+    if dh <= 0 or dw <= 0:
+        fail(fn, f"dilation should be greater than zero, but got dilationH: {dh} dilationW: {dw}")
     channels, height, width = input_shape[-3:]
-    check(all(size != 0 for size in input_shape[-3:]), fn, "Expected 3D or 4D (batch mode) tensor "
-          f"with optional 0 dim batch size for input, but got: {list(input_shape)}")
-    check(kw // 2 >= pw and kh // 2 >= ph, fn, "pad should be smaller than or equal to half of "
-          f"kernel size, but got padW = {pw}, padH = {ph}, kW = {kw}, kH = {kh}")
+    if 0 in input_shape[-3:]:
+        fail(fn, "Expected 3D or 4D (batch mode) tensor "
+             f"with optional 0 dim batch size for input, but got: {list(input_shape)}")
+    if kw // 2 < pw or kh // 2 < ph:
+        fail(fn, "pad should be smaller than or equal to half of "
+             f"kernel size, but got padW = {pw}, padH = {ph}, kW = {kw}, kH = {kh}")
 
     def pooled(size, k, s, p, d):
         out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
         return out - 1 if ceil_mode and (out - 1) * s >= size + p else out
 
     out_h, out_w = pooled(height, kh, sh, ph, dh), pooled(width, kw, sw, pw, dw)
-    check(out_h >= 1 and out_w >= 1, fn, f"Given input size: ({channels}x{height}x{width}). "
-          f"Calculated output size: ({channels}x{out_h}x{out_w}). Output size is too small")
+    if out_h < 1 or out_w < 1:
+        fail(fn, f"Given input size: ({channels}x{height}x{width}). "
+             f"Calculated output size: ({channels}x{out_h}x{out_w}). Output size is too small")
     return out_h, out_w
 
 
@@ -264,13 +281,14 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     stride = _int_pair(() if stride is None else stride, "stride", fn, allow_empty=True) or kernel
     padding = _int_pair(padding, "padding", fn)
     dilation = _int_pair(dilation, "dilation", fn)
-    check(isinstance(ceil_mode, bool), fn,
-          f"argument 'ceil_mode' must be bool, not {type(ceil_mode).__name__}", TypeError)
-    check(input.dim() in (3, 4), fn,
-          f"non-empty 3D or 4D (batch mode) tensor expected for input, got {input.dim()}-D "
-          f"of shape {list(input.shape)}")
-    check(input.dtype in _MAX_POOL2D_DTYPES, fn,
-          f'"max_pool2d" not implemented for {input.dtype}', NotImplementedError)
+    if not isinstance(ceil_mode, bool):
+        fail(fn, f"argument 'ceil_mode' must be bool, not {type(ceil_mode).__name__}", TypeError)
+    if input.dim() not in (3, 4):
+        fail(fn,
+             f"non-empty 3D or 4D (batch mode) tensor expected for input, got {input.dim()}-D "
+             f"of shape {list(input.shape)}")
+    if input.dtype not in _MAX_POOL2D_DTYPES:
+        fail(fn, f'"max_pool2d" not implemented for {input.dtype}', NotImplementedError)
     _max_pool2d_output_size(input.shape, kernel, stride, padding, dilation, ceil_mode)
     batched = input.dim() == 4
     # An unbatched input gets torch's contiguous output whatever its strides (torch picks
@@ -311,43 +329,49 @@ def _check_loss_arguments(fn, input, logits_shape, target, weight, ignore_index,
     target and the class weight against logits of shape [N, C, d...] (or [C]) computed from
     ``input``. Returns True for a class-probability target, False for class indices."""
     check_tensor(target, "target", fn)
-    check(label_smoothing <= 1.0, fn,
-          f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
-    check(target.device == input.device, fn,
-          f"expected target on the device of input ({input.device}), got {target.device}")
+    if not (label_smoothing <= 1.0):
+        fail(fn, f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    if target.device != input.device:
+        fail(fn, f"expected target on the device of input ({input.device}), got {target.device}")
     classes = logits_shape[1] if len(logits_shape) > 1 else logits_shape[0]
     if weight is not None:
         check_tensor(weight, "weight", fn)
-        check(weight.dim() == 1 and weight.numel() == classes, fn,
-              f"weight tensor should be defined either for all {classes} classes or no classes "
-              f"but got weight tensor of shape: {list(weight.shape)}")
-        check(weight.device == input.device, fn,
-              f"expected weight on the device of input ({input.device}), got {weight.device}")
+        if weight.dim() != 1 or weight.numel() != classes:
+            fail(fn,
+                 f"weight tensor should be defined either for all {classes} classes or no classes "
+                 f"but got weight tensor of shape: {list(weight.shape)}")
+        if weight.device != input.device:
+            fail(fn,
+                 f"expected weight on the device of input ({input.device}), got {weight.device}")
     if tuple(target.shape) == tuple(logits_shape):
-        check(target.is_floating_point(), fn, "Expected floating point type for target with class "
-              f"probabilities, got {str(target.dtype).replace('torch.', '').capitalize()}")
-        check(ignore_index == -100, fn, "ignore_index is not supported for floating point target")
+        if not target.is_floating_point():
+            fail(fn, "Expected floating point type for target with class "
+                 f"probabilities, got {str(target.dtype).replace('torch.', '').capitalize()}")
+        if ignore_index != -100:
+            fail(fn, "ignore_index is not supported for floating point target")
         return True
-    check(target.dtype in (torch.long, torch.uint8), fn,
-          f"expected target dtype to be Long or Byte, but got {target.dtype}")
-    if weight is not None and not _autocasting(input):
-        check(weight.dtype == input.dtype, fn,
-              f"expected weight to have the dtype of input ({input.dtype}), got {weight.dtype}")
+    if target.dtype not in (torch.long, torch.uint8):
+        fail(fn, f"expected target dtype to be Long or Byte, but got {target.dtype}")
+    if weight is not None and weight.dtype != input.dtype and not _autocasting(input):
+        fail(fn, f"expected weight to have the dtype of input ({input.dtype}), got {weight.dtype}")
     if len(logits_shape) == 1:
-        check(target.dim() <= 1, fn, "0D or 1D target tensor expected, multi-target not supported")
-        check(target.numel() == 1, fn,
-              f"For 1D input, 1D target must have size 1, but got target size: {target.numel()}",
-              ValueError)
+        if target.dim() > 1:
+            fail(fn, "0D or 1D target tensor expected, multi-target not supported")
+        if target.numel() != 1:
+            fail(fn,
+                 f"For 1D input, 1D target must have size 1, but got target size: {target.numel()}",
+                 ValueError)
     elif len(logits_shape) == 2:
-        check(target.dim() <= 1, fn, "0D or 1D target tensor expected, multi-target not supported")
+        if target.dim() > 1:
+            fail(fn, "0D or 1D target tensor expected, multi-target not supported")
         batch = target.shape[0] if target.dim() else 0
-        check(batch == logits_shape[0], fn,
-              f"Expected input batch_size ({logits_shape[0]}) to match target batch_size ({batch}).",
-              ValueError)
+        if batch != logits_shape[0]:
+            fail(fn, f"Expected input batch_size ({logits_shape[0]}) to match target batch_size "
+                     f"({batch}).", ValueError)
     else:
         expected = [logits_shape[0], *logits_shape[2:]]
-        check(list(target.shape) == expected, fn,
-              f"Expected target size {expected}, got {list(target.shape)}")
+        if list(target.shape) != expected:
+            fail(fn, f"Expected target size {expected}, got {list(target.shape)}")
     return False
 
 
@@ -364,8 +388,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     reduction = _reduction(size_average, reduce, reduction)
     check_tensor(input, "input", fn)
     check_float_dtype(input, "input", fn)
-    check(input.dim() >= 1, fn,
-          "expected input of shape (C), (N, C) or (N, C, d1, ...), got a 0-D tensor")
+    if input.dim() < 1:
+        fail(fn, "expected input of shape (C), (N, C) or (N, C, d1, ...), got a 0-D tensor")
     prob_target = _check_loss_arguments(fn, input, input.shape, target, weight, ignore_index,
                                         label_smoothing)
     if prob_target:
@@ -400,17 +424,20 @@ def linear_cross_entropy(input, weight, bias, target, class_weight=None, ignore_
     check_float_dtype(input, "input", fn)
     if not _autocasting(input):
         check_like(weight, "weight", input, "input", fn)
-    check(input.dim() in (1, 2), fn, f"expected input of shape (N, H) or (H), got {input.dim()}-D")
-    check(weight.dim() == 2, fn, f"expected weight of shape (C, H), got {weight.dim()}-D")
-    check(input.shape[-1] == weight.shape[1], fn,
-          f"input and weight shapes cannot be multiplied: input.shape[-1] is {input.shape[-1]}, "
-          f"weight expects in_features = {weight.shape[1]}")
+    if input.dim() not in (1, 2):
+        fail(fn, f"expected input of shape (N, H) or (H), got {input.dim()}-D")
+    if weight.dim() != 2:
+        fail(fn, f"expected weight of shape (C, H), got {weight.dim()}-D")
+    if input.shape[-1] != weight.shape[1]:
+        fail(fn,
+             f"input and weight shapes cannot be multiplied: input.shape[-1] is {input.shape[-1]}, "
+             f"weight expects in_features = {weight.shape[1]}")
     if bias is not None:
         check_tensor(bias, "bias", fn)
         if not _autocasting(input):
             check_like(bias, "bias", input, "input", fn)
-        check(tuple(bias.shape) == (weight.shape[0],), fn,
-              f"expected bias of shape [{weight.shape[0]}], got {list(bias.shape)}")
+        if tuple(bias.shape) != (weight.shape[0],):
+            fail(fn, f"expected bias of shape [{weight.shape[0]}], got {list(bias.shape)}")
     logits_shape = (*input.shape[:-1], weight.shape[0])
     prob_target = _check_loss_arguments(fn, input, logits_shape, target, class_weight,
                                         ignore_index, label_smoothing)
@@ -431,11 +458,12 @@ def _pair(value, name, fn):
     """An int or a sequence of 1 or 2 ints, as torch accepts them -> a 2-tuple."""
     if isinstance(value, int):
         return (value, value)
-    check(isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value), fn,
-          f"expected {name} to be an int or a tuple of ints, got {value!r}", TypeError)
-    check(len(value) in (1, 2), fn,
-          f"expected {name} to be a single integer value or a list of 2 values to match the "
-          f"convolution dimensions, got {name}={list(value)}")
+    if not (isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value)):
+        fail(fn, f"expected {name} to be an int or a tuple of ints, got {value!r}", TypeError)
+    if len(value) not in (1, 2):
+        fail(fn,
+             f"expected {name} to be a single integer value or a list of 2 values to match the "
+             f"convolution dimensions, got {name}={list(value)}")
     return tuple(value) * (2 // len(value))
 
 
@@ -444,12 +472,13 @@ def _conv2d_padding(input, weight, padding, stride, dilation, fn):
     at the bottom/right where 'same' needs an odd total padding (as torch does)."""
     if not isinstance(padding, str):
         return input, _pair(padding, "padding", fn)
-    check(padding in ("same", "valid"), fn,
-          f"expected padding to be 'same', 'valid', an int or a tuple of ints, got {padding!r}")
+    if padding not in ("same", "valid"):
+        fail(fn,
+             f"expected padding to be 'same', 'valid', an int or a tuple of ints, got {padding!r}")
     if padding == "valid":
         return input, (0, 0)
-    check(stride == (1, 1), fn,
-          f"padding='same' is not supported for strided convolutions, got stride={stride}")
+    if stride != (1, 1):
+        fail(fn, f"padding='same' is not supported for strided convolutions, got stride={stride}")
     total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
     extra_h, extra_w = (t % 2 for t in total)
     if extra_h or extra_w:
@@ -460,30 +489,36 @@ def _conv2d_padding(input, weight, padding, stride, dilation, fn):
 def _check_conv2d_config(input, weight, bias, stride, padding, dilation, groups, fn):
     """torch's errors for a bad configuration (the CUDA kernels rely on these checks; the CPU
     kernel repeats them for direct op calls). input is 4-D here, padding explicit."""
-    check(groups > 0, fn, f"non-positive groups is not supported, got groups={groups}")
-    check(min(stride) > 0, fn, f"non-positive stride is not supported, got stride={list(stride)}")
-    check(min(padding) >= 0, fn, f"negative padding is not supported, got padding={list(padding)}")
-    check(min(dilation) > 0, fn,
-          f"non-positive dilation is not supported, got dilation={list(dilation)}")
+    if groups <= 0:
+        fail(fn, f"non-positive groups is not supported, got groups={groups}")
+    if min(stride) <= 0:
+        fail(fn, f"non-positive stride is not supported, got stride={list(stride)}")
+    if min(padding) < 0:
+        fail(fn, f"negative padding is not supported, got padding={list(padding)}")
+    if min(dilation) <= 0:
+        fail(fn, f"non-positive dilation is not supported, got dilation={list(dilation)}")
     out_channels, in_per_group, kernel_h, kernel_w = weight.shape
-    check(out_channels > 0 and out_channels % groups == 0, fn,
-          f"expected weight.shape[0] (out_channels) to be a positive multiple of groups={groups}, "
-          f"got weight of shape {list(weight.shape)}")
-    check(in_per_group * groups == input.shape[1], fn,
-          f"expected input[{list(input.shape)}] to have groups * weight.shape[1] = "
-          f"{in_per_group * groups} channels (groups={groups}, weight of shape "
-          f"{list(weight.shape)}), got {input.shape[1]} channels")
-    check(kernel_h > 0 and kernel_w > 0, fn,
-          f"expected a kernel of at least 1x1, got weight of shape {list(weight.shape)}")
+    if out_channels <= 0 or out_channels % groups != 0:
+        fail(fn, "expected weight.shape[0] (out_channels) to be a positive multiple of "
+                 f"groups={groups}, got weight of shape {list(weight.shape)}")
+    if in_per_group * groups != input.shape[1]:
+        fail(fn,
+             f"expected input[{list(input.shape)}] to have groups * weight.shape[1] = "
+             f"{in_per_group * groups} channels (groups={groups}, weight of shape "
+             f"{list(weight.shape)}), got {input.shape[1]} channels")
+    if kernel_h <= 0 or kernel_w <= 0:
+        fail(fn, f"expected a kernel of at least 1x1, got weight of shape {list(weight.shape)}")
     padded = [input.shape[2 + d] + 2 * padding[d] for d in range(2)]
     extent = [dilation[d] * (weight.shape[2 + d] - 1) + 1 for d in range(2)]
-    check(padded[0] >= extent[0] and padded[1] >= extent[1], fn,
-          f"calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size "
-          f"(dilated): ({extent[0]} x {extent[1]}). "
-          "Kernel size can't be greater than actual input size")
-    check(bias is None or (bias.dim() == 1 and bias.shape[0] == out_channels), fn,
-          f"expected bias of shape [{out_channels}] (weight.shape[0]), got "
-          f"{list(bias.shape) if bias is not None else None}")
+    if padded[0] < extent[0] or padded[1] < extent[1]:
+        fail(fn,
+             f"calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size "
+             f"(dilated): ({extent[0]} x {extent[1]}). "
+             "Kernel size can't be greater than actual input size")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_channels):
+        fail(fn,
+             f"expected bias of shape [{out_channels}] (weight.shape[0]), got "
+             f"{list(bias.shape) if bias is not None else None}")
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
@@ -503,13 +538,16 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if bias is not None:
         check_tensor(bias, "bias", fn)
         check_like(bias, "bias", input, "input", fn)
-    check(input.dim() in (3, 4), fn,
-          "expected 3-D (unbatched) or 4-D (batched) input, got input of shape "
-          f"{list(input.shape)}")
-    check(weight.dim() == 4, fn,
-          f"expected weight to be 4-D [out_channels, in_channels / groups, kH, kW], got shape "
-          f"{list(weight.shape)}")
-    check(isinstance(groups, int), fn, f"expected groups to be an int, got {groups!r}", TypeError)
+    if input.dim() not in (3, 4):
+        fail(fn,
+             "expected 3-D (unbatched) or 4-D (batched) input, got input of shape "
+             f"{list(input.shape)}")
+    if weight.dim() != 4:
+        fail(fn,
+             f"expected weight to be 4-D [out_channels, in_channels / groups, kH, kW], got shape "
+             f"{list(weight.shape)}")
+    if not isinstance(groups, int):
+        fail(fn, f"expected groups to be an int, got {groups!r}", TypeError)
     stride = _pair(stride, "stride", fn)
     dilation = _pair(dilation, "dilation", fn)
     unbatched = input.dim() == 3
