@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/huge_pages.h"
 
 namespace fastops {
 namespace {
@@ -415,7 +416,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
     scale[c] = gamma[c] * invstd[c];
     shift[c] = beta[c];
   }
-  at::Tensor output = at::empty_like(x);
+  at::Tensor output = on_huge_pages(at::empty_like(x));
   if (x.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_normalize", [&] {
       using opmath_t = at::opmath_type<scalar_t>;
@@ -509,7 +510,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
         offset[c] = -g_scale[c] * sum_g[c] / n;
       }
     }
-    grad_input = at::empty_like(dense_reference);
+    grad_input = on_huge_pages(at::empty_like(dense_reference));
     if (g.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "batch_norm_backward_input", [&] {
         using opmath_t = at::opmath_type<scalar_t>;

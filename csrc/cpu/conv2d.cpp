@@ -19,6 +19,7 @@
 #include <algorithm>
 
 #include "common.h"
+#include "cpu/huge_pages.h"
 
 namespace fastops {
 namespace {
@@ -446,8 +447,8 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.out_channels, "fastops::conv2d: expected bias of shape [",
                 s.out_channels, "] (weight.shape[0]), got ", bias->sizes());
   }
-  at::Tensor out = at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
-                             input.options().memory_format(output_memory_format(input, weight)));
+  at::Tensor out = on_huge_pages(at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
+                                           input.options().memory_format(output_memory_format(input, weight))));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "conv2d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
@@ -465,9 +466,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
       at::Tensor planes, col, gemm;
     };
     auto make_buffers = [&] {
-      return Buffers{at::empty({plane_buffer_size(s, images)}, options),
-                     at::empty({s.patch() * columns}, options),
-                     at::empty({s.out_per_group() * columns}, options)};
+      return Buffers{on_huge_pages(at::empty({plane_buffer_size(s, images)}, options)),
+                     on_huge_pages(at::empty({s.patch() * columns}, options)),
+                     on_huge_pages(at::empty({s.out_per_group() * columns}, options))};
     };
     for_each_task(s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, Buffers& buffers) {
       const int64_t cols = count * s.image_columns();
@@ -512,8 +513,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   }
 
   const auto empty = grad_output.new_empty({0});
-  at::Tensor grad_input = need_input ? at::empty({s.batch, s.in_channels, s.height, s.width},
-                                                 grad_output.options().memory_format(grad_output.suggest_memory_format()))
+  at::Tensor grad_input = need_input ? on_huge_pages(at::empty({s.batch, s.in_channels, s.height, s.width},
+                                                               grad_output.options().memory_format(grad_output.suggest_memory_format())))
                                      : empty;
   at::Tensor grad_weight = need_weight ? at::empty(weight.sizes(), grad_output.options()) : empty;
   at::Tensor grad_bias = need_bias ? at::empty({s.out_channels}, grad_output.options()) : empty;
@@ -544,9 +545,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     };
     auto make_buffers = [&] {
       const bool col_needed = need_input || need_weight;
-      return Buffers{at::empty({s.out_per_group() * columns}, options),
-                     at::empty({col_needed ? s.patch() * columns : 0}, options),
-                     at::empty({col_needed ? plane_buffer_size(s, images) : 0}, options),
+      return Buffers{on_huge_pages(at::empty({s.out_per_group() * columns}, options)),
+                     on_huge_pages(at::empty({col_needed ? s.patch() * columns : 0}, options)),
+                     on_huge_pages(at::empty({col_needed ? plane_buffer_size(s, images) : 0}, options)),
                      at::empty({need_input ? s.width : 0}, options)};
     };
     for_each_task(s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, Buffers& buffers) {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/huge_pages.h"
 
 namespace fastops {
 namespace {
@@ -524,8 +525,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_cpu(
   const at::Tensor lse = logsumexp.to(acc_type(input.scalar_type())).contiguous();
   TORCH_CHECK(lse.numel() == rows, "fastops::", op, ": expected logsumexp with ", rows,
               " values, got ", lse.numel());
-  at::Tensor grad_input = need_input ? at::empty_like(logits) : at::Tensor();
-  at::Tensor grad_target = need_target ? at::empty_like(logits) : at::Tensor();
+  at::Tensor grad_input = need_input ? on_huge_pages(at::empty_like(logits)) : at::Tensor();
+  at::Tensor grad_target = need_target ? on_huge_pages(at::empty_like(logits)) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Spec<scalar_t, acc_t> spec(weight, args.classes, ignore_index, label_smoothing);
@@ -590,7 +591,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
   const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
   const int64_t chunk = linear_chunk_rows(rows, classes);
-  at::Tensor buffer = at::empty({chunk, classes}, input.options());
+  at::Tensor buffer = on_huge_pages(at::empty({chunk, classes}, input.options()));
   at::Tensor loss, lse, total_weight;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -633,13 +634,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
   TORCH_CHECK(lse.numel() == rows, "fastops::", op, ": expected logsumexp with ", rows,
               " values, got ", lse.numel());
   const auto empty = input.new_empty({0});
-  at::Tensor grad_input = need_input ? at::empty_like(input, at::MemoryFormat::Contiguous) : empty;
+  at::Tensor grad_input = need_input ? on_huge_pages(at::empty_like(input, at::MemoryFormat::Contiguous)) : empty;
   at::Tensor grad_linear_weight = need_linear_weight ? at::zeros_like(linear_weight, at::MemoryFormat::Contiguous) : empty;
   at::Tensor grad_bias = need_bias ? at::zeros({classes}, input.options()) : empty;
-  at::Tensor grad_target = need_target ? at::empty({rows, classes}, input.options()) : empty;
+  at::Tensor grad_target = need_target ? on_huge_pages(at::empty({rows, classes}, input.options())) : empty;
   const bool need_grad_logits = need_input || need_linear_weight || need_bias;
   const int64_t chunk = linear_chunk_rows(rows, classes);
-  at::Tensor buffer = at::empty({chunk, classes}, input.options());
+  at::Tensor buffer = on_huge_pages(at::empty({chunk, classes}, input.options()));
   const at::Tensor ones = need_bias ? at::ones({chunk}, input.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;

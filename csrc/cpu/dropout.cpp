@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "cpu/huge_pages.h"
 
 namespace fastops {
 namespace {
@@ -122,7 +123,7 @@ void dropout_into(const at::Tensor& input, const at::Tensor& seed, double p, int
 at::Tensor dropout_cpu(const at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size) {
   check_dropout_args(input, channel_size);
   const at::Tensor x = input.contiguous();
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor out = on_huge_pages(at::empty_like(x, at::MemoryFormat::Contiguous));
   dropout_into(x, seed, p, channel_size, out);
   return out;
 }
@@ -133,7 +134,7 @@ void dropout_inplace_cpu(at::Tensor& input, const at::Tensor& seed, double p, in
     dropout_into(input, seed, p, channel_size, input);
   } else {
     // The noise follows the logical (row-major) order: compute on a contiguous copy.
-    at::Tensor out = at::empty(input.sizes(), input.options());
+    at::Tensor out = on_huge_pages(at::empty(input.sizes(), input.options()));
     dropout_into(input.contiguous(), seed, p, channel_size, out);
     input.copy_(out);
   }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/huge_pages.h"
 #include "cpu/dropout.h"
 
 namespace fastops {
@@ -129,7 +130,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
 
   const at::Tensor input_2d = input.reshape({-1, in_features});
   const int64_t rows = input_2d.size(0);
-  at::Tensor out = at::empty({rows, out_features}, input.options());
+  at::Tensor out = on_huge_pages(at::empty({rows, out_features}, input.options()));
   // Reduced precision: the GEMM adds the bias before its single rounding (as torch's addmm),
   // so the ReLU mask sees the same pre-activation as torch. float/double: a plain GEMM, then
   // bias + ReLU in one pass (one pass fewer over the output than addmm + relu).
@@ -175,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   at::Tensor grad_bias = need_bias ? at::empty({out_features}, grad_output.options()) : empty;
   at::Tensor grad_pre = grad_2d;  // gradient w.r.t. the pre-activation
   const bool masked = relu || dropout.has_value();
-  if (masked) grad_pre = at::empty_like(grad_2d);
+  if (masked) grad_pre = on_huge_pages(at::empty_like(grad_2d));
   if (masked || need_bias) {
     const at::Tensor output_2d = relu ? output->reshape({-1, out_features}).contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_2d.scalar_type(), "linear_backward_mask", [&] {
@@ -191,11 +192,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   if (need_input) {
     std::vector<int64_t> shape(grad_output.sizes().begin(), grad_output.sizes().end());
     shape.back() = weight->size(1);
-    grad_input = at::mm(grad_pre, *weight).view(shape);
+    grad_input = on_huge_pages(at::empty({rows, weight->size(1)}, grad_2d.options()));
+    at::mm_out(grad_input, grad_pre, *weight);
+    grad_input = grad_input.view(shape);
   }
   at::Tensor grad_weight = empty;
   if (need_weight) {
-    grad_weight = at::mm(grad_pre.t(), input->reshape({-1, input->size(-1)}));
+    grad_weight = on_huge_pages(at::empty({out_features, input->size(-1)}, grad_2d.options()));
+    at::mm_out(grad_weight, grad_pre.t(), input->reshape({-1, input->size(-1)}));
   }
   return {grad_input, grad_weight, grad_bias};
 }

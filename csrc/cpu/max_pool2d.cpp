@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/huge_pages.h"
 
 namespace fastops {
 namespace {
@@ -297,9 +298,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
 
   const auto format = input.suggest_memory_format();
   const at::Tensor in = input.contiguous(format);
-  at::Tensor output = at::empty({batch, channels, out_h, out_w}, input.options().memory_format(format));
-  at::Tensor argmax = at::empty({batch, channels, out_h, out_w},
-                                input.options().dtype(compact_argmax_dtype(w)).memory_format(format));
+  at::Tensor output = on_huge_pages(at::empty({batch, channels, out_h, out_w}, input.options().memory_format(format)));
+  at::Tensor argmax = on_huge_pages(at::empty({batch, channels, out_h, out_w},
+                                              input.options().dtype(compact_argmax_dtype(w)).memory_format(format)));
   if (output.numel() == 0) return {output, argmax};
   AT_DISPATCH_ALL_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "max_pool2d", [&] {
     using compare_t = compare_type<scalar_t>;
@@ -471,8 +472,8 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const auto format = argmax.suggest_memory_format();
   const at::Tensor grad = grad_output.contiguous(format);
   const at::Tensor arg = argmax.contiguous(format);
-  at::Tensor grad_input = at::empty({batch, channels, height, width},
-                                    grad_output.options().memory_format(format));
+  at::Tensor grad_input = on_huge_pages(at::empty({batch, channels, height, width},
+                                                  grad_output.options().memory_format(format)));
   if (grad_input.numel() == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "max_pool2d_backward", [&] {
     dispatch_argmax_type(arg.scalar_type(), [&](auto index_tag) {
@@ -499,7 +500,7 @@ at::Tensor max_pool2d_indices_cpu(const at::Tensor& argmax, int64_t input_width,
   check_argmax(argmax, w, op);
   const auto format = argmax.suggest_memory_format();
   const at::Tensor arg = argmax.contiguous(format);
-  at::Tensor indices = at::empty(arg.sizes(), arg.options().dtype(at::kLong).memory_format(format));
+  at::Tensor indices = on_huge_pages(at::empty(arg.sizes(), arg.options().dtype(at::kLong).memory_format(format)));
   const int64_t channels = arg.size(1), out_h = arg.size(2), out_w = arg.size(3);
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   // Consecutive elements share a window origin: a pixel's channels (channels-last) or nothing.
