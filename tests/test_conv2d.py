@@ -45,6 +45,8 @@ CASES = [  # (batch, in_channels, out_channels, (H, W), (kH, kW), bias, conv opt
     ((1,), 2, 3, (6, 6), (1, 1), False, dict(stride=3)),
     ((2,), 5, 7, (4, 9), (2, 3), True, dict(padding=(3, 1), stride=(1, 2))),
     ((1,), 64, 64, (6, 5), (3, 3), True, dict(padding=1, groups=64)),
+    # the CPU direct kernel: two blocks of 16 output channels, rows wider than one row block
+    ((2,), 3, 20, (5, 31), (3, 3), True, dict(stride=(2, 1), padding=1)),
 ]
 
 
