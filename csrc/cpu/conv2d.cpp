@@ -24,6 +24,7 @@
 
 #include "common.h"
 #include "cpu/huge_pages.h"
+#include "cpu/isa.h"
 
 namespace fastops {
 namespace {
@@ -445,19 +446,14 @@ at::Tensor gemm_weight(const at::Tensor& weight, at::ScalarType acc_type) {
 // compiled for AVX-512 (one 16-float register per accumulator) and used when the CPU has it;
 // other CPUs keep the GEMM path.
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define FASTOPS_CONV2D_DIRECT 1
-#endif
-
-#ifdef FASTOPS_CONV2D_DIRECT
+#ifdef FASTOPS_AVX512_KERNELS
 constexpr int64_t kLanes = 16;       // output channels per accumulator
 constexpr int kMaxPixels = 24;       // accumulators of one call (of the 32 vector registers)
 using LaneVector = float __attribute__((vector_size(kLanes * sizeof(float))));
 
 bool direct_supported(const at::Tensor& input, const Conv2dShape& s) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
   // Measured on AVX-512: faster than the GEMM path up to 32 output channels.
-  return avx512 && input.scalar_type() == at::kFloat && s.groups == 1 && s.stride_w == 1 &&
+  return cpu_has_avx512() && input.scalar_type() == at::kFloat && s.groups == 1 && s.stride_w == 1 &&
          s.out_channels <= 2 * kLanes;
 }
 
@@ -624,7 +620,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   }
   at::Tensor out = on_huge_pages(at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
                                            input.options().memory_format(output_memory_format(input, weight))));
-#ifdef FASTOPS_CONV2D_DIRECT
+#ifdef FASTOPS_AVX512_KERNELS
   if (direct_supported(input, s)) {
     conv2d_direct(input, weight, bias, s, relu, out);
     return out;

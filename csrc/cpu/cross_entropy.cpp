@@ -12,6 +12,7 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -20,6 +21,7 @@
 
 #include "common.h"
 #include "cpu/huge_pages.h"
+#include "cpu/isa.h"
 
 namespace fastops {
 namespace {
@@ -76,40 +78,6 @@ const acc_t* chunk_as_acc(const scalar_t* src, int64_t n, acc_t* buffer) {
   }
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-// GCC if-converts the selects of exp_nonpositive, and so vectorises the loops that call it,
-// only without -ftrapping-math (these kernels never read floating-point exception flags; clang
-// ignores them by default). GCC does not inline across the option change, so the code up to
-// pop_options calls no inline function from outside it in its loops.
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
-#endif
-
-// exp(x) for x <= 0 or NaN, in float: Cephes' expf (about 1 ulp), written without branches or
-// libm calls so that the loops calling it vectorise (std::exp does not). 0 below -87.
-inline float exp_nonpositive(float x) {
-  const float clamped = x < -87.0f ? -87.0f : x;  // keeps 2^n a normal float; NaN passes through
-  const float scaled = clamped * 1.44269504088896341f;
-  const int n = static_cast<int>(scaled - 0.5f);  // round to nearest (scaled <= 0.5)
-  const float fn = static_cast<float>(n);
-  float r = clamped - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(n + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof(two_n));
-  return x < -87.0f ? 0.0f : y * two_n;
-}
-
-// float64 keeps libm's exp: its tolerance is tighter than a fast polynomial's.
-inline double exp_nonpositive(double x) { return std::exp(x); }
-
 inline int64_t chunk_size(int64_t c0, int64_t classes) {
   return classes - c0 < kChunk ? classes - c0 : kChunk;
 }
@@ -140,150 +108,6 @@ struct RowForward {
   acc_t coefficient_sum;
 };
 
-// One row: log-sum-exp of x, and when `dot_coefficients` the dot products of x with the
-// per-class coefficients of the loss (class weights for label smoothing, the weighted smoothed
-// distribution for probability targets) and their sum.
-template <typename scalar_t, typename acc_t>
-RowForward<acc_t> row_forward(const scalar_t* x, const scalar_t* prob, const LossSpec<acc_t>& spec,
-                              bool dot_coefficients) {
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  acc_t buffer[kChunk];
-  acc_t probs[kChunk];
-  acc_t running_max = kNegInf, running_sum = 0, dot = 0, coefficient_sum = 0;
-  for (int64_t c0 = 0; c0 < spec.classes; c0 += kChunk) {
-    const int64_t n = chunk_size(c0, spec.classes);
-    const acc_t* logits = chunk_as_acc(x + c0, n, buffer);
-    acc_t chunk_max = kNegInf;
-#pragma omp simd reduction(max : chunk_max)
-    for (int64_t j = 0; j < n; ++j) chunk_max = logits[j] > chunk_max ? logits[j] : chunk_max;
-    const acc_t new_max = chunk_max > running_max ? chunk_max : running_max;
-    // While every logit so far is -inf the sum stays 0 (exp(-inf - -inf) would be NaN).
-    if (new_max > kNegInf) {
-      acc_t chunk_sum = 0;
-#pragma omp simd reduction(+ : chunk_sum)
-      for (int64_t j = 0; j < n; ++j) chunk_sum += exp_nonpositive(logits[j] - new_max);
-      running_sum = running_sum * exp_nonpositive(running_max - new_max) + chunk_sum;
-      running_max = new_max;
-    }
-    if (!dot_coefficients) continue;
-    if (prob != nullptr) {
-      load_chunk(prob + c0, n, probs);
-#pragma omp simd reduction(+ : dot, coefficient_sum)
-      for (int64_t j = 0; j < n; ++j) {
-        const acc_t coefficient = spec.prob_coefficient(c0 + j, probs[j]);
-        dot += coefficient * logits[j];
-        coefficient_sum += coefficient;
-      }
-    } else {
-#pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < n; ++j) dot += spec.class_weight(c0 + j) * logits[j];
-      coefficient_sum = spec.weight_sum;
-    }
-  }
-  return {running_max + std::log(running_sum), dot, coefficient_sum};
-}
-
-// One row of the backward: grad_x = scale * (A * softmax(x) - a), a the per-class coefficients
-// of the (smoothed, weighted) target distribution and A their sum; grad_prob (d loss / d target
-// for probability targets) = -scale * w_c * (1 - s) * log_softmax(x). grad_x may alias x (the
-// fused linear variant overwrites its logits): each chunk is read before it is written.
-template <typename scalar_t, typename acc_t>
-void row_backward(const scalar_t* x, const scalar_t* prob, int64_t target, acc_t logsumexp,
-                  acc_t scale, const LossSpec<acc_t>& spec, scalar_t* grad_x, scalar_t* grad_prob) {
-  const int64_t C = spec.classes;
-  const acc_t keep = acc_t(1) - spec.smoothing;
-  acc_t buffer[kChunk];
-  acc_t probs[kChunk];
-  acc_t grad[kChunk];
-  acc_t total = 0;  // A
-  if (prob != nullptr) {
-    for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
-      const int64_t n = chunk_size(c0, C);
-      load_chunk(prob + c0, n, probs);
-#pragma omp simd reduction(+ : total)
-      for (int64_t j = 0; j < n; ++j) total += spec.prob_coefficient(c0 + j, probs[j]);
-    }
-  } else {
-    total = keep * spec.class_weight(target) + spec.smoothing / acc_t(C) * spec.weight_sum;
-  }
-  const acc_t smooth_per_class = spec.smoothing / acc_t(C);
-  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
-    const int64_t n = chunk_size(c0, C);
-    const acc_t* logits = chunk_as_acc(x + c0, n, buffer);
-    if (grad_prob != nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) grad[j] = -scale * spec.class_weight(c0 + j) * keep * (logits[j] - logsumexp);
-      store_chunk(grad, n, grad_prob + c0);
-    }
-    if (grad_x == nullptr) continue;
-    if (prob != nullptr) {
-      load_chunk(prob + c0, n, probs);
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const acc_t coefficient = spec.prob_coefficient(c0 + j, probs[j]);
-        grad[j] = scale * (total * exp_nonpositive(logits[j] - logsumexp) - coefficient);
-      }
-    } else {
-      if (smooth_per_class == acc_t(0)) {
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) grad[j] = scale * total * exp_nonpositive(logits[j] - logsumexp);
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-          grad[j] = scale * (total * exp_nonpositive(logits[j] - logsumexp) -
-                             smooth_per_class * spec.class_weight(c0 + j));
-        }
-      }
-      if (target >= c0 && target < c0 + n) grad[target - c0] -= scale * keep * spec.class_weight(target);
-    }
-    store_chunk(grad, n, grad_x + c0);
-  }
-}
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
-
-void check_target_in_range(int64_t target, int64_t classes) {
-  TORCH_CHECK_INDEX(target >= 0 && target < classes, "Target ", target, " is out of bounds.");
-}
-
-// Per row: logsumexp[r], loss[r] (before reduction) and row_weight[r] (the weight of the row in
-// a mean: w[target], 0 when ignored, 1 for probability targets).
-template <typename scalar_t, typename acc_t>
-void forward_rows(const Rows<scalar_t>& in, const LossSpec<acc_t>& spec, acc_t* logsumexp,
-                  acc_t* loss, acc_t* row_weight) {
-  const int64_t C = spec.classes;
-  const bool smoothing = spec.smoothing > acc_t(0);
-  at::parallel_for(0, in.rows, grain_for(C), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* x = in.logits + r * C;
-      if (in.prob_target != nullptr) {
-        const auto row = row_forward(x, in.prob_target + r * C, spec, true);
-        logsumexp[r] = row.logsumexp;
-        loss[r] = -(row.dot - row.logsumexp * row.coefficient_sum);
-        row_weight[r] = 1;
-        continue;
-      }
-      const int64_t target = in.index_target[r];
-      if (target == spec.ignore_index) {  // contributes nothing, and backward writes zeros
-        logsumexp[r] = loss[r] = row_weight[r] = 0;
-        continue;
-      }
-      check_target_in_range(target, C);
-      const auto row = row_forward(x, static_cast<const scalar_t*>(nullptr), spec, smoothing);
-      const acc_t w = spec.class_weight(target);
-      const acc_t nll = -(static_cast<acc_t>(x[target]) - row.logsumexp) * w;
-      logsumexp[r] = row.logsumexp;
-      row_weight[r] = w;
-      // torch: (1 - s) * nll + s / C * sum_c -w_c * log_softmax_c, with the same weighted mean.
-      loss[r] = smoothing ? (acc_t(1) - spec.smoothing) * nll +
-                                spec.smoothing / acc_t(C) * -(row.dot - row.logsumexp * row.coefficient_sum)
-                          : nll;
-    }
-  });
-}
-
 // d loss / d loss_row = values[r * stride] * multiplier (see RowScale).
 template <typename acc_t>
 struct ScaleView {
@@ -294,25 +118,40 @@ struct ScaleView {
   acc_t operator[](int64_t r) const { return values[r * stride] * multiplier; }
 };
 
-// Backward over rows; either output may be nullptr when not requested.
-template <typename scalar_t, typename acc_t>
-void backward_rows(const Rows<scalar_t>& in, const LossSpec<acc_t>& spec, const acc_t* logsumexp,
-                   const ScaleView<acc_t>& row_scale, scalar_t* grad_x, scalar_t* grad_prob) {
-  const int64_t C = spec.classes;
-  at::parallel_for(0, in.rows, grain_for(C), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      scalar_t* grad_x_row = grad_x != nullptr ? grad_x + r * C : nullptr;
-      const int64_t target = in.index_target != nullptr ? in.index_target[r] : 0;
-      if (in.index_target != nullptr && target == spec.ignore_index) {
-        if (grad_x_row != nullptr) std::fill(grad_x_row, grad_x_row + C, scalar_t(0));
-        continue;
-      }
-      row_backward(in.logits + r * C, in.prob_target != nullptr ? in.prob_target + r * C : nullptr,
-                   target, logsumexp[r], row_scale[r], spec, grad_x_row,
-                   grad_prob != nullptr ? grad_prob + r * C : nullptr);
-    }
-  });
+void check_target_in_range(int64_t target, int64_t classes) {
+  TORCH_CHECK_INDEX(target >= 0 && target < classes, "Target ", target, " is out of bounds.");
 }
+
+namespace baseline {
+#include "cpu/cross_entropy_rows.inc"
+}  // namespace baseline
+
+#ifdef FASTOPS_AVX512_KERNELS
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+namespace avx512 {
+#include "cpu/cross_entropy_rows.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+#endif
+
+// The row loops for the CPU at hand: AVX-512 (16 floats per vector) where it has it.
+template <typename... Args>
+void forward_rows(const Args&... args) {
+#ifdef FASTOPS_AVX512_KERNELS
+  if (cpu_has_avx512()) return avx512::forward_rows(args...);
+#endif
+  baseline::forward_rows(args...);
+}
+
+template <typename... Args>
+void backward_rows(const Args&... args) {
+#ifdef FASTOPS_AVX512_KERNELS
+  if (cpu_has_avx512()) return avx512::backward_rows(args...);
+#endif
+  baseline::backward_rows(args...);
+}
+
 
 // ------------------------------------------------------------------------- arguments, layout
 
