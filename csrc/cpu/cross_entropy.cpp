@@ -30,6 +30,8 @@ constexpr const char* kOp = "cross_entropy";
 constexpr const char* kLinearOp = "linear_cross_entropy";
 // Logits per chunk of a row: 4 KiB of float, so the second sub-pass reads them from L1.
 constexpr int64_t kChunk = 1024;
+// Rows of at most this many classes take a fixed-length path (one AVX-512 vector of float).
+constexpr int kSmallRow = 16;
 // Logits per chunk of rows in linear_cross_entropy: 32 MiB of float (about 256 rows of a 32k
 // vocabulary; 64-row chunks made the GEMMs measurably slower), far below the N x C logits.
 constexpr int64_t kLinearChunkElements = int64_t(1) << 23;
