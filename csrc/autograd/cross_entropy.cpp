@@ -27,6 +27,13 @@ void save_options(AutogradContext* ctx, c10::string_view reduction, int64_t igno
   ctx->saved_data["label_smoothing"] = label_smoothing;
 }
 
+// logsumexp and total_weight are outputs for the backward op, not for autograd: no gradient
+// flows through them, and none is materialised as zeros for them (two allocations per call).
+void mark_statistics(AutogradContext* ctx, const at::Tensor& logsumexp, const at::Tensor& total_weight) {
+  ctx->mark_non_differentiable({logsumexp, total_weight});
+  ctx->set_materialize_grads(false);
+}
+
 class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& target,
@@ -40,11 +47,12 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     }
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor()), logsumexp, total_weight});
     save_options(ctx, reduction, ignore_index, label_smoothing);
-    ctx->mark_non_differentiable({logsumexp, total_weight});
+    mark_statistics(ctx, logsumexp, total_weight);
     return {loss, logsumexp, total_weight};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    if (!grad_outputs[0].defined()) return variable_list(6);  // no gradient reached the loss
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
     const auto [grad_input, grad_target] = fastops::cross_entropy_backward(
@@ -74,11 +82,12 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
                             weight.value_or(at::Tensor()), logsumexp, total_weight});
     save_options(ctx, reduction, ignore_index, label_smoothing);
     ctx->saved_data["has_bias"] = bias.has_value();
-    ctx->mark_non_differentiable({logsumexp, total_weight});
+    mark_statistics(ctx, logsumexp, total_weight);
     return {loss, logsumexp, total_weight};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    if (!grad_outputs[0].defined()) return variable_list(8);  // no gradient reached the loss
     const auto saved = ctx->get_saved_variables();
     const auto mask =
         input_grad_mask<4>(ctx, {true, true, ctx->saved_data["has_bias"].toBool(), true});
