@@ -1,6 +1,6 @@
 """Turns a pytest-benchmark JSON file into the report: a markdown table (one row per case:
 median time of each implementation, speed-up = torch / fastops, saved-bytes ratio) and PNG
-charts of the speed-up per case (log scale, 1.0 marked).
+charts of the speed-up per case, ops and tutorial models apart (log scale, 1.0 marked).
 
     python benchmarks/report.py RESULTS.json OUT_DIR
 """
@@ -83,6 +83,7 @@ def markdown(rows, machine, date, command):
 
 def chart(rows, path, title):
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -100,6 +101,10 @@ def chart(rows, path, title):
     ax.set_xscale("log")
     low, high = min(values + [1.0]), max(values + [1.0])
     ax.set_xlim(2 ** math.floor(math.log2(low) - 0.5), 2 ** math.ceil(math.log2(high) + 0.5))
+    # Ticks at powers of two, labelled as plain ratios (log scale's minor labels overlap).
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=2))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xlabel("speed-up over torch (torch median / fastops median, log scale)")
     ax.set_title(title)
@@ -110,14 +115,20 @@ def chart(rows, path, title):
 
 
 def write_report(json_path, out_dir, command="python -m fastops bench"):
-    """Writes report.md and speedup.png into out_dir; returns the markdown."""
+    """Writes report.md and the charts into out_dir: speedup-ops.png (the op cases) and
+    speedup-models.png (the tutorial models' steps), each only when the run has such cases.
+    Returns the markdown."""
     rows, machine, date = load_rows(json_path)
     os.makedirs(out_dir, exist_ok=True)
     text = markdown(rows, machine, date, command)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(text)
     device = rows[0]["device"] if rows else "?"
-    chart(rows, os.path.join(out_dir, "speedup.png"), f"fastops vs torch on {device}")
+    ops = [r for r in rows if r["op"] != "model"]
+    models = [r for r in rows if r["op"] == "model"]
+    chart(ops, os.path.join(out_dir, "speedup-ops.png"), f"fastops vs torch on {device}: ops")
+    chart(models, os.path.join(out_dir, "speedup-models.png"),
+          f"fastops vs torch on {device}: tutorial models (fastops build / torch build)")
     return text
 
 

@@ -110,7 +110,7 @@ def bench(args):
         return int(status)
     command = "python -m fastops bench " + " ".join(args.raw)
     print(write_report(json_path, out_dir, command=command.strip()))
-    print(f"results: {out_dir}/ (benchmark.json, report.md, speedup.png)")
+    print(f"results: {out_dir}/ (benchmark.json, report.md, speedup-ops.png, speedup-models.png)")
     return 0
 
 

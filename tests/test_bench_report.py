@@ -33,7 +33,8 @@ def test_report_table_and_chart_from_recorded_json(tmp_path):
     assert "| linear_relu | small | fwd+bwd | float32 | 2 ms | 1 ms | 1.5 ms | 2.00x | 1 KiB / 4 KiB |" in text
     assert "| linear_relu | large | fwd | float32 | 1 ms | 4 ms | - | 0.25x | - |" in text
     assert (tmp_path / "out" / "report.md").read_text() == text
-    assert (tmp_path / "out" / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "out" / "speedup-ops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "out" / "speedup-models.png").exists()  # no model cases recorded
 
 
 def test_quick_bench_command_writes_json_table_and_chart(tmp_path):
@@ -43,6 +44,6 @@ def test_quick_bench_command_writes_json_table_and_chart(tmp_path):
          "--filter", "linear and fwd and not bwd", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert {"benchmark.json", "report.md", "speedup.png"} <= set(os.listdir(tmp_path))
+    assert {"benchmark.json", "report.md", "speedup-ops.png"} <= set(os.listdir(tmp_path))
     rows, _, _ = load_rows(tmp_path / "benchmark.json")
     assert rows and all(r["speedup"] > 0 for r in rows)
