@@ -49,6 +49,7 @@ def make_weight(classes, device="cpu", dtype=torch.float32, seed=2):
 
 SHAPES = [  # logits: [N, C], [C], [N, C, d...]; odd sizes, C = 1, empty batch, large C
     (7, 10),
+    (37, 16),  # two whole blocks of 16 short rows (the CPU row-block kernel) and a remainder
     (10,),
     (1, 1),
     (0, 4),
@@ -171,6 +172,16 @@ def test_numerically_stable_for_huge_and_infinite_logits(label_smoothing):
     if label_smoothing == 0.0:
         assert_same_forward_backward(lambda x: F.cross_entropy(x, target),
                                      lambda x: reference(x, target), [x])
+
+
+@pytest.mark.parametrize("classes", [10, 40], ids=["short rows", "long rows"])
+def test_row_of_only_minus_inf_gives_nan_like_torch(classes):
+    x = make_logits((20, classes)).detach()
+    x[17] = float("-inf")
+    x.requires_grad_()
+    target = torch.arange(20) % classes
+    assert_same_forward_backward(lambda x: F.cross_entropy(x, target, reduction="none"),
+                                 lambda x: reference(x, target, reduction="none"), [x])
 
 
 def test_infinite_logit_target_gives_inf_like_torch():

@@ -32,6 +32,8 @@ constexpr const char* kLinearOp = "linear_cross_entropy";
 constexpr int64_t kChunk = 1024;
 // Rows of at most this many classes take a fixed-length path (one AVX-512 vector of float).
 constexpr int kSmallRow = 16;
+// Rows per block of the short-row kernels: one per vector lane (16 floats in AVX-512).
+constexpr int kRowBlock = 16;
 // Logits per chunk of rows in linear_cross_entropy: 32 MiB of float (about 256 rows of a 32k
 // vocabulary; 64-row chunks made the GEMMs measurably slower), far below the N x C logits.
 constexpr int64_t kLinearChunkElements = int64_t(1) << 23;
