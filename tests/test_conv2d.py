@@ -99,12 +99,14 @@ def test_channels_last_gradient_of_a_strided_output():
 
 
 @pytest.mark.parametrize("requires", [(True, False, False), (False, True, False), (False, False, True), (False, True, True)])
-def test_only_requested_gradients(requires):
-    x, w, b = make((2,), 4, 6, (7, 6), (3, 3), groups=2)
+@pytest.mark.parametrize("groups", [1, 2])  # 1: the CPU direct weight-gradient kernel
+def test_only_requested_gradients(requires, groups):
+    x, w, b = make((2,), 4, 6, (7, 6), (3, 3), groups=groups)
     for t, r in zip((x, w, b), requires):
         t.requires_grad_(r)
-    assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, stride=2, groups=2),
-                                 lambda *a: reference(*a, stride=2, groups=2, activation="relu"), [x, w, b])
+    options = dict(stride=(2, 1), groups=groups)
+    assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, **options),
+                                 lambda *a: reference(*a, **options, activation="relu"), [x, w, b])
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])

@@ -600,6 +600,132 @@ void conv2d_direct(const at::Tensor& input, const at::Tensor& weight, const std:
     }
   });
 }
+
+// Direct weight (and bias) gradient, the same lane layout: for lane block `block` and input
+// channel c, grad_w[tap (kh, kw)] (16 output channels) = sum over output pixels p of
+// grad_tile[p] * planes[c, row(p) + kh * dh, col(p) + kw]: one FMA per (pixel, tap) with the
+// input value broadcast, accumulated in registers over a whole image.
+constexpr int kMaxWeightGradWidth = 8;  // 2 * kernel_w accumulators of the 32 registers
+
+bool direct_weight_grad_supported(const at::Tensor& grad_output, const Conv2dShape& s) {
+  return direct_supported(grad_output, s) && s.dilation_w == 1 && s.kernel_w <= kMaxWeightGradWidth;
+}
+
+// tile[p * 16 + l] = grad_output[n, block * 16 + l, p] through the ReLU mask (0 for channels
+// past out_channels); bias_sum[l] += its sum over p.
+__attribute__((target("avx512f"))) void gather_grad_tile(
+    const float* grad, const Strides4& gs, const float* output, const Strides4& os, const Conv2dShape& s,
+    int64_t n, int64_t block, float* tile, float* bias_sum) {
+  const int64_t channels = std::min(kLanes, s.out_channels - block * kLanes);
+  std::fill(tile, tile + s.pixels() * kLanes, 0.0f);
+  for (int64_t l = 0; l < channels; ++l) {
+    const int64_t o = block * kLanes + l;
+    float sum = 0.0f;
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      const float* g = grad + n * gs.n + o * gs.c + oh * gs.h;
+      const float* out = output != nullptr ? output + n * os.n + o * os.c + oh * os.h : nullptr;
+      float* dst = tile + oh * s.out_w * kLanes + l;
+      for (int64_t ow = 0; ow < s.out_w; ++ow) {
+        const float v = out != nullptr ? relu_masked(g[ow * gs.w], out[ow * os.w]) : g[ow * gs.w];
+        dst[ow * kLanes] = v;
+        sum += v;
+      }
+    }
+    bias_sum[l] += sum;
+  }
+}
+
+// grad[(kh * kKernelW + kw) * 16 + l] += the weight gradient of channel `plane`'s taps; two
+// pixels at a time in separate accumulators so that kKernelW >= 2 keeps enough FMAs in flight.
+template <int kKernelW>
+__attribute__((target("avx512f"))) void weight_grad_taps(const float* plane, const float* tile,
+                                                        const Conv2dShape& s, float* grad) {
+  const int64_t wp = s.padded_w();
+  for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+    LaneVector acc[2][kKernelW] = {};
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      const float* x = plane + (oh * s.stride_h + kh * s.dilation_h) * wp;
+      const float* g = tile + oh * s.out_w * kLanes;
+      int64_t ow = 0;
+      for (; ow + 1 < s.out_w; ow += 2) {
+        LaneVector g0, g1;
+        std::memcpy(&g0, g + ow * kLanes, sizeof(g0));
+        std::memcpy(&g1, g + (ow + 1) * kLanes, sizeof(g1));
+        for (int kw = 0; kw < kKernelW; ++kw) {
+          acc[0][kw] += g0 * x[ow + kw];
+          acc[1][kw] += g1 * x[ow + 1 + kw];
+        }
+      }
+      if (ow < s.out_w) {
+        LaneVector g0;
+        std::memcpy(&g0, g + ow * kLanes, sizeof(g0));
+        for (int kw = 0; kw < kKernelW; ++kw) acc[0][kw] += g0 * x[ow + kw];
+      }
+    }
+    for (int kw = 0; kw < kKernelW; ++kw) {
+      float* dst = grad + (kh * kKernelW + kw) * kLanes;
+      LaneVector sum;
+      std::memcpy(&sum, dst, sizeof(sum));
+      sum += acc[0][kw] + acc[1][kw];
+      std::memcpy(dst, &sum, sizeof(sum));
+    }
+  }
+}
+
+using WeightGradFn = void (*)(const float*, const float*, const Conv2dShape&, float*);
+
+template <int... kWidths>
+constexpr std::array<WeightGradFn, sizeof...(kWidths)> weight_grad_table(std::integer_sequence<int, kWidths...>) {
+  return {&weight_grad_taps<kWidths + 1>...};
+}
+
+// grad_weight (and grad_bias when given) of whole images, in parallel over images with
+// per-thread partial sums in the packed lane layout, reduced and unpacked at the end.
+void conv2d_direct_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
+                               const std::optional<at::Tensor>& output, const Conv2dShape& s,
+                               at::Tensor& grad_weight, at::Tensor* grad_bias) {
+  static constexpr auto taps = weight_grad_table(std::make_integer_sequence<int, kMaxWeightGradWidth>{});
+  const int64_t blocks = (s.out_channels + kLanes - 1) / kLanes;
+  const int64_t threads = at::get_num_threads();
+  // [threads][blocks][patch + 1][16]: the weight taps, then the bias.
+  at::Tensor partial = at::zeros({threads, blocks, s.patch() + 1, kLanes}, grad_output.options());
+  const Strides4 in = strides_of(input);
+  const Strides4 gs = strides_of(grad_output);
+  const Strides4 os = output.has_value() ? strides_of(*output) : Strides4{};
+  const float* in_ptr = input.const_data_ptr<float>();
+  const float* grad_ptr = grad_output.const_data_ptr<float>();
+  const float* out_ptr = output.has_value() ? output->const_data_ptr<float>() : nullptr;
+  const int64_t plane_size = s.padded_h() * s.padded_w();
+  const bool unpadded = s.pad_h == 0 && s.pad_w == 0 && in.w == 1 && in.h == s.width &&
+                        in.c == s.height * s.width;
+  const int64_t work = s.out_channels * s.patch() * s.pixels();
+  at::parallel_for(0, s.batch, grain_for(work), [&](int64_t begin, int64_t end) {
+    std::vector<float> planes(unpadded ? 0 : direct_plane_buffer(s), 0.0f);
+    std::vector<float> tile(s.pixels() * kLanes);
+    float* thread_partial = partial[at::get_thread_num()].mutable_data_ptr<float>();
+    for (int64_t n = begin; n < end; ++n) {
+      const float* image = in_ptr + n * in.n;
+      if (!unpadded) {
+        pad_planes(in_ptr, in, s, n, 1, 0, planes.data());
+        image = planes.data();
+      }
+      for (int64_t block = 0; block < blocks; ++block) {
+        float* block_partial = thread_partial + block * (s.patch() + 1) * kLanes;
+        gather_grad_tile(grad_ptr, gs, out_ptr, os, s, n, block, tile.data(),
+                         block_partial + s.patch() * kLanes);
+        for (int64_t c = 0; c < s.in_channels; ++c) {
+          taps[s.kernel_w - 1](image + c * plane_size, tile.data(), s,
+                               block_partial + c * s.kernel_h * s.kernel_w * kLanes);
+        }
+      }
+    }
+  });
+  // [blocks, patch + 1, 16] summed over threads -> [blocks * 16, patch + 1] -> the real channels.
+  const at::Tensor per_channel = partial.sum(0).transpose(1, 2).reshape({blocks * kLanes, s.patch() + 1})
+                                     .narrow(0, 0, s.out_channels);
+  grad_weight.view({s.out_channels, s.patch()}).copy_(per_channel.narrow(1, 0, s.patch()));
+  if (grad_bias != nullptr) grad_bias->copy_(per_channel.select(1, s.patch()));
+}
 #endif
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -667,7 +793,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, c10::string_view activation,
     std::array<bool, 3> output_mask) {
   const bool relu = parse_activation(activation, kBackwardOp) == Activation::ReLU;
-  const auto [need_input, need_weight, need_bias] = output_mask;
+  auto [need_input, need_weight, need_bias] = output_mask;
   TORCH_CHECK(!relu || output.has_value(),
               "fastops::conv2d_backward: activation 'relu' needs the forward output");
   TORCH_CHECK(!need_weight || input.has_value(), "fastops::conv2d_backward: grad_weight needs input");
@@ -696,6 +822,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   at::Tensor grad_weight = need_weight ? at::empty(weight.sizes(), grad_output.options()) : empty;
   at::Tensor grad_bias = need_bias ? at::empty({s.out_channels}, grad_output.options()) : empty;
   if (!need_input && !need_weight && !need_bias) return {grad_input, grad_weight, grad_bias};
+#ifdef FASTOPS_AVX512_KERNELS
+  if (need_weight && direct_weight_grad_supported(grad_output, s)) {
+    conv2d_direct_weight_grad(grad_output, *input, relu ? output : std::optional<at::Tensor>(), s, grad_weight,
+                              need_bias ? &grad_bias : nullptr);
+    need_weight = need_bias = false;
+    if (!need_input) return {grad_input, grad_weight, grad_bias};
+  }
+#endif
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "conv2d_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
