@@ -55,6 +55,19 @@ def test_noncontiguous_inputs(activation):
                                  lambda *a: reference(*a, activation), [x, w, b])
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "noncontiguous"])
+def test_large_float32_products(onednn, contiguous, monkeypatch):
+    # Every GEMM here (forward, grad_input, grad_weight) has >= 2^25 multiply-adds: the CPU
+    # kernels route them to oneDNN, or to at::mm when torch.backends.mkldnn is disabled.
+    x, w, b = make((2, 131), 515, 257, True)
+    if not contiguous:
+        x = noncontiguous(x.detach()).requires_grad_()
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+    assert_same_forward_backward(lambda *a: F.linear_relu(*a), lambda *a: reference(*a, "relu"),
+                                 [x, w, b], scale=1 + 515 / 32)
+
+
 @pytest.mark.parametrize("requires", [(True, False, False), (False, True, True), (False, False, True)])
 def test_only_requested_gradients(requires):
     x, w, b = make((4,), 5, 3, True)

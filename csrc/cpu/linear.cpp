@@ -11,8 +11,9 @@
 #include <vector>
 
 #include "common.h"
-#include "cpu/huge_pages.h"
 #include "cpu/dropout.h"
+#include "cpu/gemm.h"
+#include "cpu/huge_pages.h"
 
 namespace fastops {
 namespace {
@@ -130,16 +131,11 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
 
   const at::Tensor input_2d = input.reshape({-1, in_features});
   const int64_t rows = input_2d.size(0);
-  at::Tensor out = on_huge_pages(at::empty({rows, out_features}, input.options()));
   // Reduced precision: the GEMM adds the bias before its single rounding (as torch's addmm),
   // so the ReLU mask sees the same pre-activation as torch. float/double: a plain GEMM, then
   // bias + ReLU in one pass (one pass fewer over the output than addmm + relu).
   const bool bias_in_gemm = bias.has_value() && at::isReducedFloatingType(input.scalar_type());
-  if (bias_in_gemm) {
-    at::addmm_out(out, *bias, input_2d, weight.t());
-  } else {
-    at::mm_out(out, input_2d, weight.t());
-  }
+  const at::Tensor out = bias_in_gemm ? at::addmm(*bias, input_2d, weight.t()) : cpu_matmul(input_2d, weight.t());
   if ((bias.has_value() && !bias_in_gemm) || relu || dropout) {
     const at::Tensor bias_c = bias.has_value() && !bias_in_gemm ? bias->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "linear_epilogue", [&] {
@@ -192,14 +188,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   if (need_input) {
     std::vector<int64_t> shape(grad_output.sizes().begin(), grad_output.sizes().end());
     shape.back() = weight->size(1);
-    grad_input = on_huge_pages(at::empty({rows, weight->size(1)}, grad_2d.options()));
-    at::mm_out(grad_input, grad_pre, *weight);
-    grad_input = grad_input.view(shape);
+    grad_input = cpu_matmul(grad_pre, *weight).view(shape);
   }
   at::Tensor grad_weight = empty;
   if (need_weight) {
-    grad_weight = on_huge_pages(at::empty({out_features, input->size(-1)}, grad_2d.options()));
-    at::mm_out(grad_weight, grad_pre.t(), input->reshape({-1, input->size(-1)}));
+    grad_weight = cpu_matmul(grad_pre.t(), input->reshape({-1, input->size(-1)}));
   }
   return {grad_input, grad_weight, grad_bias};
 }
