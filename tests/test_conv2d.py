@@ -98,6 +98,17 @@ def test_channels_last_gradient_of_a_strided_output():
                                  [x, w, b])
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
+def test_large_float32_gemms(onednn, monkeypatch):
+    # 64 channels, 3x3, 30x31 pixels: the forward GEMM of the CPU im2col path has >= 2^25
+    # multiply-adds and goes to oneDNN, or to ATen's mm when torch.backends.mkldnn is disabled.
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+    inputs = make((2,), 64, 64, (30, 31), (3, 3))
+    assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, padding=1),
+                                 lambda *a: reference(*a, padding=1, activation="relu"), list(inputs),
+                                 scale=scale_for(64, 1, (3, 3)))
+
+
 @pytest.mark.parametrize("requires", [(True, False, False), (False, True, False), (False, False, True), (False, True, True)])
 @pytest.mark.parametrize("groups", [1, 2])  # 1: the CPU direct weight-gradient kernel
 def test_only_requested_gradients(requires, groups):

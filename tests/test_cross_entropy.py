@@ -355,6 +355,18 @@ def test_linear_parity(device, dtype, rows, hidden, classes, prob, bias, reducti
         [x, w, b, target], dtype, scale=2 + hidden / 16)
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
+def test_linear_large_float32_products(onednn, monkeypatch):
+    # 65 x 513 x 1025 >= 2^25 multiply-adds per GEMM: the CPU kernel routes them to oneDNN, or to
+    # ATen's addmm / mm when torch.backends.mkldnn is disabled.
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+    x, w, b = make_linear((65,), 513, 1025, True)
+    target = make_target((65, 1025), False)
+    assert_same_forward_backward(lambda x, w, b: F.linear_cross_entropy(x, w, b, target),
+                                 lambda x, w, b: linear_reference(x, w, b, target), [x, w, b],
+                                 scale=2 + 513 / 16)
+
+
 @pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
 def test_linear_several_chunks_and_33000_classes(prob):
     # 300 rows of 33000 logits: the CPU kernel handles them in two chunks of rows (254 + 46)

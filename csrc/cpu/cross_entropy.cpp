@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/gemm.h"
 #include "cpu/huge_pages.h"
 #include "cpu/isa.h"
 
@@ -409,17 +410,11 @@ int64_t linear_chunk_rows(int64_t rows, int64_t classes) {
   return std::max<int64_t>(1, std::min(rows, kLinearChunkElements / std::max<int64_t>(1, classes)));
 }
 
-// logits[:m] = x[r0:r0+m] @ linear_weight^T + bias (the bias inside the GEMM, as torch's addmm).
+// x[r0:r0+m] @ linear_weight^T + bias (the bias inside the GEMM, as torch's addmm), in
+// buffer[:m] or a new tensor (cpu_linear).
 at::Tensor chunk_logits(at::Tensor& buffer, const at::Tensor& x, const at::Tensor& linear_weight,
                         const std::optional<at::Tensor>& bias, int64_t r0, int64_t m) {
-  at::Tensor logits = buffer.narrow(0, 0, m);
-  const at::Tensor x_chunk = x.narrow(0, r0, m);
-  if (bias.has_value()) {
-    at::addmm_out(logits, *bias, x_chunk, linear_weight.t());
-  } else {
-    at::mm_out(logits, x_chunk, linear_weight.t());
-  }
-  return logits;
+  return cpu_linear(x.narrow(0, r0, m), linear_weight, bias, buffer.narrow(0, 0, m));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
@@ -501,9 +496,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
                     need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
       if (need_input) {
         at::Tensor grad_input_rows = grad_input.narrow(0, r0, m);
-        at::mm_out(grad_input_rows, logits, linear_weight);
+        grad_input_rows.copy_(cpu_matmul(logits, linear_weight, grad_input_rows));
       }
-      if (need_linear_weight) grad_linear_weight.addmm_(logits.t(), input.narrow(0, r0, m));
+      if (need_linear_weight) cpu_addmm_(grad_linear_weight, logits.t(), input.narrow(0, r0, m));
       if (need_bias) grad_bias.addmv_(logits.t(), ones.narrow(0, 0, m));
     }
   });

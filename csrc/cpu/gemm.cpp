@@ -4,13 +4,11 @@
 
 #include "cpu/huge_pages.h"
 
-#include <optional>
-
 namespace fastops {
 namespace {
 
 // Products of at least this many multiply-adds amortise oneDNN's per-call cost (measured: 256 x
-// 784 x 256 is 1.15x faster through oneDNN, 128 x 512 x 128 even).
+// 784 x 256 is 1.15x faster through oneDNN, 128 x 512 x 128 even, 16 x 150 x 840 slower).
 constexpr int64_t kOneDnnMinWork = int64_t(1) << 25;
 
 using LinearPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
@@ -27,16 +25,29 @@ const std::optional<c10::TypedOperatorHandle<LinearPointwise>>& onednn_linear() 
   return op;
 }
 
+// Whether x [M, K] @ w^T [K, N] goes to oneDNN.
+bool use_onednn(const at::Tensor& x, const at::Tensor& w) {
+  return x.scalar_type() == at::kFloat && x.size(0) * x.size(1) * w.size(0) >= kOneDnnMinWork &&
+         at::globalContext().userEnabledMkldnn() && onednn_linear().has_value();
+}
+
 }  // namespace
 
-at::Tensor cpu_matmul(const at::Tensor& a, const at::Tensor& b) {
-  const bool large = a.size(0) * a.size(1) * b.size(1) >= kOneDnnMinWork;
-  if (large && a.scalar_type() == at::kFloat && at::globalContext().userEnabledMkldnn() &&
-      onednn_linear().has_value()) {
-    return onednn_linear()->call(a, b.t(), std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                      const at::Tensor& buffer) {
+  if (use_onednn(x, w)) {
+    return onednn_linear()->call(x, w, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
   }
-  at::Tensor out = on_huge_pages(at::empty({a.size(0), b.size(1)}, a.options()));
-  return at::mm_out(out, a, b);
+  at::Tensor out = buffer.defined() ? buffer : on_huge_pages(at::empty({x.size(0), w.size(0)}, x.options()));
+  return bias.has_value() ? at::addmm_out(out, *bias, x, w.t()) : at::mm_out(out, x, w.t());
+}
+
+void cpu_addmm_(const at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
+  if (use_onednn(a, b.t())) {
+    acc.add_(cpu_matmul(a, b));
+  } else {
+    acc.addmm_(a, b);
+  }
 }
 
 }  // namespace fastops

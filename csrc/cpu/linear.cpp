@@ -135,7 +135,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
   // so the ReLU mask sees the same pre-activation as torch. float/double: a plain GEMM, then
   // bias + ReLU in one pass (one pass fewer over the output than addmm + relu).
   const bool bias_in_gemm = bias.has_value() && at::isReducedFloatingType(input.scalar_type());
-  const at::Tensor out = bias_in_gemm ? at::addmm(*bias, input_2d, weight.t()) : cpu_matmul(input_2d, weight.t());
+  const at::Tensor out = cpu_linear(input_2d, weight, bias_in_gemm ? bias : std::nullopt);
   if ((bias.has_value() && !bias_in_gemm) || relu || dropout) {
     const at::Tensor bias_c = bias.has_value() && !bias_in_gemm ? bias->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "linear_epilogue", [&] {
