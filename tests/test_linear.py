@@ -55,6 +55,13 @@ def test_noncontiguous_inputs(activation):
                                  lambda *a: reference(*a, activation), [x, w, b])
 
 
+@pytest.mark.parametrize("batch", [(4,), (2, 3)])
+def test_zero_in_features_gives_the_bias_like_torch(batch):
+    # nn.Linear(0, 3): the output is the bias (zeros without one), and every gradient is defined
+    x, w, b = make(batch, 0, 3, True)
+    assert_same_forward_backward(lambda *a: F.linear_relu(*a), lambda *a: reference(*a, "relu"), [x, w, b])
+
+
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "noncontiguous"])
 def test_large_float32_products(onednn, contiguous, monkeypatch):

@@ -27,6 +27,14 @@ std::optional<DropoutNoise> output_dropout(const std::optional<at::Tensor>& seed
   return dropout_noise(*seed, p, op);
 }
 
+// t [..., F] as a [rows, F] matrix (a view where possible); rows is the product of the leading
+// sizes, which reshape({-1, F}) cannot infer when F is 0.
+at::Tensor as_rows(const at::Tensor& t) {
+  const int64_t features = t.size(-1);
+  const int64_t rows = c10::multiply_integers(t.sizes().begin(), t.sizes().end() - 1);
+  return t.reshape({rows, features});
+}
+
 // out[r, :] = dropout(act(out[r, :] + bias)), in place, one pass over the GEMM result (the
 // dropout multiplies each row while it is still in cache).
 template <typename scalar_t>
@@ -129,7 +137,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
                 "fastops::linear: expected bias of shape [", out_features, "], got ", bias->sizes());
   }
 
-  const at::Tensor input_2d = input.reshape({-1, in_features});
+  const at::Tensor input_2d = as_rows(input);
   const int64_t rows = input_2d.size(0);
   // Reduced precision: the GEMM adds the bias before its single rounding (as torch's addmm),
   // so the ReLU mask sees the same pre-activation as torch. float/double: a plain GEMM, then
@@ -165,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
               "fastops::linear_backward: grad_weight needs input");
 
   const int64_t out_features = grad_output.size(-1);
-  const at::Tensor grad_2d = grad_output.reshape({-1, out_features}).contiguous();
+  const at::Tensor grad_2d = as_rows(grad_output).contiguous();
   const int64_t rows = grad_2d.size(0);
   const auto empty = grad_output.new_empty({0});
 
@@ -174,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   const bool masked = relu || dropout.has_value();
   if (masked) grad_pre = on_huge_pages(at::empty_like(grad_2d));
   if (masked || need_bias) {
-    const at::Tensor output_2d = relu ? output->reshape({-1, out_features}).contiguous() : at::Tensor();
+    const at::Tensor output_2d = relu ? as_rows(*output).contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_2d.scalar_type(), "linear_backward_mask", [&] {
       mask_and_column_sum<scalar_t>(grad_2d.const_data_ptr<scalar_t>(),
                                     relu ? output_2d.const_data_ptr<scalar_t>() : nullptr, dropout,
@@ -192,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   }
   at::Tensor grad_weight = empty;
   if (need_weight) {
-    grad_weight = cpu_matmul(grad_pre.t(), input->reshape({-1, input->size(-1)}));
+    grad_weight = cpu_matmul(grad_pre.t(), as_rows(*input));
   }
   return {grad_input, grad_weight, grad_bias};
 }
