@@ -146,13 +146,18 @@ Span valid_outputs(int64_t size, int64_t out_size, int64_t stride, int64_t pad, 
 }
 
 // Images per task: enough GEMM columns to amortise a GEMM call, an im2col buffer that stays in
-// the L2 cache, and at least as many tasks as threads.
+// the L2 cache unless that leaves fewer than kMinColumns columns, and at least as many tasks as
+// threads. Deep layers (ResNet's 512 channels at 4x4: patch 4608, 24 columns per image) need
+// the minimum: with one image per GEMM the weight (and the weight gradient, updated per task)
+// is streamed from memory for 24 columns of work.
 int64_t images_per_task(const Conv2dShape& s) {
   constexpr int64_t kTargetColumns = 1024;
+  constexpr int64_t kMinColumns = 256;
   constexpr int64_t kColumnBufferElements = int64_t{1} << 17;
   const int64_t columns = std::max<int64_t>(1, s.image_columns());
   int64_t images = std::min(kTargetColumns / columns,
-                            kColumnBufferElements / std::max<int64_t>(1, s.patch() * columns));
+                            std::max(kMinColumns / columns,
+                                     kColumnBufferElements / std::max<int64_t>(1, s.patch() * columns)));
   const int64_t chunks_per_group = (at::get_num_threads() + s.groups - 1) / s.groups;
   images = std::min(images, (s.batch + chunks_per_group - 1) / chunks_per_group);
   return std::max<int64_t>(1, images);
