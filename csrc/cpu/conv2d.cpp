@@ -556,6 +556,30 @@ __attribute__((target("avx512f"))) void store_tile(const float* tile, const Conv
   }
 }
 
+// body(n, planes, tile) for every image n, in parallel over images: `planes` are image n's
+// zero-padded input planes (the image itself when it is contiguous and unpadded: no tap reads
+// past its last row), `tile` a per-thread [pixels][16] buffer.
+template <typename Body>
+void for_each_direct_image(const at::Tensor& input, const Conv2dShape& s, const Body& body) {
+  const Strides4 in = strides_of(input);
+  const float* in_ptr = input.const_data_ptr<float>();
+  const bool unpadded = s.pad_h == 0 && s.pad_w == 0 && in.w == 1 && in.h == s.width &&
+                        in.c == s.height * s.width;
+  const int64_t work = s.out_channels * s.patch() * s.pixels();
+  at::parallel_for(0, s.batch, grain_for(work), [&](int64_t begin, int64_t end) {
+    std::vector<float> planes(unpadded ? 0 : direct_plane_buffer(s), 0.0f);  // the tail stays zero
+    std::vector<float> tile(s.pixels() * kLanes);
+    for (int64_t n = begin; n < end; ++n) {
+      const float* image = in_ptr + n * in.n;
+      if (!unpadded) {
+        pad_planes(in_ptr, in, s, n, 1, 0, planes.data());
+        image = planes.data();
+      }
+      body(n, image, tile.data());
+    }
+  });
+}
+
 // The forward of whole images, in parallel over images.
 void conv2d_direct(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                    const Conv2dShape& s, bool relu, at::Tensor& out) {
@@ -570,39 +594,23 @@ void conv2d_direct(const at::Tensor& input, const at::Tensor& weight, const std:
   const int64_t blocks = packed.size(0);
   at::Tensor bias_lanes = at::zeros({blocks * kLanes}, weight.options());
   if (bias.has_value()) bias_lanes.narrow(0, 0, s.out_channels).copy_(*bias);
-  const Strides4 in = strides_of(input);
   const Strides4 os = strides_of(out);
-  const float* in_ptr = input.const_data_ptr<float>();
   float* out_ptr = out.mutable_data_ptr<float>();
   const float* packed_ptr = packed.const_data_ptr<float>();
   const float* bias_ptr = bias_lanes.const_data_ptr<float>();
-  const int64_t work = s.out_channels * s.patch() * s.pixels();
-  const bool unpadded = s.pad_h == 0 && s.pad_w == 0 && in.w == 1 && in.h == s.width &&
-                        in.c == s.height * s.width;
-  at::parallel_for(0, s.batch, grain_for(work), [&](int64_t begin, int64_t end) {
-    std::vector<float> planes(unpadded ? 0 : direct_plane_buffer(s), 0.0f);  // the tail stays zero
-    std::vector<float> tile(s.pixels() * kLanes);
-    for (int64_t n = begin; n < end; ++n) {
-      // Without padding a contiguous image is its own planes (no tap reads past its last row).
-      const float* image = in_ptr + n * in.n;
-      if (!unpadded) {
-        pad_planes(in_ptr, in, s, n, 1, 0, planes.data());
-        image = planes.data();
+  for_each_direct_image(input, s, [&](int64_t n, const float* image, float* tile) {
+    for (int64_t block = 0; block < blocks; ++block) {
+      int64_t oh = 0;
+      for (; paired && oh + 1 < s.out_h; oh += 2) {
+        two_rows[s.out_w - 1](image, packed_ptr, bias_ptr, s, block, oh, 0, relu, tile);
       }
-      for (int64_t block = 0; block < blocks; ++block) {
-        int64_t oh = 0;
-        for (; paired && oh + 1 < s.out_h; oh += 2) {
-          two_rows[s.out_w - 1](image, packed_ptr, bias_ptr, s, block, oh, 0, relu, tile.data());
+      for (; oh < s.out_h; ++oh) {
+        for (int64_t ow0 = 0; ow0 < s.out_w; ow0 += row_block) {
+          const int64_t pixels = std::min<int64_t>(row_block, s.out_w - ow0);
+          one_row[pixels - 1](image, packed_ptr, bias_ptr, s, block, oh, ow0, relu, tile);
         }
-        for (; oh < s.out_h; ++oh) {
-          for (int64_t ow0 = 0; ow0 < s.out_w; ow0 += row_block) {
-            const int64_t pixels = std::min<int64_t>(row_block, s.out_w - ow0);
-            one_row[pixels - 1](image, packed_ptr, bias_ptr, s, block, oh, ow0, relu,
-                                tile.data());
-          }
-        }
-        store_tile(tile.data(), s, block, out_ptr + n * os.n, os);
       }
+      store_tile(tile, s, block, out_ptr + n * os.n, os);
     }
   });
 }
@@ -695,34 +703,19 @@ void conv2d_direct_weight_grad(const at::Tensor& grad_output, const at::Tensor& 
   const int64_t threads = at::get_num_threads();
   // [threads][blocks][patch + 1][16]: the weight taps, then the bias.
   at::Tensor partial = at::zeros({threads, blocks, s.patch() + 1, kLanes}, grad_output.options());
-  const Strides4 in = strides_of(input);
   const Strides4 gs = strides_of(grad_output);
   const Strides4 os = output.has_value() ? strides_of(*output) : Strides4{};
-  const float* in_ptr = input.const_data_ptr<float>();
   const float* grad_ptr = grad_output.const_data_ptr<float>();
   const float* out_ptr = output.has_value() ? output->const_data_ptr<float>() : nullptr;
   const int64_t plane_size = s.padded_h() * s.padded_w();
-  const bool unpadded = s.pad_h == 0 && s.pad_w == 0 && in.w == 1 && in.h == s.width &&
-                        in.c == s.height * s.width;
-  const int64_t work = s.out_channels * s.patch() * s.pixels();
-  at::parallel_for(0, s.batch, grain_for(work), [&](int64_t begin, int64_t end) {
-    std::vector<float> planes(unpadded ? 0 : direct_plane_buffer(s), 0.0f);
-    std::vector<float> tile(s.pixels() * kLanes);
-    float* thread_partial = partial[at::get_thread_num()].mutable_data_ptr<float>();
-    for (int64_t n = begin; n < end; ++n) {
-      const float* image = in_ptr + n * in.n;
-      if (!unpadded) {
-        pad_planes(in_ptr, in, s, n, 1, 0, planes.data());
-        image = planes.data();
-      }
-      for (int64_t block = 0; block < blocks; ++block) {
-        float* block_partial = thread_partial + block * (s.patch() + 1) * kLanes;
-        gather_grad_tile(grad_ptr, gs, out_ptr, os, s, n, block, tile.data(),
-                         block_partial + s.patch() * kLanes);
-        for (int64_t c = 0; c < s.in_channels; ++c) {
-          taps[s.kernel_w - 1](image + c * plane_size, tile.data(), s,
-                               block_partial + c * s.kernel_h * s.kernel_w * kLanes);
-        }
+  float* partial_ptr = partial.mutable_data_ptr<float>();
+  for_each_direct_image(input, s, [&](int64_t n, const float* image, float* tile) {
+    float* thread_partial = partial_ptr + at::get_thread_num() * blocks * (s.patch() + 1) * kLanes;
+    for (int64_t block = 0; block < blocks; ++block) {
+      float* block_partial = thread_partial + block * (s.patch() + 1) * kLanes;
+      gather_grad_tile(grad_ptr, gs, out_ptr, os, s, n, block, tile, block_partial + s.patch() * kLanes);
+      for (int64_t c = 0; c < s.in_channels; ++c) {
+        taps[s.kernel_w - 1](image + c * plane_size, tile, s, block_partial + c * s.kernel_h * s.kernel_w * kLanes);
       }
     }
   });
