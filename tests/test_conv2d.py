@@ -47,6 +47,8 @@ CASES = [  # (batch, in_channels, out_channels, (H, W), (kH, kW), bias, conv opt
     ((1,), 64, 64, (6, 5), (3, 3), True, dict(padding=1, groups=64)),
     # the CPU direct kernel: two blocks of 16 output channels, rows wider than one row block
     ((2,), 3, 20, (5, 31), (3, 3), True, dict(stride=(2, 1), padding=1)),
+    # a ResNet-like deep layer: stride 1 with the plain im2col (padded planes would waste half)
+    ((2,), 40, 40, (4, 4), (3, 3), True, dict(padding=1)),
 ]
 
 
