@@ -26,12 +26,17 @@ using LinearPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const s
                                    c10::string_view, c10::List<std::optional<at::Scalar>>,
                                    std::optional<c10::string_view>);
 
-// oneDNN's linear (x @ w^T + b) if this ATen build registers it for CPU.
+// oneDNN's linear (x @ w^T + b) if this ATen build registers it for CPU with the schema used
+// here (an internal op: another torch version may change it, and typed() then throws).
 const std::optional<c10::TypedOperatorHandle<LinearPointwise>>& onednn_linear() {
   static const auto op = []() -> std::optional<c10::TypedOperatorHandle<LinearPointwise>> {
     const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
     if (!handle.has_value() || !handle->hasKernelForDispatchKey(c10::DispatchKey::CPU)) return std::nullopt;
-    return handle->typed<LinearPointwise>();
+    try {
+      return handle->typed<LinearPointwise>();
+    } catch (const c10::Error&) {
+      return std::nullopt;
+    }
   }();
   return op;
 }
