@@ -47,6 +47,8 @@ CASES = [  # (batch, in_channels, out_channels, (H, W), (kH, kW), bias, conv opt
     ((1,), 64, 64, (6, 5), (3, 3), True, dict(padding=1, groups=64)),
     # the CPU direct kernel: two blocks of 16 output channels, rows wider than one row block
     ((2,), 3, 20, (5, 31), (3, 3), True, dict(stride=(2, 1), padding=1)),
+    # the CPU direct input gradient: rows of two 16-pixel chunks, an odd number of rows
+    ((2,), 6, 16, (7, 21), (5, 5), True, dict(padding=2)),
     # a ResNet-like deep layer: stride 1 with the plain im2col (padded planes would waste half)
     ((2,), 40, 40, (4, 4), (3, 3), True, dict(padding=1)),
 ]

@@ -27,6 +27,10 @@
 #include "cpu/huge_pages.h"
 #include "cpu/isa.h"
 
+#ifdef FASTOPS_AVX512_KERNELS
+#include <immintrin.h>
+#endif
+
 namespace fastops {
 namespace {
 
@@ -731,6 +735,110 @@ void conv2d_direct_weight_grad(const at::Tensor& grad_output, const at::Tensor& 
   grad_weight.view({s.out_channels, s.patch()}).copy_(per_channel.narrow(1, 0, s.patch()));
   if (grad_bias != nullptr) grad_bias->copy_(per_channel.select(1, s.patch()));
 }
+
+// Direct input gradient for stride 1, few input channels (LeNet: 3 and 6): with the ReLU-masked
+// grad in zero-padded planes G (K - 1 zeros around each), grad_input[c, ih, iw] = sum over
+// (o, kh', kw') of W[o, c, K - 1 - kh', K - 1 - kw'] * G[o, ih + pad_h + kh', iw + pad_w + kw'].
+// Here the lanes are 16 input pixels of a row (the GEMM path's col2im and the channel-lane layout
+// both waste work at 3-6 input channels): per (o, tap), kRows vector loads of G and
+// kChannels weight broadcasts feed kChannels x kRows FMAs.
+constexpr int kMaxInputGradChannels = 8;
+
+bool direct_input_grad_supported(const at::Tensor& grad_output, const at::Tensor& grad_input, const Conv2dShape& s) {
+  return direct_supported(grad_output, s) && s.stride_h == 1 && s.dilation_h == 1 && s.dilation_w == 1 &&
+         s.in_channels <= kMaxInputGradChannels && s.pad_h < s.kernel_h && s.pad_w < s.kernel_w &&
+         grad_input.is_contiguous();
+}
+
+// grad_input rows [ih0, ih0 + kRows) x pixels [iw0, iw0 + 16) (masked past the width) of all
+// kChannels input channels; `flipped` is the weight as [O][kh'][kw'][kChannels].
+template <int kChannels, int kRows>
+__attribute__((target("avx512f"))) void input_grad_block(const float* planes, const float* flipped,
+                                                        const Conv2dShape& s, int64_t ih0, int64_t iw0,
+                                                        float* grad_input) {
+  const int64_t gw = s.out_w + 2 * (s.kernel_w - 1);
+  const int64_t plane_size = (s.out_h + 2 * (s.kernel_h - 1)) * gw;
+  __m512 acc[kChannels][kRows];
+#pragma GCC unroll 8
+  for (int c = 0; c < kChannels; ++c) {
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) acc[c][r] = _mm512_setzero_ps();
+  }
+  const float* w = flipped;
+  for (int64_t o = 0; o < s.out_channels; ++o) {
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      const float* row = planes + o * plane_size + (ih0 + s.pad_h + kh) * gw + iw0 + s.pad_w;
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw, w += kChannels) {
+        __m512 v[kRows];
+#pragma GCC unroll 4
+        for (int r = 0; r < kRows; ++r) v[r] = _mm512_loadu_ps(row + r * gw + kw);
+#pragma GCC unroll 8
+        for (int c = 0; c < kChannels; ++c) {
+          const __m512 wv = _mm512_set1_ps(w[c]);
+#pragma GCC unroll 4
+          for (int r = 0; r < kRows; ++r) acc[c][r] = _mm512_fmadd_ps(wv, v[r], acc[c][r]);
+        }
+      }
+    }
+  }
+  const int64_t left = s.width - iw0;
+  const __mmask16 mask = left >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+#pragma GCC unroll 8
+  for (int c = 0; c < kChannels; ++c) {
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) {
+      _mm512_mask_storeu_ps(grad_input + (c * s.height + ih0 + r) * s.width + iw0, mask, acc[c][r]);
+    }
+  }
+}
+
+using InputGradFn = void (*)(const float*, const float*, const Conv2dShape&, int64_t, int64_t, float*);
+
+template <int... kChannels>
+constexpr std::array<std::array<InputGradFn, 2>, sizeof...(kChannels)> input_grad_table(std::integer_sequence<int, kChannels...>) {
+  return {std::array<InputGradFn, 2>{&input_grad_block<kChannels + 1, 1>, &input_grad_block<kChannels + 1, 2>}...};
+}
+
+// grad_input (contiguous NCHW) of whole images, in parallel over images.
+void conv2d_direct_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& output, const Conv2dShape& s,
+                              at::Tensor& grad_input) {
+  static constexpr auto blocks = input_grad_table(std::make_integer_sequence<int, kMaxInputGradChannels>{});
+  // [O][kh'][kw'][C] with kh' = K - 1 - kh: each tap's weights for all input channels together.
+  const at::Tensor flipped = weight.flip({2, 3}).permute({0, 2, 3, 1}).contiguous();
+  const float* flipped_ptr = flipped.const_data_ptr<float>();
+  const Strides4 gs = strides_of(grad_output);
+  const Strides4 os = output.has_value() ? strides_of(*output) : Strides4{};
+  const float* grad_ptr = grad_output.const_data_ptr<float>();
+  const float* out_ptr = output.has_value() ? output->const_data_ptr<float>() : nullptr;
+  float* grad_input_ptr = grad_input.mutable_data_ptr<float>();
+  const int64_t gh = s.out_h + 2 * (s.kernel_h - 1);
+  const int64_t gw = s.out_w + 2 * (s.kernel_w - 1);
+  const int64_t work = s.out_channels * s.patch() * s.height * s.width;
+  at::parallel_for(0, s.batch, grain_for(work), [&](int64_t begin, int64_t end) {
+    // The borders stay zero; + kLanes: the last vector of a row reads past the last plane.
+    std::vector<float> planes(s.out_channels * gh * gw + kLanes, 0.0f);
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t o = 0; o < s.out_channels; ++o) {
+        for (int64_t oh = 0; oh < s.out_h; ++oh) {
+          const float* g = grad_ptr + n * gs.n + o * gs.c + oh * gs.h;
+          const float* out = out_ptr != nullptr ? out_ptr + n * os.n + o * os.c + oh * os.h : nullptr;
+          float* dst = planes.data() + (o * gh + oh + s.kernel_h - 1) * gw + s.kernel_w - 1;
+          for (int64_t ow = 0; ow < s.out_w; ++ow) {
+            dst[ow] = out != nullptr ? relu_masked(g[ow * gs.w], out[ow * os.w]) : g[ow * gs.w];
+          }
+        }
+      }
+      float* image = grad_input_ptr + n * s.in_channels * s.height * s.width;
+      const auto& fns = blocks[s.in_channels - 1];
+      for (int64_t iw0 = 0; iw0 < s.width; iw0 += kLanes) {
+        int64_t ih = 0;
+        for (; ih + 1 < s.height; ih += 2) fns[1](planes.data(), flipped_ptr, s, ih, iw0, image);
+        if (ih < s.height) fns[0](planes.data(), flipped_ptr, s, ih, iw0, image);
+      }
+    }
+  });
+}
 #endif
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -834,6 +942,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
                               need_bias ? &grad_bias : nullptr);
     need_weight = need_bias = false;
     if (!need_input) return {grad_input, grad_weight, grad_bias};
+  }
+  if (need_input && !need_weight && !need_bias && direct_input_grad_supported(grad_output, grad_input, s)) {
+    conv2d_direct_input_grad(grad_output, weight, relu ? output : std::optional<at::Tensor>(), s, grad_input);
+    return {grad_input, grad_weight, grad_bias};
   }
 #endif
 
