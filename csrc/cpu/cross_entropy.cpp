@@ -140,21 +140,14 @@ namespace avx512 {
 #pragma GCC pop_options
 #endif
 
-// The row loops for the CPU at hand: AVX-512 (16 floats per vector) where it has it.
-template <typename... Args>
-void forward_rows(const Args&... args) {
+// call(isa) with the tag of the row kernels for the CPU at hand (AVX-512, 16 floats per
+// vector, where it has it); call names forward_rows / backward_rows with isa first.
+template <typename Call>
+void with_row_kernels(const Call& call) {
 #ifdef FASTOPS_AVX512_KERNELS
-  if (cpu_has_avx512()) return avx512::forward_rows(args...);
+  if (cpu_has_avx512()) return call(avx512::Isa{});
 #endif
-  baseline::forward_rows(args...);
-}
-
-template <typename... Args>
-void backward_rows(const Args&... args) {
-#ifdef FASTOPS_AVX512_KERNELS
-  if (cpu_has_avx512()) return avx512::backward_rows(args...);
-#endif
-  baseline::backward_rows(args...);
+  call(baseline::Isa{});
 }
 
 
@@ -343,8 +336,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
     const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
                             index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
                             prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
-    forward_rows(in, spec.spec, results.logsumexp.data_ptr<acc_t>(), results.loss.data(),
-                 results.weight.data());
+    with_row_kernels([&](auto isa) {
+      forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>(), results.loss.data(),
+                   results.weight.data());
+    });
     std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
         results, args.reduction, shape, args.prob_target && args.classes == 0);
     lse = results.logsumexp.view(shape);
@@ -378,9 +373,11 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_cpu(
     const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
                             index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
                             prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
-    backward_rows(in, spec.spec, lse.const_data_ptr<acc_t>(), scale.shifted(0),
-                  need_input ? grad_input.data_ptr<scalar_t>() : nullptr,
-                  need_target ? grad_target.data_ptr<scalar_t>() : nullptr);
+    with_row_kernels([&](auto isa) {
+      backward_rows(isa, in, spec.spec, lse.const_data_ptr<acc_t>(), scale.shifted(0),
+                    need_input ? grad_input.data_ptr<scalar_t>() : nullptr,
+                    need_target ? grad_target.data_ptr<scalar_t>() : nullptr);
+    });
   });
   const auto empty = input.new_empty({0});
   return {need_input ? rows_as_logits(grad_input, input.sizes()) : empty,
@@ -441,8 +438,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
       const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
                               index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
                               prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
-      forward_rows(in, spec.spec, results.logsumexp.data_ptr<acc_t>() + r0,
-                   results.loss.data() + r0, results.weight.data() + r0);
+      with_row_kernels([&](auto isa) {
+        forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>() + r0,
+                     results.loss.data() + r0, results.weight.data() + r0);
+      });
     }
     std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
         results, args.reduction, {rows}, args.prob_target && classes == 0);
@@ -491,9 +490,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
                               index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
                               prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
       // The gradient of the logits overwrites them in place.
-      backward_rows(in, spec.spec, lse.const_data_ptr<acc_t>() + r0, scale.shifted(r0),
-                    need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
-                    need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
+      with_row_kernels([&](auto isa) {
+        backward_rows(isa, in, spec.spec, lse.const_data_ptr<acc_t>() + r0, scale.shifted(r0),
+                      need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
+                      need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
+      });
       if (need_input) {
         at::Tensor grad_input_rows = grad_input.narrow(0, r0, m);
         grad_input_rows.copy_(cpu_matmul(logits, linear_weight, grad_input_rows));
