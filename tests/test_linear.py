@@ -283,6 +283,22 @@ def test_triton_launchers_match_torch(bias, activation, batch, in_features, out_
         assert gb.numel() == 0
 
 
+@pytest.mark.parametrize("output_mask", [[False, False, True], [False, True, True]], ids=str)
+@pytest.mark.parametrize("in_features", [0, 19])
+def test_triton_bias_gradient_with_and_without_the_weight_gradient(output_mask, in_features):
+    """The bias gradient is summed inside the weight-gradient matmul, or by the column-sum
+    kernel when that product is not computed (or has no columns)."""
+    from fastops.triton_kernels.linear import linear_backward, linear_forward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w, b = (t.detach().to(device) for t in make((70,), in_features, 13, True))
+    out = linear_forward(x, w, b, "relu")
+    grad = torch.randn_like(out)
+    _, gw, gb = linear_backward(grad, x, w, out, "relu", output_mask)
+    assert_close(gb, torch.where(out > 0, grad, 0).sum(0), scale=3)
+    assert gw.shape == (w.shape if output_mask[1] else (0,))
+
+
 @pytest.mark.parametrize("activation", ["none", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("out_features", [37, 40])  # one Philox call per element, or per 4

@@ -14,6 +14,8 @@ Class-index targets out of [0, C) (and not ignore_index) give a NaN loss instead
 out-of-bounds read (the CPU kernel raises). No host-device synchronisation anywhere.
 """
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -29,7 +31,7 @@ _CONFIGS = [triton.Config({"BLOCK_ROWS": rows, "BLOCK_C": block_c}, num_warps=wa
 _KEY = ["C", "PROB_TARGET", "HAS_WEIGHT", "SMOOTHING"]
 
 
-def _prune(configs, named_args, **kwargs):
+def _prune(configs, named_args):
     """Keeps the tiles that suit C: chunks no wider than the row, and several rows per program
     only when a row fits in one chunk."""
     classes = named_args["C"]
@@ -48,23 +50,28 @@ def _row_pointers(base, rows_idx, S, stride_n, stride_s):
 @triton.jit
 def _class_coefficients(y, w, smoothing, C, PROB_TARGET: tl.constexpr):
     """Per-class coefficients a of the loss (besides the target class of index targets): the
-    weighted smoothed distribution w * (y * (1 - s) + s / C), or w * s / C for index targets."""
+    weighted smoothed distribution w * (y * (1 - s) + s / C), or w * s / C for index targets.
+    One return statement: Triton rejects returns of different types from the branches of a
+    constexpr if (w is [1, BLOCK_C] with a class weight, [BLOCK_ROWS, BLOCK_C] without)."""
     if PROB_TARGET:
-        return w * (y * (1.0 - smoothing) + smoothing / C)
-    return w * (smoothing / C)
+        a = w * (y * (1.0 - smoothing) + smoothing / C)
+    else:
+        a = w * (smoothing / C)
+    return a
 
 
-@autotune(_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})
+@autotune(_CONFIGS, key=_KEY, prune=_prune)
 @triton.jit
 def cross_entropy_forward_kernel(
-    x_ptr, target_ptr, weight_ptr, weight_sum_ptr, loss_ptr, row_weight_ptr, lse_ptr,
+    x_ptr, target_ptr, weight_ptr, loss_ptr, row_weight_ptr, lse_ptr,
     rows, C, S,
     stride_xn, stride_xc, stride_xs, stride_tn, stride_tc, stride_ts,
     ignore_index, smoothing,
     PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Per row: lse, the loss before reduction and the row's weight in a mean (fp32)."""
+    """Per row: lse, the loss before reduction and the row's weight in a mean (fp32). The sum
+    of the class weights that smoothing needs is summed here from the chunks the loop loads."""
     rows_idx = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
     row_in = rows_idx < rows
     x_rows = _row_pointers(x_ptr, rows_idx, S, stride_xn, stride_xs)
@@ -73,6 +80,7 @@ def cross_entropy_forward_kernel(
     running_sum = tl.zeros((BLOCK_ROWS,), tl.float32)
     dot = tl.zeros((BLOCK_ROWS,), tl.float32)
     coefficient_sum = tl.zeros((BLOCK_ROWS,), tl.float32)
+    weight_sum = tl.zeros((1,), tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         inside = row_in[:, None] & (cols < C)[None, :]
@@ -86,6 +94,7 @@ def cross_entropy_forward_kernel(
         if PROB_TARGET or SMOOTHING:
             if HAS_WEIGHT:
                 w = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
+                weight_sum += tl.sum(w, axis=1)
             else:
                 w = tl.where(inside, 1.0, 0.0)
             if PROB_TARGET:
@@ -114,7 +123,8 @@ def cross_entropy_forward_kernel(
             w_target = tl.where(counted, 1.0, 0.0)
         loss = -(x_target - lse) * w_target
         if SMOOTHING:
-            weight_sum = tl.load(weight_sum_ptr).to(tl.float32)
+            if not HAS_WEIGHT:
+                weight_sum += C
             loss = (1.0 - smoothing) * loss + smoothing / C * -(dot - lse * weight_sum)
         loss = tl.where(counted, tl.where(in_range, loss, float("nan")), 0.0)
         row_weight = w_target
@@ -123,26 +133,30 @@ def cross_entropy_forward_kernel(
     tl.store(lse_ptr + rows_idx, lse, mask=row_in)
 
 
-@autotune(_CONFIGS, key=_KEY + ["NEED_INPUT", "NEED_TARGET"],
-          prune_configs_by={"early_config_prune": _prune})
+@autotune(_CONFIGS, key=_KEY + ["NEED_INPUT", "NEED_TARGET"], prune=_prune)
 @triton.jit
 def cross_entropy_backward_kernel(
-    x_ptr, target_ptr, weight_ptr, weight_sum_ptr, lse_ptr, scale_ptr, grad_x_ptr, grad_target_ptr,
+    x_ptr, target_ptr, weight_ptr, lse_ptr, grad_loss_ptr, total_weight_ptr, grad_x_ptr,
+    grad_target_ptr,
     rows, C, S,
-    stride_xn, stride_xc, stride_xs, stride_tn, stride_tc, stride_ts, stride_scale,
+    stride_xn, stride_xc, stride_xs, stride_tn, stride_tc, stride_ts, stride_grad_loss,
     ignore_index, smoothing,
     PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr,
-    NEED_INPUT: tl.constexpr, NEED_TARGET: tl.constexpr,
+    MEAN: tl.constexpr, NEED_INPUT: tl.constexpr, NEED_TARGET: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """grad_x / grad_target as contiguous rows [rows, C] (classes last); scale[r * stride_scale]
-    is d loss / d loss[r]."""
+    """grad_x / grad_target as contiguous rows [rows, C] (classes last). d loss / d loss[r] is
+    grad_loss[r * stride_grad_loss] (stride 0: a reduced loss), divided by the total weight
+    for a mean."""
     rows_idx = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
     row_in = rows_idx < rows
     x_rows = _row_pointers(x_ptr, rows_idx, S, stride_xn, stride_xs)
     t_rows = _row_pointers(target_ptr, rows_idx, S, stride_tn, stride_ts)
     lse = tl.load(lse_ptr + rows_idx, mask=row_in, other=0.0).to(tl.float32)
-    scale = tl.load(scale_ptr + rows_idx * stride_scale, mask=row_in, other=0.0).to(tl.float32)
+    scale = tl.load(grad_loss_ptr + rows_idx * stride_grad_loss, mask=row_in, other=0.0)
+    scale = scale.to(tl.float32)
+    if MEAN:
+        scale = scale / tl.load(total_weight_ptr).to(tl.float32)
     keep = 1.0 - smoothing
 
     if PROB_TARGET:
@@ -171,7 +185,15 @@ def cross_entropy_backward_kernel(
             w_target = tl.where(counted, 1.0, 0.0)
         total = keep * w_target
         if SMOOTHING:
-            total += smoothing / C * tl.load(weight_sum_ptr).to(tl.float32)
+            if HAS_WEIGHT:
+                weight_sum = tl.zeros((1,), tl.float32)
+                for c0 in range(0, C, BLOCK_C):
+                    cols = c0 + tl.arange(0, BLOCK_C)
+                    weight_sum += tl.sum(tl.load(weight_ptr + cols, mask=cols < C, other=0.0)
+                                         .to(tl.float32)[None, :], axis=1)
+            else:
+                weight_sum = C
+            total += smoothing / C * weight_sum
     scale = tl.where(counted, scale, 0.0)
 
     out_rows = rows_idx * C
@@ -200,6 +222,37 @@ def cross_entropy_backward_kernel(
             tl.store(grad_target_ptr + out, grad_y.to(grad_target_ptr.dtype.element_ty), mask=inside)
 
 
+_REDUCE_BLOCK = 1024
+
+
+@triton.jit
+def reduce_loss_kernel(
+    loss_ptr, row_weight_ptr, out_ptr, total_weight_ptr,
+    rows,
+    REDUCTION: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One program: total_weight[0] = sum of row_weight[:rows]; out = the per-row losses in
+    out's dtype (REDUCTION 0, "none"), their sum (2) or their sum / total_weight (1, "mean").
+    Sums in a fixed order (deterministic, unlike atomics), in ACC."""
+    loss_sum = tl.zeros((BLOCK,), ACC)
+    weight_sum = tl.zeros((BLOCK,), ACC)
+    for r0 in range(0, rows, BLOCK):
+        r = r0 + tl.arange(0, BLOCK)
+        inside = r < rows
+        loss = tl.load(loss_ptr + r, mask=inside, other=0.0)
+        weight_sum += tl.load(row_weight_ptr + r, mask=inside, other=0.0).to(ACC)
+        if REDUCTION == 0:
+            tl.store(out_ptr + r, loss.to(out_ptr.dtype.element_ty), mask=inside)
+        else:
+            loss_sum += loss.to(ACC)
+    total_weight = tl.sum(weight_sum, axis=0)
+    tl.store(total_weight_ptr, total_weight.to(total_weight_ptr.dtype.element_ty))
+    if REDUCTION == 1:
+        tl.store(out_ptr, (tl.sum(loss_sum, axis=0) / total_weight).to(out_ptr.dtype.element_ty))
+    elif REDUCTION == 2:
+        tl.store(out_ptr, tl.sum(loss_sum, axis=0).to(out_ptr.dtype.element_ty))
+
+
 def _as_rows(t):
     """[N, C, d...] -> a [N, C, S] view when the spatial dims collapse (else a copy), and its
     strides (n, c, s)."""
@@ -213,77 +266,75 @@ def _index_rows(target):
     return t2, (t2.stride(0), 0, t2.stride(1))
 
 
-def _class_weight(weight, like):
-    """(weight, its sum as a 1-element tensor): the sum is read on the device, no .item()."""
-    if weight is None:
-        return None, torch.full((1,), float(like.shape[1]), device=like.device, dtype=torch.float32)
-    return weight.contiguous(), weight.sum(dtype=torch.float32).reshape(1)
-
-
 def _accumulate_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _rows_view(input, target, weight, label_smoothing):
     """What the forward and backward launchers share: logits and target as rows (no copy),
-    the row and class counts, the effective smoothing and the class weight (with its sum)."""
+    the row and class counts, the effective smoothing and the class weight."""
     x, x_strides = _as_rows(input)
     prob_target = target.is_floating_point()
     t, t_strides = _as_rows(target) if prob_target else _index_rows(target)
     rows, classes = x.shape[0] * x.shape[2], x.shape[1]
     smoothing = max(float(label_smoothing), 0.0)
-    weight, weight_sum = _class_weight(weight, x)
-    return x, x_strides, t, t_strides, prob_target, rows, classes, smoothing, weight, weight_sum
+    weight = weight.contiguous() if weight is not None else None
+    return x, x_strides, t, t_strides, prob_target, rows, classes, smoothing, weight
 
 
-def _loss_rows(input, target, weight, ignore_index, label_smoothing):
-    """Per-row (loss, row_weight, lse) in float32 for logits [N, C, d...]."""
-    (x, x_strides, t, t_strides, prob_target, rows, classes, smoothing, weight,
-     weight_sum) = _rows_view(input, target, weight, label_smoothing)
-    loss = torch.empty(rows, device=x.device, dtype=torch.float32)
-    row_weight = torch.empty_like(loss)
-    lse = torch.empty_like(loss)
+def _per_row_buffers(rows, device):
+    """(loss, row_weight, lse): the float32 per-row results of the forward kernel."""
+    return tuple(torch.empty(rows, device=device, dtype=torch.float32) for _ in range(3))
+
+
+def _loss_rows(input, target, weight, ignore_index, label_smoothing, loss, row_weight, lse):
+    """Writes the per-row loss, row_weight and lse (contiguous float32 [N * d...]) of logits
+    [N, C, d...]."""
+    (x, x_strides, t, t_strides, prob_target, rows, classes, smoothing,
+     weight) = _rows_view(input, target, weight, label_smoothing)
     if rows > 0:
         cross_entropy_forward_kernel[lambda meta: (cdiv(rows, meta["BLOCK_ROWS"]),)](
-            x, t, weight, weight_sum, loss, row_weight, lse,
+            x, t, weight, loss, row_weight, lse,
             rows, classes, x.shape[2], *x_strides, *t_strides, ignore_index, smoothing,
             PROB_TARGET=prob_target, HAS_WEIGHT=weight is not None, SMOOTHING=smoothing > 0,
         )
     if prob_target and classes == 0:  # torch's mean over no logits is NaN
         row_weight.zero_()
-    return loss, row_weight, lse
+
+
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
 def _reduce(loss, row_weight, reduction, rows_shape, dtype):
-    """(loss, total_weight) from per-row values, on the device (no synchronisation)."""
+    """(loss, total_weight) from per-row values, in one launch on the device (no
+    synchronisation)."""
     acc = _accumulate_dtype(dtype)
-    total_weight = row_weight.sum(dtype=acc)
-    if reduction == "none":
-        return loss.to(dtype).view(rows_shape), total_weight
-    total = loss.sum(dtype=acc)
-    return (total / total_weight if reduction == "mean" else total).to(dtype), total_weight
+    total_weight = torch.empty((), device=loss.device, dtype=acc)
+    out = torch.empty(rows_shape if reduction == "none" else (), device=loss.device, dtype=dtype)
+    reduce_loss_kernel[(1,)](loss, row_weight, out, total_weight, loss.numel(),
+                             REDUCTION=_REDUCTIONS[reduction],
+                             ACC=tl.float64 if acc == torch.float64 else tl.float32,
+                             BLOCK=_REDUCE_BLOCK)
+    return out, total_weight
 
 
-def _row_scale(grad_loss, total_weight, reduction):
-    scale = grad_loss.reshape(-1).to(torch.float32).contiguous()
-    return scale / total_weight if reduction == "mean" else scale
-
-
-def _loss_grads(input, target, weight, lse, scale, ignore_index, label_smoothing, need_input,
-                need_target):
-    """Gradients of input and of a probability target as contiguous rows [N * S, C]. (Never
-    written over the input: autotuning runs the kernel several times on the same arguments.)"""
-    (x, x_strides, t, t_strides, prob_target, rows, classes, smoothing, weight,
-     weight_sum) = _rows_view(input, target, weight, label_smoothing)
+def _loss_grads(input, target, weight, lse, grad_loss, total_weight, reduction, ignore_index,
+                label_smoothing, need_input, need_target):
+    """Gradients of input and of a probability target as contiguous rows [N * S, C], from
+    grad_loss (one value per row, or one for a reduced loss). (Never written over the input:
+    autotuning runs the kernel several times on the same arguments.)"""
+    (x, x_strides, t, t_strides, prob_target, rows, classes, smoothing,
+     weight) = _rows_view(input, target, weight, label_smoothing)
+    grad_loss = grad_loss.reshape(-1)
     grad_input = torch.empty((rows, classes), device=x.device, dtype=x.dtype) if need_input else None
     grad_target = torch.empty((rows, classes), device=x.device, dtype=x.dtype) if need_target else None
     if rows > 0 and classes > 0:
         cross_entropy_backward_kernel[lambda meta: (cdiv(rows, meta["BLOCK_ROWS"]),)](
-            x, t, weight, weight_sum, lse.reshape(-1), scale, grad_input, grad_target,
-            rows, classes, x.shape[2], *x_strides, *t_strides, 1 if scale.numel() > 1 else 0,
-            ignore_index, smoothing,
+            x, t, weight, lse.reshape(-1), grad_loss, total_weight, grad_input, grad_target,
+            rows, classes, x.shape[2], *x_strides, *t_strides,
+            grad_loss.stride(0) if grad_loss.numel() > 1 else 0, ignore_index, smoothing,
             PROB_TARGET=prob_target, HAS_WEIGHT=weight is not None, SMOOTHING=smoothing > 0,
-            NEED_INPUT=need_input, NEED_TARGET=need_target,
+            MEAN=reduction == "mean", NEED_INPUT=need_input, NEED_TARGET=need_target,
         )
     return grad_input, grad_target
 
@@ -298,7 +349,8 @@ def cross_entropy_forward(input, target, weight, reduction, ignore_index, label_
     """input [N, C, d...]; target class indices [N, d...] or probabilities (input's shape);
     weight [C] or None -> (loss [N, d...] or [], lse [N, d...] fp32, total_weight [])."""
     rows_shape = (input.shape[0], *input.shape[2:])
-    loss, row_weight, lse = _loss_rows(input, target, weight, ignore_index, label_smoothing)
+    loss, row_weight, lse = _per_row_buffers(math.prod(rows_shape), input.device)
+    _loss_rows(input, target, weight, ignore_index, label_smoothing, loss, row_weight, lse)
     loss, total_weight = _reduce(loss, row_weight, reduction, rows_shape, input.dtype)
     return loss, lse.to(_accumulate_dtype(input.dtype)).view(rows_shape), total_weight
 
@@ -307,10 +359,9 @@ def cross_entropy_backward(grad_loss, input, target, weight, logsumexp, total_we
                            ignore_index, label_smoothing, output_mask):
     """(grad_input, grad_target) of cross_entropy_forward, each of input's shape (or empty)."""
     need_input, need_target = output_mask
-    scale = _row_scale(grad_loss, total_weight, reduction)
-    grad_input, grad_target = _loss_grads(input, target, weight, logsumexp.to(torch.float32),
-                                          scale, ignore_index, label_smoothing, need_input,
-                                          need_target)
+    grad_input, grad_target = _loss_grads(input, target, weight, logsumexp, grad_loss,
+                                          total_weight, reduction, ignore_index, label_smoothing,
+                                          need_input, need_target)
     return (_classes_last_view(grad_input, input) if need_input else empty_grad(input),
             _classes_last_view(grad_target, input) if need_target else empty_grad(input))
 
@@ -335,47 +386,54 @@ def linear_cross_entropy_forward(input, linear_weight, bias, target, weight, red
                                  ignore_index, label_smoothing):
     """cross_entropy_forward of input [N, H] @ linear_weight[C, H]^T + bias, chunk by chunk."""
     rows = input.shape[0]
-    loss = torch.empty(rows, device=input.device, dtype=torch.float32)
-    row_weight = torch.empty_like(loss)
-    lse = torch.empty_like(loss)
+    loss, row_weight, lse = _per_row_buffers(rows, input.device)
     for r0, m in _chunks(rows, linear_weight.shape[0]):
         logits = _chunk_logits(input, linear_weight, bias, r0, m)
-        loss[r0:r0 + m], row_weight[r0:r0 + m], lse[r0:r0 + m] = _loss_rows(
-            logits, target[r0:r0 + m], weight, ignore_index, label_smoothing)
+        _loss_rows(logits, target[r0:r0 + m], weight, ignore_index, label_smoothing,
+                   loss[r0:r0 + m], row_weight[r0:r0 + m], lse[r0:r0 + m])
     loss, total_weight = _reduce(loss, row_weight, reduction, (rows,), input.dtype)
     return loss, lse.to(_accumulate_dtype(input.dtype)), total_weight
+
+
+def _accumulate(total, part, dtype):
+    """total + part in dtype; total None (the first chunk) is part itself."""
+    return part.to(dtype) if total is None else total.add_(part)
 
 
 def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target, weight, logsumexp,
                                   total_weight, reduction, ignore_index, label_smoothing,
                                   output_mask):
     """Gradients (input, linear_weight, bias, probability target): the logits of each chunk
-    are recomputed, their gradient computed and fed to the GEMMs."""
+    are recomputed (the price of keeping only the lse for backward), their gradient computed
+    and fed to the GEMMs. With several chunks the parameter gradients add up in fp32 (float64
+    for float64); one chunk writes them directly."""
     need_input, need_linear_weight, need_bias, need_target = output_mask
     rows, classes = input.shape[0], linear_weight.shape[0]
-    scale = _row_scale(grad_loss, total_weight, reduction)
-    lse = logsumexp.to(torch.float32)
+    per_row = grad_loss.numel() > 1 or reduction == "none"
     grad_input = torch.empty_like(input, memory_format=torch.contiguous_format) if need_input else None
-    # fp32 accumulators across chunks for reduced-precision parameters
-    acc = _accumulate_dtype(input.dtype)
-    grad_linear_weight = torch.zeros(linear_weight.shape, device=input.device, dtype=acc) if need_linear_weight else None
-    grad_bias = torch.zeros(classes, device=input.device, dtype=acc) if need_bias else None
+    chunks = _chunks(rows, classes)
+    acc = input.dtype if len(chunks) == 1 else _accumulate_dtype(input.dtype)
+    grad_linear_weight = grad_bias = None
     grad_target = torch.empty((rows, classes), device=input.device, dtype=input.dtype) if need_target else None
     need_logits = need_input or need_linear_weight or need_bias
-    for r0, m in _chunks(rows, classes):
+    for r0, m in chunks:
         logits = _chunk_logits(input, linear_weight, bias, r0, m)
         grad_logits, chunk_grad_target = _loss_grads(
-            logits, target[r0:r0 + m], weight, lse[r0:r0 + m],
-            scale[r0:r0 + m] if scale.numel() > 1 else scale, ignore_index, label_smoothing,
-            need_logits, need_target)
+            logits, target[r0:r0 + m], weight, logsumexp[r0:r0 + m],
+            grad_loss[r0:r0 + m] if per_row else grad_loss, total_weight, reduction,
+            ignore_index, label_smoothing, need_logits, need_target)
         if need_target:
             grad_target[r0:r0 + m] = chunk_grad_target
         if need_input:
             torch.mm(grad_logits, linear_weight, out=grad_input[r0:r0 + m])
         if need_linear_weight:
-            grad_linear_weight += (grad_logits.t() @ input[r0:r0 + m]).to(acc)
+            grad_linear_weight = _accumulate(grad_linear_weight,
+                                             grad_logits.t() @ input[r0:r0 + m], acc)
         if need_bias:
-            grad_bias += grad_logits.sum(0, dtype=acc)
+            grad_bias = _accumulate(grad_bias, grad_logits.sum(0, dtype=acc), acc)
+    if rows == 0:  # no chunk: zero gradients for the parameters
+        grad_linear_weight = torch.zeros_like(linear_weight) if need_linear_weight else None
+        grad_bias = input.new_zeros(classes) if need_bias else None
     return (grad_input if need_input else empty_grad(input),
             grad_linear_weight.to(input.dtype) if need_linear_weight else empty_grad(input),
             grad_bias.to(input.dtype) if need_bias else empty_grad(input),

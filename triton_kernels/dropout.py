@@ -77,7 +77,7 @@ _ELEMENT_CONFIGS = [
 
 # restore_value: autotuning runs every config on the same buffers, and in place (out is x) each
 # run would apply the noise again.
-@autotune(_ELEMENT_CONFIGS, key=["numel"], restore_value=["out_ptr"])
+@autotune(_ELEMENT_CONFIGS, key=["numel"], bucket=["numel"], restore_value=["out_ptr"])
 @triton.jit(do_not_specialize=["seed"])
 def dropout_kernel(
     x_ptr, out_ptr,
@@ -102,7 +102,8 @@ _CHANNEL_CONFIGS = [
 ]
 
 
-@autotune(_CHANNEL_CONFIGS, key=["units", "channel_size"], restore_value=["out_ptr"])
+@autotune(_CHANNEL_CONFIGS, key=["units", "channel_size"], bucket=["units"],
+          restore_value=["out_ptr"])
 @triton.jit(do_not_specialize=["seed"])
 def channel_dropout_kernel(
     x_ptr, out_ptr,

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import autotune, cdiv, empty_grad, fp32_dot_precision
+from ._utils import autotune, cdiv, dot_shared_memory, empty_grad, fp32_dot_precision, size_bucket
 from .dropout import (check_noise_args, compute_dtype, dropout_inplace, noise_args, noise_scale,
                       tile_uniforms)
 
@@ -27,24 +27,50 @@ _MATMUL_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=5, num_warps=2),
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=5, num_warps=2),
+    # at most 32 accumulator elements per thread: the tiles that the dropout epilogue and the
+    # CUDA-core (IEEE fp32) dot can use without spilling registers
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
 ]
+# Accumulator elements per thread past which ptxas spills (measured with tests/sm90.py): the
+# Philox rounds of the dropout epilogue and the FMA-based IEEE fp32 dot keep more live values
+# per element than a tensor-core dot does.
+_MAX_CUDA_CORE_ACC_PER_THREAD = 32
 
 
-@autotune(_MATMUL_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "RELU", "MASK_A", "DROPOUT"])
+def _prune_matmul(configs, args):
+    """Tiles for the problem at hand: none taller or wider than its (bucketed) M and N need
+    (a 10-class head gets no 256-wide tile), and, where the dot or the epilogue runs on CUDA
+    cores, at most _MAX_CUDA_CORE_ACC_PER_THREAD accumulator elements per thread."""
+    m, n = max(size_bucket(args["M"]), 32), max(size_bucket(args["N"]), 32)
+    cuda_core = args["DROPOUT"] or (args["a_ptr"].dtype == torch.float32
+                                    and args["INPUT_PRECISION"] == "ieee")
+    kept = [c for c in configs
+            if (c.kwargs["BLOCK_M"] <= m or c.kwargs["BLOCK_M"] == 32)
+            and (c.kwargs["BLOCK_N"] <= n or c.kwargs["BLOCK_N"] == 64)
+            and (not cuda_core or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]
+                 <= _MAX_CUDA_CORE_ACC_PER_THREAD * 32 * c.num_warps)]
+    return kept
+
+
+@autotune(_MATMUL_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "RELU", "MASK_A", "DROPOUT",
+                                "ROW_SUM_A"],
+          bucket=["M"], prune=_prune_matmul, shared_memory=dot_shared_memory("a_ptr", "b_ptr"))
 @triton.jit(do_not_specialize=["seed"])
 def matmul_kernel(
-    a_ptr, b_ptr, c_ptr, bias_ptr, mask_ptr,
+    a_ptr, b_ptr, c_ptr, bias_ptr, mask_ptr, row_sum_ptr,
     M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_mm, stride_mk,
     seed, p, scale_bits,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, MASK_A: tl.constexpr, DROPOUT: tl.constexpr,
-    DROPOUT_ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    DROPOUT_ALIGNED: tl.constexpr, ROW_SUM_A: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """c[M, N] = dropout(act(a'[M, K] @ b[K, N] + bias[N])) with a' = a * !(mask <= 0) when
     MASK_A (mask has a's shape and its own strides) and the dropout of unit m * N + n when
-    DROPOUT (seed, p, scale_bits as in dropout.noise_args; DROPOUT_ALIGNED: N % 4 == 0). fp32
-    accumulation; grouped tile order for L2 reuse."""
+    DROPOUT (seed, p, scale_bits as in dropout.noise_args; DROPOUT_ALIGNED: N % 4 == 0). With
+    ROW_SUM_A, also row_sum[M] = sum_k a'[M, k] (the bias gradient, read off the tiles the
+    weight gradient loads anyway). fp32 accumulation; grouped tile order for L2 reuse."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -67,6 +93,7 @@ def matmul_kernel(
         mask_ptrs = mask_ptr + rows * stride_mm + offs_k[None, :] * stride_mk
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         k_left = K - k * BLOCK_K
         a_in = (offs_m[:, None] < M) & (offs_k[None, :] < k_left)
@@ -76,6 +103,8 @@ def matmul_kernel(
             drop = tl.load(mask_ptrs, mask=a_in, other=0.0) <= 0
             a = tl.where(drop, tl.zeros_like(a), a)
             mask_ptrs += BLOCK_K * stride_mk
+        if ROW_SUM_A:
+            row_sum += tl.sum(a.to(tl.float32), axis=1)
         b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N), other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
         a_ptrs += BLOCK_K * stride_ak
@@ -91,6 +120,9 @@ def matmul_kernel(
         acc = acc * tl.where(uniforms >= p, noise_scale(scale_bits, tl.float32), 0.0)
     c_ptrs = c_ptr + rows * stride_cm + cols * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+    if ROW_SUM_A:
+        if pid_n == 0:
+            tl.store(row_sum_ptr + offs_m, row_sum.to(row_sum_ptr.dtype.element_ty), mask=offs_m < M)
 
 
 @triton.jit
@@ -100,9 +132,11 @@ def column_sum_kernel(
     stride_gm, stride_gn, stride_mm, stride_mn,
     MASK_G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """out[N] = sum over rows of g' where g' = g * !(mask <= 0) when MASK_G; fp32 accumulation."""
+    """out[N] = sum over rows of g' where g' = g * !(mask <= 0) when MASK_G; fp32 accumulation
+    in a [BLOCK_M, BLOCK_N] tile, reduced across rows once at the end. (Only the bias gradient
+    without the weight gradient uses it: with both, matmul_kernel's ROW_SUM_A computes it.)"""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for m0 in range(0, M, BLOCK_M):
         offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
         inside = (offs_m[:, None] < M) & (offs_n[None, :] < N)
@@ -111,13 +145,14 @@ def column_sum_kernel(
         if MASK_G:
             drop = tl.load(mask_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn, mask=inside, other=0.0) <= 0
             g = tl.where(drop, 0.0, g)
-        acc += tl.sum(g, axis=0)
-    tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=offs_n < N)
+        acc += g
+    tl.store(out_ptr + offs_n, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
 @autotune([triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4),
            triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4),
-           triton.Config({"BLOCK_M": 8, "BLOCK_N": 512}, num_warps=8)], key=["M", "N", "RELU", "ALIGNED"])
+           triton.Config({"BLOCK_M": 8, "BLOCK_N": 512}, num_warps=8)], key=["M", "N", "RELU", "ALIGNED"],
+          bucket=["M"])
 @triton.jit(do_not_specialize=["seed"])
 def dropout_grad_kernel(
     g_ptr, out_ptr, res_ptr,
@@ -144,14 +179,16 @@ def dropout_grad_kernel(
     tl.store(res_ptr + rows * N + cols, g.to(res_ptr.dtype.element_ty), mask=inside)
 
 
-def _matmul(a, b, out, bias=None, relu=False, a_mask=None, dropout=None):
+def _matmul(a, b, out, bias=None, relu=False, a_mask=None, dropout=None, row_sum=None):
     """out = dropout(act(a' @ b + bias)) for 2-D tensors of any strides (see matmul_kernel);
-    dropout: None or (seed, p)."""
+    dropout: None or (seed, p); row_sum: None or a [M] tensor that receives a''s row sums."""
     M, K = a.shape
     N = b.shape[1]
     if M == 0 or N == 0:
         return out
     if K == 0:  # an empty sum: bias, activation and dropout only
+        if row_sum is not None:
+            row_sum.zero_()
         out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
         if relu:
             out.clamp_(min=0)
@@ -165,13 +202,14 @@ def _matmul(a, b, out, bias=None, relu=False, a_mask=None, dropout=None):
         return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
     matmul_kernel[grid](
-        a, b, out, bias, a_mask,
+        a, b, out, bias, a_mask, row_sum,
         M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         mask_strides[0], mask_strides[1],
         seed, p, scale_bits,
         HAS_BIAS=bias is not None, RELU=relu, MASK_A=a_mask is not None, DROPOUT=dropout is not None,
-        DROPOUT_ALIGNED=N % 4 == 0, INPUT_PRECISION=fp32_dot_precision(a.dtype),
+        DROPOUT_ALIGNED=N % 4 == 0, ROW_SUM_A=row_sum is not None,
+        INPUT_PRECISION=fp32_dot_precision(a.dtype),
     )
     return out
 
@@ -187,7 +225,7 @@ def _dropout_arg(dropout_seed, dropout_p):
 def linear_forward(input, weight, bias, activation, dropout_seed=None, dropout_p=0.0):
     """input [*, K], weight [N, K], bias [N] or None -> [*, N]; activation "none" | "relu";
     with a dropout_seed (one-element int64 CPU tensor), dropout(p = dropout_p) of the result."""
-    x = input.reshape(-1, input.shape[-1])
+    x = input.reshape(input.shape[:-1].numel(), input.shape[-1])  # (-1 is ambiguous for K = 0)
     out = torch.empty((x.shape[0], weight.shape[0]), device=input.device, dtype=input.dtype)
     _matmul(x, weight.t(), out, bias=bias, relu=activation == "relu",
             dropout=_dropout_arg(dropout_seed, dropout_p))
@@ -228,14 +266,16 @@ def linear_backward(grad_output, input, weight, output, activation, output_mask,
         grad_input = torch.empty((g.shape[0], weight.shape[1]), device=g.device, dtype=g.dtype)
         _matmul(g, weight, grad_input, a_mask=relu_mask)
         grad_input = grad_input.view(*grad_output.shape[:-1], weight.shape[1])
+    x = input.reshape(g.shape[0], input.shape[-1])
+    grad_bias = torch.empty((n,), device=g.device, dtype=g.dtype) if need_bias else empty_grad(g)
+    # the bias gradient comes with the weight gradient's loads, unless that product is empty
+    bias_in_matmul = need_bias and need_weight and x.shape[1] > 0
     grad_weight = empty_grad(grad_output)
     if need_weight:
-        x = input.reshape(-1, input.shape[-1])
         grad_weight = torch.empty((n, x.shape[1]), device=g.device, dtype=g.dtype)
-        _matmul(g.t(), x, grad_weight, a_mask=relu_mask.t() if relu_mask is not None else None)
-    grad_bias = empty_grad(grad_output)
-    if need_bias:
-        grad_bias = torch.empty((n,), device=g.device, dtype=g.dtype)
+        _matmul(g.t(), x, grad_weight, a_mask=relu_mask.t() if relu_mask is not None else None,
+                row_sum=grad_bias if bias_in_matmul else None)
+    if need_bias and not bias_in_matmul:
         mask_strides = relu_mask.stride() if relu_mask is not None else (0, 0)
         block_n = 64
         column_sum_kernel[(cdiv(n, block_n),)](
