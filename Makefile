@@ -12,7 +12,7 @@ PIP    := $(PY) -m pip
 TORCH_VERSION := 2.13.0
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py
 
-.PHONY: test bench bench-quick build test-installed bench-installed clean
+.PHONY: test bench bench-quick build test-installed bench-installed gpu-check gpu-check-dry aot clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,23 @@ test-installed:
 bench-installed:
 	$(PYTHON) -m pip install --no-build-isolation --no-deps --no-index -e . -q
 	$(PYTHON) -m fastops bench
+
+# The GPU run of one short lease (about 6 minutes on an H200, see the README): build against the
+# installed torch, the CUDA tests, CUDA graphs of converted models, the quick GPU benchmark;
+# results in benchmarks/results/<gpu-name>/. gpu-check-dry runs the same script on the CPU.
+gpu-check:
+	$(PYTHON) -m pip install --no-build-isolation --no-deps --no-index -e . -q
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-dry: build
+	$(PY) benchmarks/gpu_check.py --dry-run --out build/gpu-check-dry
+
+# Every Triton kernel compiled for sm_90 with every config that autotuning can pick (the test
+# suite compiles one per kernel and key); the summary is committed per Triton version.
+aot: build
+	mkdir -p build
+	$(PY) tests/sm90.py --autotune all --out build/sm90-all.json \
+		--summary benchmarks/results/sm90-compile
 
 clean:
 	rm -rf build fastops/_C*.so *.egg-info $(VENV)/.built $(VENV)/.installed

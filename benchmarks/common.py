@@ -4,7 +4,10 @@ side by side (torch vs fastops vs torch.compile), ``extra_info`` what the report
 
 Environment (set by ``python -m fastops bench``):
   FASTOPS_BENCH_DEVICE  cpu | cuda (default: cuda when available)
-  FASTOPS_BENCH_QUICK   1: only each suite's first (tutorial-sized) case, no torch.compile
+  FASTOPS_BENCH_QUICK   1: on the CPU, only each suite's first (tutorial-sized) case in float32,
+                        no torch.compile; on CUDA (where a run is one short lease and compiling
+                        is what costs) the first and the last (largest) case, float32 and
+                        bfloat16, torch.compile included
 """
 
 import os
@@ -15,7 +18,7 @@ import fastops
 
 DEVICE = os.environ.get("FASTOPS_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 QUICK = os.environ.get("FASTOPS_BENCH_QUICK", "0") == "1"
-DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" and not QUICK else [torch.float32]
+DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
 # Rounds on CUDA; each is preceded (untimed) by a write over a buffer larger than L2, so small
 # cases are not flattered by a warm cache (the do_bench recipe).
 CUDA_ROUNDS = 50
@@ -23,9 +26,12 @@ _L2_FLUSH_BYTES = 256 * 1024 * 1024
 
 
 def cases(all_cases):
-    """The cases of a suite: all of them, or the first (tutorial-sized) one with --quick."""
+    """The cases of a suite: all of them, or with --quick the first (tutorial-sized) one, and
+    on CUDA the last (largest) one too."""
     names = list(all_cases)
-    return names[:1] if QUICK else names
+    if not QUICK:
+        return names
+    return names[:1] + names[1:][-1:] if DEVICE == "cuda" else names[:1]
 
 
 def sync():
@@ -36,7 +42,7 @@ def sync():
 def implementations(torch_fn, fastops_fn, compile_torch=True):
     """{name: callable}: torch eager, fastops, and torch.compile of the torch function."""
     impls = {"torch": torch_fn, "fastops": fastops_fn}
-    if compile_torch and not QUICK:
+    if compile_torch and (DEVICE == "cuda" or not QUICK):
         impls["torch.compile"] = torch.compile(torch_fn)
     return impls
 

@@ -195,6 +195,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="JSON report to write")
     parser.add_argument("--autotune", choices=["first", "all"], default="first")
     parser.add_argument("--only", default=None, help="comma-separated ops to compile")
+    parser.add_argument("--summary", metavar="DIR",
+                        help="also write DIR/triton-<version>.md, the per-kernel summary")
     args = parser.parse_args(argv)
 
     os.environ["TRITON_INTERPRET"] = "0"
@@ -240,6 +242,47 @@ def main(argv=None):
               flush=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
+    if args.summary:
+        os.makedirs(args.summary, exist_ok=True)
+        path = os.path.join(args.summary, f"triton-{triton.__version__}.md")
+        with open(path, "w") as f:
+            f.write(summary(report, " ".join(["python tests/sm90.py", *(argv or sys.argv[1:])])))
+        print(f"summary: {path}")
+
+
+def summary(report, command):
+    """Markdown: one row per kernel and dtype over every case that compiled it."""
+    rows = collections.OrderedDict()
+    for case in report["cases"]:
+        dtype = case["name"].rsplit(" ", 1)[-1]
+        for kernel in case["compiled"]:
+            row = rows.setdefault((kernel["kernel"], dtype), collections.defaultdict(list))
+            for field in ("registers", "spills", "shared", "tensor_core", "calls"):
+                row[field].append(kernel[field])
+    compiles = sum(len(c["compiled"]) for c in report["cases"])
+    seconds = sum(c["seconds"] for c in report["cases"])
+    errors = [f"- {c['op']} {c['phase']} {c['name']}: {c['error']}" for c in report["cases"]
+              if c["error"]]
+    lines = [
+        f"# sm_90 compile report: Triton {report['triton']}",
+        "",
+        f"`{command}` on {time.strftime('%Y-%m-%d')}, on a CPU-only machine ({os.cpu_count()} "
+        f"cores): the real launchers on CPU tensors through a compile-only driver for "
+        f"`GPUTarget('cuda', 90, 32)`; autotune mode `{report['autotune']}`. "
+        f"{len(report['cases'])} calls, {compiles} kernels compiled in {seconds:.0f} s "
+        f"({seconds / max(compiles, 1):.1f} s per compile, one process).",
+        "",
+        "| kernel | dtype | compiled | registers | spill stores | shared memory (KiB) "
+        "| HGMMA/HMMA | CALL |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (kernel, dtype), row in rows.items():
+        lines.append(
+            f"| {kernel} | {dtype} | {len(row['registers'])} | {min(row['registers'])}-"
+            f"{max(row['registers'])} | {max(row['spills'])} | {max(row['shared']) / 1024:.1f} "
+            f"| {min(row['tensor_core'])}-{max(row['tensor_core'])} | {max(row['calls'])} |")
+    lines += ["", "Errors:" if errors else "No call failed to compile.", *errors, ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
