@@ -27,30 +27,38 @@ _MATMUL_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=5, num_warps=2),
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=5, num_warps=2),
-    # at most 32 accumulator elements per thread: the tiles that the dropout epilogue and the
-    # CUDA-core (IEEE fp32) dot can use without spilling registers
+    # fewer accumulator elements per thread (see _acc_per_thread_limit)
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
 ]
-# Accumulator elements per thread past which ptxas spills (measured with tests/sm90.py): the
-# Philox rounds of the dropout epilogue and the FMA-based IEEE fp32 dot keep more live values
-# per element than a tensor-core dot does.
-_MAX_CUDA_CORE_ACC_PER_THREAD = 32
+
+
+def _acc_per_thread_limit(args):
+    """Accumulator elements per thread past which ptxas spills registers, as measured with
+    tests/sm90.py (make aot): 128 for a tensor-core dot, 32 where the dot or the epilogue runs
+    on CUDA cores (the FMA-based IEEE fp32 dot; the Philox rounds of the dropout epilogue),
+    half that when the A tile is also masked or summed in registers (MASK_A, ROW_SUM_A)."""
+    cuda_core = args["DROPOUT"] or (args["a_ptr"].dtype == torch.float32
+                                    and args["INPUT_PRECISION"] == "ieee")
+    limit = 32 if cuda_core else 128
+    return limit // 2 if args["MASK_A"] or args["ROW_SUM_A"] else limit
 
 
 def _prune_matmul(configs, args):
     """Tiles for the problem at hand: none taller or wider than its (bucketed) M and N need
-    (a 10-class head gets no 256-wide tile), and, where the dot or the epilogue runs on CUDA
-    cores, at most _MAX_CUDA_CORE_ACC_PER_THREAD accumulator elements per thread."""
-    m, n = max(size_bucket(args["M"]), 32), max(size_bucket(args["N"]), 32)
-    cuda_core = args["DROPOUT"] or (args["a_ptr"].dtype == torch.float32
-                                    and args["INPUT_PRECISION"] == "ieee")
-    kept = [c for c in configs
-            if (c.kwargs["BLOCK_M"] <= m or c.kwargs["BLOCK_M"] == 32)
-            and (c.kwargs["BLOCK_N"] <= n or c.kwargs["BLOCK_N"] == 64)
-            and (not cuda_core or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]
-                 <= _MAX_CUDA_CORE_ACC_PER_THREAD * 32 * c.num_warps)]
-    return kept
+    (a 10-class head gets no 256-wide tile), and none past _acc_per_thread_limit."""
+    m, n = max(size_bucket(args["M"]), 32), max(size_bucket(args["N"]), 64)
+    limit = _acc_per_thread_limit(args)
+
+    def acc_per_thread(c):
+        return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] // (32 * c.num_warps)
+
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m and c.kwargs["BLOCK_N"] <= n
+            and acc_per_thread(c) <= limit]
+    return kept or [min(configs, key=acc_per_thread)]
 
 
 @autotune(_MATMUL_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "RELU", "MASK_A", "DROPOUT",
@@ -149,9 +157,10 @@ def column_sum_kernel(
     tl.store(out_ptr + offs_n, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
-@autotune([triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4),
-           triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4),
-           triton.Config({"BLOCK_M": 8, "BLOCK_N": 512}, num_warps=8)], key=["M", "N", "RELU", "ALIGNED"],
+# 16 elements per thread: Philox per element (N % 4 != 0) spills registers at 32 (tests/sm90.py)
+@autotune([triton.Config({"BLOCK_M": 16, "BLOCK_N": 128}, num_warps=4),
+           triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4),
+           triton.Config({"BLOCK_M": 16, "BLOCK_N": 256}, num_warps=8)], key=["M", "N", "RELU", "ALIGNED"],
           bucket=["M"])
 @triton.jit(do_not_specialize=["seed"])
 def dropout_grad_kernel(
