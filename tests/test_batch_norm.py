@@ -499,3 +499,92 @@ def test_large_batch_matches(device):
                 [x, w, b, rm, rv], torch.float32, scale=4)
     assert_same(lambda *a: F.batch_norm_relu(*a, training=True), lambda *a, **k: reference(*a, True, activation="relu", **k),
                 [x.movedim(1, -1).contiguous().movedim(-1, 1), w, b, rm, rv], torch.float32, scale=4)
+
+
+# --------------------------------------------- Triton launch grids and index width (wide / large)
+
+CUDA_GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+@pytest.mark.parametrize("rows,channels", [(256, 70000), (4, 2**20), (2**33, 1), (2**31, 64),
+                                           (128 * 32 * 32, 64), (2, 2**31 - 1)])
+def test_triton_grids_stay_within_cuda_limits(rows, channels):
+    """A BatchNorm1d over 70000+ features has more channel blocks than grid axis 1 or 2 take,
+    a large batch more row blocks: every grid keeps them on axis 0."""
+    from fastops.triton_kernels import batch_norm as kernels
+
+    def check(grid):
+        assert all(0 < size <= limit for size, limit in zip(grid, CUDA_GRID_LIMITS)), grid
+
+    for splits in (1, 3, kernels._splits(rows, channels, False, torch.device("cpu"))):
+        for config in kernels._REDUCE_CONFIGS:
+            if channels * splits < 2**31:
+                check(kernels._reduce_grid(channels, splits)(config.kwargs))
+    named_args = {"M": rows, "C": channels}
+    kept = kernels._prune_elementwise(kernels._ELEMENTWISE_CONFIGS, named_args)
+    assert kept
+    for config in kept:
+        check(kernels._elementwise_grid(rows, channels)(config.kwargs))
+
+
+def test_triton_index_width_is_32_bit_unless_an_index_can_pass_int32():
+    from fastops.triton_kernels.batch_norm import _index_64
+
+    assert not _index_64(256 * 24 * 24, 6, 8)
+    assert not _index_64(128 * 32 * 32, 64, 528)
+    assert not _index_64(256, 70000)
+    assert not _index_64(2**31 - 2**16, 1, 528)
+    assert _index_64(2**31, 1)
+    assert _index_64(2**31 - 1024, 1)   # the last row block overruns
+    assert _index_64(2**31 - 4096, 1, 2**12)  # so does the start of the last split
+    assert _index_64(2, 2**31 - 1)
+    assert _index_64(2**12, 2**20, 2**11)  # the [splits, C] buffers of the reductions
+
+
+@pytest.mark.parametrize("shape,layout", [((70, 50), "contiguous"), ((3, 37, 2, 5), "contiguous"),
+                                          ((3, 37, 2, 5), "channels_last")], ids=str)
+@pytest.mark.parametrize("training", [True, False])
+def test_triton_row_and_channel_blocks_match_torch(shape, layout, training):
+    """Several row blocks and channel blocks, which the programs decode from a 1-D grid (a
+    BatchNorm1d over 70000 features would show the same, but takes minutes in the
+    interpreter)."""
+    from fastops.triton_kernels.batch_norm import batch_norm_backward, batch_norm_forward
+
+    x, w, b, rm, rv = make(shape, layout=layout)
+    ref_stats = [rm.clone(), rv.clone()]
+    xr, wr, br = leaf(x), leaf(w), leaf(b)
+    ref = reference(xr, *ref_stats, wr, br, training, 0.1, 1e-5, "relu")
+    out, mean, invstd = batch_norm_forward(x, w, b, rm, rv, training, 0.1, 1e-5, "relu",
+                                           splits=2)
+    assert_close(out, ref.detach(), scale=3)
+    assert_close(rm, ref_stats[0])
+    assert_close(rv, ref_stats[1])
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, [xr, wr, br], grad)
+    got = batch_norm_backward(grad, x, w, out, mean, invstd, training, "relu", [True, True, True],
+                              splits=2)
+    for g, w_ in zip(got, want):
+        assert_close(g, w_, scale=4)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_triton_64_bit_indices_match_torch(monkeypatch, layout):
+    """The kernels' int64 row / channel indices (INDEX_64, for tensors past 2**31 rows), forced
+    on a small input."""
+    from fastops.triton_kernels import batch_norm as kernels
+
+    monkeypatch.setattr(kernels, "_index_64", lambda *args: True)
+    x, w, b, rm, rv = make((3, 4, 5, 7), layout=layout)
+    ref_stats = [rm.clone(), rv.clone()]
+    xr, wr, br = leaf(x), leaf(w), leaf(b)
+    ref = reference(xr, *ref_stats, wr, br, True, 0.2, 1e-5, "relu")
+    out, mean, invstd = kernels.batch_norm_forward(x, w, b, rm, rv, True, 0.2, 1e-5, "relu",
+                                                   splits=3)
+    assert_close(out, ref.detach(), scale=3)
+    assert_close(rm, ref_stats[0])
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, [xr, wr, br], grad)
+    got = kernels.batch_norm_backward(grad, x, w, out, mean, invstd, True, "relu",
+                                      [True, True, True], splits=3)
+    for g, w_ in zip(got, want):
+        assert_close(g, w_, scale=4)

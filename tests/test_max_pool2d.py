@@ -383,3 +383,53 @@ def test_cuda_module_compile_fullgraph():
     x = torch.randn(4, 8, 32, 32, device="cuda", requires_grad=True)
     compiled = compile_fullgraph(model)
     assert torch.equal(compiled(x), model(x))
+
+
+# ------------------------------------------- Triton index width (32-bit geometry where it fits)
+
+def test_triton_index_width_is_32_bit_unless_an_index_can_pass_int32():
+    """The launchers compile the window geometry in int32 (no 64-bit division subroutines in
+    the SASS) unless a flat offset or a window coordinate can pass int32."""
+    from fastops.triton_kernels.max_pool2d import _index_64
+
+    k2 = ((2, 2), (2, 2), (0, 0), (1, 1))
+    k3 = ((3, 3), (2, 2), (1, 1), (1, 1))
+    # the tutorial pools, forward (output elements) and backward (input elements)
+    assert not _index_64(64 * 6 * 12 * 12, (24, 24), (12, 12), *k2)
+    assert not _index_64(64 * 6 * 24 * 24, (24, 24), (12, 12), *k2)
+    assert not _index_64(128 * 64 * 32 * 32, (32, 32), (16, 16), *k2)
+    assert not _index_64(128 * 64 * 16 * 16, (32, 32), (16, 16), *k3)
+    assert not _index_64(2**31 - 4096, (2**15, 2**15), (2**14, 2**14), *k2)
+    # past int32: the elements, or a coordinate of a very long row (with its padding)
+    assert _index_64(2**31, (2**16, 2**16), (2**15, 2**15), *k2)
+    assert _index_64(2**31 - 1, (2**16, 2**16), (2**15, 2**15), *k2)  # the last block overruns
+    assert _index_64(2**20, (1, 2**31 - 2), (1, 2**30), *k2)
+    assert _index_64(2**20, (1, 2**31 - 8), (1, 2**30), *k3)
+
+
+WIDTH_CONFIGS = {  # odd shapes, both index widths run through the interpreter
+    "3x3 s2 p1 odd": ((3, 5, 9, 11), 3, 2, 1, 1, False),
+    "1x5 s(1,3) ceil": ((2, 3, 4, 17), (1, 5), (1, 3), (0, 2), 1, True),
+    "4x1 dilated": ((1, 7, 13, 3), (4, 1), (2, 1), (1, 0), (3, 1), False),
+}
+
+
+@pytest.mark.parametrize("index_64", [False, True])
+@pytest.mark.parametrize("memory", ["contiguous", "channels_last", "noncontiguous"])
+@pytest.mark.parametrize("config", WIDTH_CONFIGS)
+def test_triton_launchers_match_torch_at_both_index_widths(monkeypatch, config, memory,
+                                                           index_64):
+    from fastops.triton_kernels import max_pool2d as kernels
+
+    monkeypatch.setattr(kernels, "_index_64", lambda *args: index_64)
+    config = WIDTH_CONFIGS[config]
+    shape, *_, ceil_mode = config
+    window = op_window(config)
+    x = layout(make_input(shape, "ties", seed=3), memory).requires_grad_()
+    want, want_indices = reference(x, config)
+    out, argmax = kernels.max_pool2d_forward(x.detach(), *window, ceil_mode)
+    assert torch.equal(out, want)
+    assert torch.equal(kernels.max_pool2d_indices(argmax, shape[-1], *window), want_indices)
+    grad = torch.randn(want.shape, generator=torch.Generator().manual_seed(2))
+    got_grad = kernels.max_pool2d_backward(grad, argmax, shape[-2:], *window)
+    assert_close(got_grad, torch.autograd.grad(want, x, grad)[0], torch.float32)

@@ -51,35 +51,83 @@ _MOMENTS_KEY = ["C", "S", "rows_per_split", "stride_xc", "stride_xs"]
 _NORMALIZE_KEY = ["M", "C", "S", "stride_xc", "stride_xs"]
 _GRAD_SUMS_KEY = ["C", "S", "rows_per_split", "stride_gc", "stride_gs"]
 _GRAD_INPUT_KEY = ["M", "C", "S", "stride_gc", "stride_gs"]
+# Sizes that grow with the batch are keyed by bucket (see _utils.size_bucket).
+_BUCKETED = ["M", "rows_per_split"]
 _FINALIZE_BLOCK_C = 128
 # Programs the reductions aim for: a few per SM; each split keeps at least this many rows.
 _PROGRAMS_PER_SM = 4
 _MIN_ROWS_PER_SPLIT = 256
+_MAX_BLOCK_R = max(config.kwargs["BLOCK_R"] for config in _REDUCE_CONFIGS + _ELEMENTWISE_CONFIGS)
+_MAX_BLOCK_C = max(config.kwargs["BLOCK_C"] for config in _REDUCE_CONFIGS + _ELEMENTWISE_CONFIGS)
+# CUDA's limit on grid axis 0 (axes 1 and 2 stop at 65535: every grid here is 1-D)
+_MAX_PROGRAMS = 2**31 - 1
+
+
+def _prune_elementwise(configs, named_args):
+    """The configs whose _elementwise_grid fits in _MAX_PROGRAMS (only a huge tensor of few
+    channels comes near, with a wide BLOCK_C: its idle channel lanes multiply the programs)."""
+    rows, channels = named_args["M"], named_args["C"]
+    return [config for config in configs
+            if cdiv(rows, config.kwargs["BLOCK_R"]) * cdiv(channels, config.kwargs["BLOCK_C"])
+            <= _MAX_PROGRAMS]
 
 
 @triton.jit
 def _tile_offsets(r, c, S, stride_n, stride_c, stride_s):
-    """Element offsets of rows r [BLOCK_R] and channels c [BLOCK_C] in a [N, C, S] view."""
+    """Element offsets of rows r [BLOCK_R] and channels c [BLOCK_C] in a [N, C, S] view, in
+    int64; r // S is a 32-bit division unless r is int64 (INDEX_64)."""
     n = (r // S).to(tl.int64)
     s = (r % S).to(tl.int64)
     return (n * stride_n + s * stride_s)[:, None] + c.to(tl.int64)[None, :] * stride_c
 
 
-@autotune(_REDUCE_CONFIGS, key=_MOMENTS_KEY)
+@triton.jit
+def _block_start(index, size, INDEX_64: tl.constexpr):
+    """index * size, the first row or channel of a block or split: int32 when the launcher
+    proved that every row and channel index fits (see _index_64), else int64."""
+    if INDEX_64:
+        return index.to(tl.int64) * size
+    else:
+        return index * size
+
+
+@triton.jit
+def _reduce_program(C, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+    """(split, channels [BLOCK_C]) of this program of a _reduce_grid: channel blocks vary
+    fastest, as on the 2-D grid this replaces."""
+    channel_blocks = (C - 1) // BLOCK_C + 1
+    pid = tl.program_id(0)
+    c = _block_start(pid % channel_blocks, BLOCK_C, INDEX_64) + tl.arange(0, BLOCK_C)
+    return pid // channel_blocks, c
+
+
+@triton.jit
+def _elementwise_program(M, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                         INDEX_64: tl.constexpr):
+    """(rows [BLOCK_R], channels [BLOCK_C]) of the tile of this program of an _elementwise_grid:
+    row blocks vary fastest (neighbouring programs read neighbouring rows of NC* planes)."""
+    row_blocks = (M - 1) // BLOCK_R + 1  # not tl.cdiv: M + BLOCK_R - 1 may pass int32
+    pid = tl.program_id(0)
+    r = _block_start(pid % row_blocks, BLOCK_R, INDEX_64) + tl.arange(0, BLOCK_R)
+    c = _block_start(pid // row_blocks, BLOCK_C, INDEX_64) + tl.arange(0, BLOCK_C)
+    return r, c
+
+
+@autotune(_REDUCE_CONFIGS, key=_MOMENTS_KEY, bucket=_BUCKETED)
 @triton.jit
 def _moments_kernel(
     x_ptr, mean_ptr, m2_ptr, count_ptr,
     M, C, S, rows_per_split,
     stride_xn, stride_xc, stride_xs,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Count, mean and sum of squared deviations of rows [split * rows_per_split, +rows_per_split)
     per channel, tile by tile (two-pass within a tile, Chan's combination across tiles), written
     to [split, C] buffers."""
-    split = tl.program_id(1)
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split, c = _reduce_program(C, BLOCK_C, INDEX_64)
     c_in = c < C
-    start = split * rows_per_split
+    # start + rows_per_split <= splits * rows_per_split < M + splits, within _index_64's bound
+    start = _block_start(split, rows_per_split, INDEX_64)
     end = tl.minimum(start + rows_per_split, M)
     count = tl.zeros((BLOCK_C,), dtype=ACC)
     mean = tl.zeros((BLOCK_C,), dtype=ACC)
@@ -88,8 +136,8 @@ def _moments_kernel(
         r = r0 + tl.arange(0, BLOCK_R)
         r_in = r < end
         inside = r_in[:, None] & c_in[None, :]
-        x = tl.load(x_ptr + _tile_offsets(r, c, S, stride_xn, stride_xc, stride_xs), mask=inside, other=0.0)
-        x = x.to(ACC)
+        x = tl.load(x_ptr + _tile_offsets(r, c, S, stride_xn, stride_xc, stride_xs),
+                    mask=inside, other=0.0).to(ACC)
         tile_count = tl.sum(r_in.to(ACC), axis=0)
         tile_mean = tl.sum(x, axis=0) / tile_count
         deviation = tl.where(inside, x - tile_mean[None, :], 0.0)
@@ -99,7 +147,7 @@ def _moments_kernel(
         mean += delta * (tile_count / total)
         m2 += tile_m2 + delta * delta * (count * tile_count / total)
         count = total
-    out = split * C + c
+    out = _block_start(split, C, INDEX_64) + c
     tl.store(mean_ptr + out, mean, mask=c_in)
     tl.store(m2_ptr + out, m2, mask=c_in)
     tl.store(count_ptr + out, count, mask=c_in)
@@ -112,22 +160,26 @@ def _finalize_stats_kernel(
     save_mean_ptr, save_invstd_ptr, scale_ptr,
     momentum, eps,
     TRAINING: tl.constexpr, HAS_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Per channel: the batch mean / biased variance combined over the splits (training; the
     running statistics move towards mean and the unbiased variance by momentum, when given and
     the batch is not empty) or the running statistics (evaluation); saves mean and
     invstd = 1 / sqrt(var + eps) and scale = weight * invstd for the normalisation."""
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = _block_start(tl.program_id(0), BLOCK_C, INDEX_64) + tl.arange(0, BLOCK_C)
     c_in = c < C
     if TRAINING:
         count = tl.zeros((BLOCK_C,), dtype=ACC)
         mean = tl.zeros((BLOCK_C,), dtype=ACC)
         m2 = tl.zeros((BLOCK_C,), dtype=ACC)
-        for k in range(0, splits):
-            part_count = tl.load(count_part_ptr + k * C + c, mask=c_in, other=0.0)
-            part_mean = tl.load(mean_part_ptr + k * C + c, mask=c_in, other=0.0)
-            part_m2 = tl.load(m2_part_ptr + k * C + c, mask=c_in, other=0.0)
+        for _ in range(0, splits):
+            # the pointers step a [splits, C] row at a time: k * C may pass int32
+            part_count = tl.load(count_part_ptr + c, mask=c_in, other=0.0)
+            part_mean = tl.load(mean_part_ptr + c, mask=c_in, other=0.0)
+            part_m2 = tl.load(m2_part_ptr + c, mask=c_in, other=0.0)
+            count_part_ptr += C
+            mean_part_ptr += C
+            m2_part_ptr += C
             total = count + part_count
             weight_b = tl.where(total > 0, part_count / tl.maximum(total, 1.0), 0.0)
             delta = part_mean - mean
@@ -141,8 +193,10 @@ def _finalize_stats_kernel(
                 running_var = tl.load(running_var_ptr + c, mask=c_in).to(ACC)
                 running_mean = (1 - momentum) * running_mean + momentum * mean
                 running_var = (1 - momentum) * running_var + momentum * (m2 / (count - 1))
-                tl.store(running_mean_ptr + c, running_mean.to(running_mean_ptr.dtype.element_ty), mask=c_in)
-                tl.store(running_var_ptr + c, running_var.to(running_var_ptr.dtype.element_ty), mask=c_in)
+                tl.store(running_mean_ptr + c, running_mean.to(running_mean_ptr.dtype.element_ty),
+                         mask=c_in)
+                tl.store(running_var_ptr + c, running_var.to(running_var_ptr.dtype.element_ty),
+                         mask=c_in)
     else:
         mean = tl.load(running_mean_ptr + c, mask=c_in, other=0.0).to(ACC)
         var = tl.load(running_var_ptr + c, mask=c_in, other=1.0).to(ACC)
@@ -155,21 +209,21 @@ def _finalize_stats_kernel(
     tl.store(scale_ptr + c, scale, mask=c_in)
 
 
-@autotune(_ELEMENTWISE_CONFIGS, key=_NORMALIZE_KEY)
+@autotune(_ELEMENTWISE_CONFIGS, key=_NORMALIZE_KEY, bucket=_BUCKETED, prune=_prune_elementwise)
 @triton.jit
 def _normalize_kernel(
     x_ptr, y_ptr, mean_ptr, scale_ptr, bias_ptr,
     M, C, S,
     stride_xn, stride_xc, stride_xs, stride_yn, stride_yc, stride_ys,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """y = act((x - mean[c]) * scale[c] + bias[c]) over one [BLOCK_R, BLOCK_C] tile."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r, c = _elementwise_program(M, C, BLOCK_R, BLOCK_C, INDEX_64)
     c_in = c < C
     inside = (r < M)[:, None] & c_in[None, :]
-    x = tl.load(x_ptr + _tile_offsets(r, c, S, stride_xn, stride_xc, stride_xs), mask=inside, other=0.0)
+    x = tl.load(x_ptr + _tile_offsets(r, c, S, stride_xn, stride_xc, stride_xs), mask=inside,
+                other=0.0)
     mean = tl.load(mean_ptr + c, mask=c_in, other=0.0)
     scale = tl.load(scale_ptr + c, mask=c_in, other=0.0)
     y = (x.to(ACC) - mean[None, :]) * scale[None, :]
@@ -186,28 +240,29 @@ def _masked_grad(g_ptr, y_ptr, r, c, inside, S, stride_gn, stride_gc, stride_gs,
                  stride_yn, stride_yc, stride_ys, RELU: tl.constexpr, ACC: tl.constexpr):
     """The output gradient of a tile, zero where the ReLU output is <= 0 (torch's
     threshold_backward: a NaN output passes the gradient)."""
-    g = tl.load(g_ptr + _tile_offsets(r, c, S, stride_gn, stride_gc, stride_gs), mask=inside, other=0.0)
-    g = g.to(ACC)
+    g = tl.load(g_ptr + _tile_offsets(r, c, S, stride_gn, stride_gc, stride_gs), mask=inside,
+                other=0.0).to(ACC)
     if RELU:
-        y = tl.load(y_ptr + _tile_offsets(r, c, S, stride_yn, stride_yc, stride_ys), mask=inside, other=0.0)
+        y = tl.load(y_ptr + _tile_offsets(r, c, S, stride_yn, stride_yc, stride_ys), mask=inside,
+                    other=0.0)
         g = tl.where(y <= 0, 0.0, g)
     return g
 
 
-@autotune(_REDUCE_CONFIGS, key=_GRAD_SUMS_KEY)
+@autotune(_REDUCE_CONFIGS, key=_GRAD_SUMS_KEY, bucket=_BUCKETED)
 @triton.jit
 def _grad_sums_kernel(
     g_ptr, x_ptr, y_ptr, mean_ptr, sum_g_ptr, sum_gx_ptr,
     M, C, S, rows_per_split,
-    stride_gn, stride_gc, stride_gs, stride_xn, stride_xc, stride_xs, stride_yn, stride_yc, stride_ys,
+    stride_gn, stride_gc, stride_gs, stride_xn, stride_xc, stride_xs,
+    stride_yn, stride_yc, stride_ys,
     HAS_X: tl.constexpr, RELU: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """sum g' and sum g' * (x - mean) over one split of rows, per channel, into [split, C]."""
-    split = tl.program_id(1)
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split, c = _reduce_program(C, BLOCK_C, INDEX_64)
     c_in = c < C
-    start = split * rows_per_split
+    start = _block_start(split, rows_per_split, INDEX_64)  # as in _moments_kernel
     end = tl.minimum(start + rows_per_split, M)
     mean = tl.load(mean_ptr + c, mask=c_in, other=0.0).to(ACC)
     sum_g = tl.zeros((BLOCK_R, BLOCK_C), dtype=ACC)
@@ -219,9 +274,10 @@ def _grad_sums_kernel(
                          stride_yn, stride_yc, stride_ys, RELU, ACC)
         sum_g += g
         if HAS_X:
-            x = tl.load(x_ptr + _tile_offsets(r, c, S, stride_xn, stride_xc, stride_xs), mask=inside, other=0.0)
+            x = tl.load(x_ptr + _tile_offsets(r, c, S, stride_xn, stride_xc, stride_xs),
+                        mask=inside, other=0.0)
             sum_gx += g * tl.where(inside, x.to(ACC) - mean[None, :], 0.0)
-    out = split * C + c
+    out = _block_start(split, C, INDEX_64) + c
     tl.store(sum_g_ptr + out, tl.sum(sum_g, axis=0), mask=c_in)
     tl.store(sum_gx_ptr + out, tl.sum(sum_gx, axis=0), mask=c_in)
 
@@ -231,22 +287,26 @@ def _finalize_grad_kernel(
     sum_g_ptr, sum_gx_ptr, splits, C, M,
     weight_ptr, invstd_ptr, grad_weight_ptr, grad_bias_ptr, g_scale_ptr, x_scale_ptr, offset_ptr,
     TRAINING: tl.constexpr, HAS_WEIGHT: tl.constexpr, NEED_WEIGHT: tl.constexpr,
-    NEED_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+    NEED_BIAS: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Combines the split sums; grad_weight = sum(g' * (x - mean)) * invstd, grad_bias = sum(g');
     the input gradient's coefficients gx = g' * g_scale + (x - mean) * x_scale + offset with
     g_scale = weight * invstd and, in training, x_scale = -g_scale * invstd^2 * mean(g' (x - mean)),
     offset = -g_scale * mean(g')."""
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = _block_start(tl.program_id(0), BLOCK_C, INDEX_64) + tl.arange(0, BLOCK_C)
     c_in = c < C
     sum_g = tl.zeros((BLOCK_C,), dtype=ACC)
     sum_gx = tl.zeros((BLOCK_C,), dtype=ACC)
-    for k in range(0, splits):
-        sum_g += tl.load(sum_g_ptr + k * C + c, mask=c_in, other=0.0)
-        sum_gx += tl.load(sum_gx_ptr + k * C + c, mask=c_in, other=0.0)
+    for _ in range(0, splits):
+        # as in _finalize_stats_kernel: pointers step a row at a time
+        sum_g += tl.load(sum_g_ptr + c, mask=c_in, other=0.0)
+        sum_gx += tl.load(sum_gx_ptr + c, mask=c_in, other=0.0)
+        sum_g_ptr += C
+        sum_gx_ptr += C
     invstd = tl.load(invstd_ptr + c, mask=c_in, other=0.0).to(ACC)
     if NEED_WEIGHT:
-        tl.store(grad_weight_ptr + c, (sum_gx * invstd).to(grad_weight_ptr.dtype.element_ty), mask=c_in)
+        tl.store(grad_weight_ptr + c, (sum_gx * invstd).to(grad_weight_ptr.dtype.element_ty),
+                 mask=c_in)
     if NEED_BIAS:
         tl.store(grad_bias_ptr + c, sum_g.to(grad_bias_ptr.dtype.element_ty), mask=c_in)
     g_scale = invstd
@@ -264,26 +324,27 @@ def _finalize_grad_kernel(
     tl.store(offset_ptr + c, offset, mask=c_in)
 
 
-@autotune(_ELEMENTWISE_CONFIGS, key=_GRAD_INPUT_KEY)
+@autotune(_ELEMENTWISE_CONFIGS, key=_GRAD_INPUT_KEY, bucket=_BUCKETED,
+          prune=_prune_elementwise)
 @triton.jit
 def _grad_input_kernel(
     g_ptr, x_ptr, y_ptr, gx_ptr, mean_ptr, g_scale_ptr, x_scale_ptr, offset_ptr,
     M, C, S,
-    stride_gn, stride_gc, stride_gs, stride_xn, stride_xc, stride_xs, stride_yn, stride_yc, stride_ys,
-    stride_on, stride_oc, stride_os,
+    stride_gn, stride_gc, stride_gs, stride_xn, stride_xc, stride_xs,
+    stride_yn, stride_yc, stride_ys, stride_on, stride_oc, stride_os,
     TRAINING: tl.constexpr, RELU: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """gx = g' * g_scale[c] + (x - mean[c]) * x_scale[c] + offset[c] (x only in training)."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r, c = _elementwise_program(M, C, BLOCK_R, BLOCK_C, INDEX_64)
     c_in = c < C
     inside = (r < M)[:, None] & c_in[None, :]
     g = _masked_grad(g_ptr, y_ptr, r, c, inside, S, stride_gn, stride_gc, stride_gs,
                      stride_yn, stride_yc, stride_ys, RELU, ACC)
     gx = g * tl.load(g_scale_ptr + c, mask=c_in, other=0.0)[None, :]
     if TRAINING:
-        x = tl.load(x_ptr + _tile_offsets(r, c, S, stride_xn, stride_xc, stride_xs), mask=inside, other=0.0)
+        x = tl.load(x_ptr + _tile_offsets(r, c, S, stride_xn, stride_xc, stride_xs),
+                    mask=inside, other=0.0)
         mean = tl.load(mean_ptr + c, mask=c_in, other=0.0)
         x_scale = tl.load(x_scale_ptr + c, mask=c_in, other=0.0)
         gx += (x.to(ACC) - mean[None, :]) * x_scale[None, :]
@@ -326,15 +387,29 @@ def _splits(rows, channels, channels_last, device):
     GPU (assuming one channel per program for NC* planes, 64 for channels-last)."""
     sms = 1 if interpreting() or device.type != "cuda" else _num_sms(device.index or 0)
     channel_blocks = cdiv(channels, 64) if channels_last else channels
-    return max(1, min(cdiv(rows, _MIN_ROWS_PER_SPLIT), _PROGRAMS_PER_SM * sms // max(1, channel_blocks)))
+    return max(1, min(cdiv(rows, _MIN_ROWS_PER_SPLIT),
+                      _PROGRAMS_PER_SM * sms // max(1, channel_blocks)))
 
 
+def _index_64(rows, channels, splits=0):
+    """Whether the kernels need 64-bit row and channel indices: a row index (up to rows plus a
+    block, or a split's end, below rows + splits), a channel index (channels plus a block) or an
+    index of the reductions' [splits, C] buffers can pass int32. Memory offsets of the tensors
+    are int64 either way (_tile_offsets)."""
+    largest = max(rows + splits + _MAX_BLOCK_R, channels + _MAX_BLOCK_C, splits * channels)
+    return largest > 2**31 - 1
+
+
+# The grids are 1-D (the kernels split the program id): CUDA caps grid axes 1 and 2 at 65535,
+# fewer than the channel blocks of a wide BatchNorm1d or the row blocks of a large batch.
 def _reduce_grid(channels, splits):
-    return lambda meta: (cdiv(channels, meta["BLOCK_C"]), splits)
+    """One program per (split, channel block), channel blocks fastest (_reduce_program)."""
+    return lambda meta: (cdiv(channels, meta["BLOCK_C"]) * splits,)
 
 
 def _elementwise_grid(rows, channels):
-    return lambda meta: (cdiv(rows, meta["BLOCK_R"]), cdiv(channels, meta["BLOCK_C"]))
+    """One program per (row block, channel block), row blocks fastest (_elementwise_program)."""
+    return lambda meta: (cdiv(rows, meta["BLOCK_R"]) * cdiv(channels, meta["BLOCK_C"]),)
 
 
 def batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
@@ -365,23 +440,25 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
             x, mean_part, m2_part, count_part,
             rows, channels, x.shape[2], rows_per_split,
             x.stride(0), x.stride(1), x.stride(2), ACC=acc,
+            INDEX_64=_index_64(rows, channels, splits),
         )
     else:
         splits, mean_part, m2_part, count_part = 0, None, None, None
+    index_64 = _index_64(rows, channels)
     if channels:
         _finalize_stats_kernel[(cdiv(channels, _FINALIZE_BLOCK_C),)](
             mean_part, m2_part, count_part, splits, channels, rows,
             running_mean, running_var, weight, save_mean, save_invstd, scale,
             momentum, eps,
             TRAINING=training, HAS_RUNNING=running_mean is not None, HAS_WEIGHT=weight is not None,
-            ACC=acc, BLOCK_C=_FINALIZE_BLOCK_C,
+            ACC=acc, INDEX_64=index_64, BLOCK_C=_FINALIZE_BLOCK_C,
         )
     if rows and channels:
         _normalize_kernel[_elementwise_grid(rows, channels)](
             x, y, save_mean, scale, bias,
             rows, channels, x.shape[2],
             x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
-            HAS_BIAS=bias is not None, RELU=activation == "relu", ACC=acc,
+            HAS_BIAS=bias is not None, RELU=activation == "relu", ACC=acc, INDEX_64=index_64,
         )
     return output, save_mean, save_invstd
 
@@ -413,10 +490,13 @@ def batch_norm_backward(grad_output, input, weight, output, save_mean, save_invs
             g, x, y, save_mean, sum_g, sum_gx,
             rows, channels, spatial, cdiv(rows, splits),
             *g.stride(), *x_strides, *y_strides,
-            HAS_X=x is not None, RELU=relu, ACC=acc,
+            HAS_X=x is not None, RELU=relu, ACC=acc, INDEX_64=_index_64(rows, channels, splits),
         )
-    grad_weight = torch.empty(channels, device=g.device, dtype=param_dtype) if need_weight else empty_grad(grad_output)
-    grad_bias = torch.empty(channels, device=g.device, dtype=param_dtype) if need_bias else empty_grad(grad_output)
+    index_64 = _index_64(rows, channels)
+    grad_weight = (torch.empty(channels, device=g.device, dtype=param_dtype) if need_weight
+                   else empty_grad(grad_output))
+    grad_bias = (torch.empty(channels, device=g.device, dtype=param_dtype) if need_bias
+                 else empty_grad(grad_output))
     g_scale = torch.empty(channels, device=g.device, dtype=stat_dtype)
     x_scale, offset = torch.empty_like(g_scale), torch.empty_like(g_scale)
     if channels:
@@ -424,7 +504,7 @@ def batch_norm_backward(grad_output, input, weight, output, save_mean, save_invs
             sum_g, sum_gx, splits, channels, rows,
             weight, save_invstd, grad_weight, grad_bias, g_scale, x_scale, offset,
             TRAINING=training, HAS_WEIGHT=weight is not None, NEED_WEIGHT=need_weight,
-            NEED_BIAS=need_bias, ACC=acc, BLOCK_C=_FINALIZE_BLOCK_C,
+            NEED_BIAS=need_bias, ACC=acc, INDEX_64=index_64, BLOCK_C=_FINALIZE_BLOCK_C,
         )
     grad_input = empty_grad(grad_output)
     if need_input:
@@ -436,6 +516,6 @@ def batch_norm_backward(grad_output, input, weight, output, save_mean, save_invs
                 g, x, y, gx, save_mean, g_scale, x_scale, offset,
                 rows, channels, spatial,
                 *g.stride(), *x_strides, *y_strides, *gx.stride(),
-                TRAINING=training, RELU=relu, ACC=acc,
+                TRAINING=training, RELU=relu, ACC=acc, INDEX_64=index_64,
             )
     return grad_input, grad_weight, grad_bias

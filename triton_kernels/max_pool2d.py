@@ -26,40 +26,75 @@ _CONFIGS = [
     triton.Config({"BLOCK": 1024}, num_warps=8),
     triton.Config({"BLOCK": 128}, num_warps=2),
 ]
+_MAX_BLOCK = max(config.kwargs["BLOCK"] for config in _CONFIGS)
+# Autotuning keys: the window size is a constexpr (one compile per window, whose loops unroll),
+# so it keys the tuning too.
+_KEY = ["total", "CHANNELS_LAST", "KH", "KW"]
+_INDICES_KEY = ["total", "CHANNELS_LAST", "KW"]
 
 
 @triton.jit
 def _coordinates(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
     """(n, c, h, w) of flat element offsets of an [N, C, H, W] tensor, walked in NCHW order or,
-    when CHANNELS_LAST, in NHWC order."""
+    when CHANNELS_LAST, in NHWC order; in the integer type of offs (int32 unless INDEX_64: a
+    64-bit division is a ~85-instruction subroutine call per element)."""
     if CHANNELS_LAST:
         c = offs % C
-        w = (offs // C) % W
-        h = (offs // (C * W)) % H
-        n = offs // (C * W * H)
+        rest = offs // C
+        w = rest % W
+        rest = rest // W
+        h = rest % H
+        n = rest // H
     else:
         w = offs % W
-        h = (offs // W) % H
-        c = (offs // (W * H)) % C
-        n = offs // (W * H * C)
+        rest = offs // W
+        h = rest % H
+        rest = rest // H
+        c = rest % C
+        n = rest // C
     return n, c, h, w
 
 
-@autotune(_CONFIGS, key=["total", "CHANNELS_LAST"])
+@triton.jit
+def _element_offsets(BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
+    """Flat offsets of this program's elements: int32 when the launcher proved that every index
+    of the launch fits (see _index_64), else int64."""
+    if INDEX_64:
+        return tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    else:
+        return tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _plane_offset(n, c, stride_n, stride_c):
+    """Memory offset of plane (n, c), in int64: a tensor may span more than 2**31 elements
+    where its indices fit int32 (a wide stride, an input larger than the output)."""
+    return n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+
+
+@triton.jit
+def _offset(n, c, h, w, stride_n, stride_c, stride_h, stride_w):
+    """Memory offset of element (n, c, h, w), in int64 (see _plane_offset)."""
+    return (_plane_offset(n, c, stride_n, stride_c)
+            + h.to(tl.int64) * stride_h + w.to(tl.int64) * stride_w)
+
+
+@autotune(_CONFIGS, key=_KEY, bucket=["total"])
 @triton.jit
 def max_pool2d_forward_kernel(
     x_ptr, out_ptr, arg_ptr,
     total, C, H, W, OH, OW,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_on, stride_oc, stride_oh, stride_ow,
-    KH, KW, SH, SW, PH, PW, DH, DW,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr,
     LOWEST: tl.constexpr, UPCAST: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-    BLOCK: tl.constexpr,
+    INDEX_64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """out and argmax (both with the strides stride_o*) of x; LOWEST (-inf, or the integer
     minimum) is what a window of only padding gives, as in torch. UPCAST: fp16 / bf16 compare
     in fp32 (exact, and the interpreter cannot order bf16)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = _element_offsets(BLOCK, INDEX_64)
     inside = offs < total
     n, c, oh, ow = _coordinates(offs, C, OH, OW, CHANNELS_LAST)
     ih0 = oh * SH - PH
@@ -73,25 +108,27 @@ def max_pool2d_forward_kernel(
         best = tl.full((BLOCK,), LOWEST, tl.float32)
     else:
         best = tl.full((BLOCK,), LOWEST, x_ptr.dtype.element_ty)
-    x_plane = x_ptr + n * stride_xn + c * stride_xc
+    x_plane = x_ptr + _plane_offset(n, c, stride_xn, stride_xc)
+    # constexpr bounds: the small windows of CNNs (2x2, 3x3) unroll
     for kh in range(0, KH):
         ih = ih0 + kh * DH
         row_inside = inside & (ih >= 0) & (ih < H)
+        x_row = x_plane + ih.to(tl.int64) * stride_xh
         for kw in range(0, KW):
             iw = iw0 + kw * DW
             valid = row_inside & (iw >= 0) & (iw < W)
-            value = tl.load(x_plane + ih * stride_xh + iw * stride_xw, mask=valid, other=LOWEST)
+            value = tl.load(x_row + iw.to(tl.int64) * stride_xw, mask=valid, other=LOWEST)
             value = value.to(best.dtype)
             # torch's rule: a strictly greater value or a NaN takes over (first max, last NaN)
             take = valid & ((value > best) | (value != value))
             best = tl.where(take, value, best)
             arg = tl.where(take, kh * KW + kw, arg)
-    out_offset = n * stride_on + c * stride_oc + oh * stride_oh + ow * stride_ow
+    out_offset = _offset(n, c, oh, ow, stride_on, stride_oc, stride_oh, stride_ow)
     tl.store(out_ptr + out_offset, best.to(out_ptr.dtype.element_ty), mask=inside)
     tl.store(arg_ptr + out_offset, arg.to(arg_ptr.dtype.element_ty), mask=inside)
 
 
-@autotune(_CONFIGS, key=["total", "CHANNELS_LAST"])
+@autotune(_CONFIGS, key=_KEY, bucket=["total"])
 @triton.jit
 def max_pool2d_backward_kernel(
     g_ptr, arg_ptr, gx_ptr,
@@ -99,54 +136,68 @@ def max_pool2d_backward_kernel(
     stride_gn, stride_gc, stride_gh, stride_gw,
     stride_an, stride_ac, stride_ah, stride_aw,
     stride_xn, stride_xc, stride_xh, stride_xw,
-    KH, KW, SH, SW, PH, PW, DH, DW,
-    CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """gx (strides stride_x*) from g and argmax: every input element sums, in fp32, the
     gradients of the windows that cover it at position kh * KW + kw and chose that position."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = _element_offsets(BLOCK, INDEX_64)
     inside = offs < total
     n, c, ih, iw = _coordinates(offs, C, H, W, CHANNELS_LAST)
-    g_plane = g_ptr + n * stride_gn + c * stride_gc
-    arg_plane = arg_ptr + n * stride_an + c * stride_ac
+    g_plane = g_ptr + _plane_offset(n, c, stride_gn, stride_gc)
+    arg_plane = arg_ptr + _plane_offset(n, c, stride_an, stride_ac)
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for kh in range(0, KH):
         # the window at output row oh covers ih at position kh iff ih + PH - kh * DH == oh * SH
         row = ih + PH - kh * DH
         oh = row // SH
         row_hit = inside & (row >= 0) & (row - oh * SH == 0) & (oh < OH)
+        g_row = g_plane + oh.to(tl.int64) * stride_gh
+        arg_row = arg_plane + oh.to(tl.int64) * stride_ah
         for kw in range(0, KW):
             col = iw + PW - kw * DW
             ow = col // SW
             hit = row_hit & (col >= 0) & (col - ow * SW == 0) & (ow < OW)
-            chosen = tl.load(arg_plane + oh * stride_ah + ow * stride_aw, mask=hit, other=0)
+            chosen = tl.load(arg_row + ow.to(tl.int64) * stride_aw, mask=hit, other=0)
             hit = hit & (chosen.to(tl.int32) == kh * KW + kw)
-            grad = tl.load(g_plane + oh * stride_gh + ow * stride_gw, mask=hit, other=0.0)
+            grad = tl.load(g_row + ow.to(tl.int64) * stride_gw, mask=hit, other=0.0)
             acc += grad.to(tl.float32)
-    gx_offset = n * stride_xn + c * stride_xc + ih * stride_xh + iw * stride_xw
+    gx_offset = _offset(n, c, ih, iw, stride_xn, stride_xc, stride_xh, stride_xw)
     tl.store(gx_ptr + gx_offset, acc.to(gx_ptr.dtype.element_ty), mask=inside)
 
 
-@autotune(_CONFIGS, key=["total", "CHANNELS_LAST"])
+@autotune(_CONFIGS, key=_INDICES_KEY, bucket=["total"])
 @triton.jit
 def max_pool2d_indices_kernel(
     arg_ptr, idx_ptr,
     total, C, OH, OW, W,
     stride_an, stride_ac, stride_ah, stride_aw,
     stride_in, stride_ic, stride_ih, stride_iw,
-    KW, SH, SW, PH, PW, DH, DW,
-    CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+    SH, SW, PH, PW, DH, DW,
+    KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """idx = ih * W + iw of the window position each argmax element holds (torch's indices)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = _element_offsets(BLOCK, INDEX_64)
     inside = offs < total
     n, c, oh, ow = _coordinates(offs, C, OH, OW, CHANNELS_LAST)
-    k = tl.load(arg_ptr + n * stride_an + c * stride_ac + oh * stride_ah + ow * stride_aw,
-                mask=inside, other=0).to(tl.int64)
+    k = tl.load(arg_ptr + _offset(n, c, oh, ow, stride_an, stride_ac, stride_ah, stride_aw),
+                mask=inside, other=0).to(tl.int32)
     ih = oh * SH - PH + (k // KW) * DH
     iw = ow * SW - PW + (k % KW) * DW
-    idx_offset = n * stride_in + c * stride_ic + oh * stride_ih + ow * stride_iw
-    tl.store(idx_ptr + idx_offset, ih * W + iw, mask=inside)
+    idx_offset = _offset(n, c, oh, ow, stride_in, stride_ic, stride_ih, stride_iw)
+    # the flat index itself can pass int32 (a plane of more than 2**31 elements)
+    tl.store(idx_ptr + idx_offset, ih.to(tl.int64) * W + iw, mask=inside)
+
+
+def _index_64(total, input_size, output_size, kernel_size, stride, padding, dilation):
+    """Whether a launch over ``total`` elements needs 64-bit index arithmetic: a flat element
+    offset (plus a block past the end) or a window coordinate (an input row or column, with the
+    padding and the dilated window around it, or an output row times the stride) can pass
+    int32. Memory offsets are int64 either way."""
+    coordinate = max(max(size, out * s) + 2 * p + d * k + s for size, out, k, s, p, d
+                     in zip(input_size, output_size, kernel_size, stride, padding, dilation))
+    return max(total + _MAX_BLOCK, coordinate) >= 2**31
 
 
 def _compact_argmax_dtype(kernel_size):
@@ -188,9 +239,10 @@ def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode)
         input, output, argmax,
         total, c, h, w, oh, ow,
         *input.stride(), *output.stride(),
-        *kernel_size, *stride, *padding, *dilation, LOWEST=_lowest(input.dtype),
+        *stride, *padding, *dilation, *kernel_size, LOWEST=_lowest(input.dtype),
         UPCAST=input.dtype in (torch.float16, torch.bfloat16),
         CHANNELS_LAST=format == torch.channels_last,
+        INDEX_64=_index_64(total, (h, w), (oh, ow), kernel_size, stride, padding, dilation),
     )
     return output, argmax
 
@@ -210,7 +262,8 @@ def max_pool2d_backward(grad_output, argmax, input_size, kernel_size, stride, pa
         grad_output, argmax, grad_input,
         total, c, h, w, oh, ow,
         *grad_output.stride(), *argmax.stride(), *grad_input.stride(),
-        *kernel_size, *stride, *padding, *dilation, CHANNELS_LAST=format == torch.channels_last,
+        *stride, *padding, *dilation, *kernel_size, CHANNELS_LAST=format == torch.channels_last,
+        INDEX_64=_index_64(total, (h, w), (oh, ow), kernel_size, stride, padding, dilation),
     )
     return grad_input
 
@@ -228,6 +281,10 @@ def max_pool2d_indices(argmax, input_width, kernel_size, stride, padding, dilati
         argmax, indices,
         total, c, oh, ow, input_width,
         *argmax.stride(), *indices.stride(),
-        kernel_size[1], *stride, *padding, *dilation, CHANNELS_LAST=format == torch.channels_last,
+        *stride, *padding, *dilation, kernel_size[1],
+        CHANNELS_LAST=format == torch.channels_last,
+        # the input height is not known here: oh * stride bounds the rows
+        INDEX_64=_index_64(total, (0, input_width), (oh, ow), kernel_size, stride, padding,
+                           dilation),
     )
     return indices
