@@ -52,7 +52,7 @@ def read_cubin(cubin):
         sass = subprocess.run([_cuobjdump(), "-sass", f.name], check=True, capture_output=True,
                               text=True).stdout
     registers = int(re.search(r"REG:(\d+)", usage).group(1))
-    opcodes = re.findall(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass)
+    opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass)
     spills = sum(op == "STL" for op in opcodes)
     tensor_core = sum(op in ("HGMMA", "HMMA") for op in opcodes)
     calls = sum(op == "CALL" for op in opcodes)

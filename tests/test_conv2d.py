@@ -267,6 +267,10 @@ TRITON_CASES = [  # (batch, C, O, (H, W), (kH, kW), stride, padding, dilation, g
     (1, 4, 6, (9, 8), (3, 2), (2, 3), (2, 0), (1, 2), 2),
     (2, 4, 4, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 4),
     (0, 3, 2, (4, 4), (3, 3), (1, 1), (0, 0), (1, 1), 1),
+    # sizes no tile divides, stride and dilation 2, groups: ragged channel blocks and masked taps
+    (2, 20, 18, (11, 13), (3, 3), (2, 2), (2, 1), (2, 2), 2),
+    # two channel blocks per tap (the second ragged) in the forward and the input gradient
+    (1, 40, 36, (7, 9), (3, 3), (1, 2), (1, 1), (1, 1), 1),
 ]
 
 
@@ -300,17 +304,78 @@ def test_triton_launchers_match_torch(bias, activation, channels_last, case):
                 assert g.numel() == 0
 
 
+def test_triton_int64_indexing_only_past_int32():
+    from fastops.triton_kernels.conv2d import _needs_int64
+
+    small = torch.empty(2, 3, 8, 8)
+    assert not _needs_int64(2 * 8 * 8, small)
+    assert not _needs_int64(2**30, small)
+    # a pixel index (batch * OH * OW, or batch * H * W) that reaches 2**31
+    assert _needs_int64(2**31, small)
+    assert _needs_int64(2**15 * 256 * 256, small)
+    # a tensor spanning 2**31 elements or more, with few pixels (meta tensors: no memory)
+    assert _needs_int64(4096, small, torch.empty(1, 2**15, 256, 256, device="meta"))
+    assert _needs_int64(4096, torch.empty(2**15, 64, 32, 32, device="meta"))
+    # strides count, not the number of elements: a strided view spans its whole storage
+    assert _needs_int64(1, torch.empty(2**20, 2**12, device="meta")[:, :1])
+    # an expanded tensor (stride 0) spans one element per row, however large its shape
+    assert not _needs_int64(64, torch.empty(1, 3, 8, 8).expand(2**24, 3, 8, 8))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_triton_int64_indexing_matches_torch(channels_last, monkeypatch):
+    # the 64-bit variant of every kernel (tensors that large do not fit a test): forced on
+    from fastops.triton_kernels import conv2d as kernels
+
+    monkeypatch.setattr(kernels, "_needs_int64", lambda *args: True)
+    x, w, b = make((2,), 4, 6, (9, 7), (3, 3), 2, True)
+    x = x.detach().contiguous(memory_format=torch.channels_last) if channels_last else x.detach()
+    conv = ((2, 1), (1, 1), (1, 2), 2)
+    out = kernels.conv2d_forward(x, w.detach(), b.detach(), *conv, "relu")
+    x.requires_grad_()
+    ref = reference(x, w, b, *conv, activation="relu")
+    assert_close(out, ref.detach(), scale=3)
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, [x, w, b], grad)
+    got = kernels.conv2d_backward(grad, x.detach(), w.detach(), out, list(x.shape), *conv, "relu",
+                                  [True, True, True])
+    for g, expected in zip(got, want):
+        assert_close(g, expected, scale=3)
+
+
+def test_triton_float32_precision_is_the_convolution_setting(monkeypatch):
+    # TF32 for float32 where torch's convolutions use it (cudnn.allow_tf32), not the matmul setting
+    from fastops.triton_kernels import conv2d as kernels
+
+    ops = []
+    precision = kernels.fp32_dot_precision
+    monkeypatch.setattr(kernels, "fp32_dot_precision",
+                        lambda dtype, op="matmul": ops.append(op) or precision(dtype, op))
+    x, w, b = (t.detach() for t in make((2,), 3, 4, (6, 5), (3, 3)))
+    conv = ((1, 1), (1, 1), (1, 1), 1)
+    out = kernels.conv2d_forward(x, w, b, *conv, "none")
+    kernels.conv2d_backward(torch.ones_like(out), x, w, out, list(x.shape), *conv, "none",
+                            [True, True, True])
+    assert ops and set(ops) == {"conv"}
+
+
 # ----------------------------------------------------------------------------- CUDA (real GPU)
 
 @requires_cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("precision,scale", [("highest", 3), ("high", 100)])
-def test_cuda_float32_follows_matmul_precision(precision, scale):
+@pytest.mark.parametrize("allow_tf32", [False, True])
+def test_cuda_float32_follows_cudnn_allow_tf32(allow_tf32):
+    # torch's fp32 convolutions run in TF32 while torch.backends.cudnn.allow_tf32 (the default),
+    # whatever the matmul precision: the Triton kernels follow the same switch.
     previous = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision(precision)
-    torch.backends.cudnn.allow_tf32 = precision != "highest"  # the reference under the same rule
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = allow_tf32
     try:
-        inputs = make((8,), 32, 48, (17, 19), (3, 3), device="cuda")
+        in_channels, kernel = 32, (3, 3)
+        inputs = make((8,), in_channels, 48, (17, 19), kernel, device="cuda")
+        # TF32 keeps 10 mantissa bits (~5e-4 relative per product): ~3e-4 scaled by the length of
+        # the reductions (as scale_for, in units of the fp32 tolerance 1e-5)
+        scale = 30 * scale_for(in_channels, 1, kernel) if allow_tf32 else 3
         assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, padding=1),
                                      lambda *a: reference(*a, padding=1, activation="relu"), list(inputs),
                                      scale=scale)
