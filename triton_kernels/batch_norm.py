@@ -483,9 +483,12 @@ def batch_norm_backward(grad_output, input, weight, output, save_mean, save_invs
 
     need_sums = need_weight or need_bias or (training and need_input)
     splits = (splits or _splits(rows, channels, g.stride(1) == 1, g.device)) if need_sums else 0
-    sum_g = torch.zeros((max(splits, 1), channels), device=g.device, dtype=stat_dtype)
-    sum_gx = torch.zeros_like(sum_g)
-    if splits and rows and channels:
+    launch_sums = bool(splits and rows and channels)
+    # the sums kernel writes every (split, channel); without it (no rows) the sums are zero
+    allocate = torch.empty if launch_sums else torch.zeros
+    sum_g = allocate((max(splits, 1), channels), device=g.device, dtype=stat_dtype)
+    sum_gx = allocate((max(splits, 1), channels), device=g.device, dtype=stat_dtype)
+    if launch_sums:
         _grad_sums_kernel[_reduce_grid(channels, splits)](
             g, x, y, save_mean, sum_g, sum_gx,
             rows, channels, spatial, cdiv(rows, splits),
