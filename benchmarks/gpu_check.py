@@ -50,9 +50,10 @@ class Log:
 
 def run_tests(log, device, timeout):
     """One pytest process per test file, all at once; returns {file: (exit code, summary)}."""
+    cache = os.environ.get("TRITON_CACHE_DIR",
+                           os.path.join(tempfile.gettempdir(), "fastops-triton"))
     env = dict(os.environ, FASTOPS_AUTOTUNE="first", PYTHONUNBUFFERED="1",
-               TRITON_CACHE_DIR=os.environ.get("TRITON_CACHE_DIR",
-                                               os.path.join(tempfile.gettempdir(), "fastops-triton")))
+               TRITON_CACHE_DIR=cache)
     selection = TEST_SELECTION if device == "cuda" else "triton"  # dry run: the launcher tests
     procs = {}
     for name in TEST_FILES:

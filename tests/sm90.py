@@ -197,6 +197,8 @@ def main(argv=None):
     parser.add_argument("--only", default=None, help="comma-separated ops to compile")
     parser.add_argument("--summary", metavar="DIR",
                         help="also write DIR/triton-<version>.md, the per-kernel summary")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes, each compiling a share of the ops (default 1)")
     args = parser.parse_args(argv)
 
     os.environ["TRITON_INTERPRET"] = "0"
@@ -210,9 +212,46 @@ def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from sm90_cases import CASES
 
-    report = {"triton": triton.__version__, "autotune": args.autotune, "cases": []}
     only = set(args.only.split(",")) if args.only else None
-    for case in CASES:
+    if args.jobs > 1:
+        report = _run_in_processes(args, sorted({c.op for c in CASES if not only or c.op in only}))
+    else:
+        report = _compile_cases(args, compile_driver, CASES, only)
+    report["triton"] = triton.__version__
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    if args.summary:
+        os.makedirs(args.summary, exist_ok=True)
+        path = os.path.join(args.summary, f"triton-{triton.__version__}.md")
+        with open(path, "w") as f:
+            f.write(summary(report, " ".join(["python tests/sm90.py", *(argv or sys.argv[1:])])))
+        print(f"summary: {path}")
+
+
+def _run_in_processes(args, ops):
+    """Runs this script in args.jobs processes, ops dealt round-robin, and merges the reports
+    (cases in their order in sm90_cases.CASES)."""
+    shares = [ops[i::args.jobs] for i in range(args.jobs)]
+    folder = tempfile.mkdtemp(prefix="sm90-")
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--autotune",
+                               args.autotune, "--only", ",".join(share), "--out",
+                               os.path.join(folder, f"part{i}.json")])
+             for i, share in enumerate(shares) if share]
+    if any(p.wait() for p in procs):
+        raise SystemExit("a compile process failed (see its output above)")
+    cases = []
+    for i in range(len(procs)):
+        with open(os.path.join(folder, f"part{i}.json")) as f:
+            cases += json.load(f)["cases"]
+    order = {op: i for i, op in enumerate(ops)}
+    cases.sort(key=lambda c: order[c["op"]])
+    return {"autotune": args.autotune, "cases": cases}
+
+
+def _compile_cases(args, compile_driver, cases, only):
+    """Compiles (and launches twice, see below) every case of the ops in ``only``."""
+    report = {"autotune": args.autotune, "cases": []}
+    for case in cases:
         if only and case.op not in only:
             continue
         compiled_before = len(compile_driver.compiled)
@@ -240,14 +279,7 @@ def main(argv=None):
         status = f"ERROR {error}" if error else f"{len(compiled)} compiled"
         print(f"{case.op:20s} {case.phase:8s} {case.name:44s} {seconds:6.1f}s {status}",
               flush=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
-    if args.summary:
-        os.makedirs(args.summary, exist_ok=True)
-        path = os.path.join(args.summary, f"triton-{triton.__version__}.md")
-        with open(path, "w") as f:
-            f.write(summary(report, " ".join(["python tests/sm90.py", *(argv or sys.argv[1:])])))
-        print(f"summary: {path}")
+    return report
 
 
 def summary(report, command):

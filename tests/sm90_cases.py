@@ -75,9 +75,9 @@ def _linear_cases(dtype):
 
 def _dropout_cases(dtype):
     d = _dtype_name(dtype)
-    for label, shape, channel, tutorial in [("256x256", (256, 256), 1, True),
-                                            ("16Mi", (4096, 4096), 1, False),
-                                            ("dropout2d 64x16x32x32", (64, 16, 32, 32), 1024, False)]:
+    shapes = [("256x256", (256, 256), 1, True), ("16Mi", (4096, 4096), 1, False),
+              ("dropout2d 64x16x32x32", (64, 16, 32, 32), 1024, False)]
+    for label, shape, channel, tutorial in shapes:
         x = _e(*shape, dtype=dtype)
         yield Case("dropout", f"{label} {d}", "forward", tutorial,
                    lambda x=x, channel=channel: dropout.dropout_forward(x, _seed(), 0.5, channel))
@@ -122,7 +122,8 @@ def _cross_entropy_cases(dtype):
         index = torch.zeros(rows, dtype=torch.int64)
         probs = _e(rows, classes, dtype=dtype)
         class_weight = torch.ones(classes, dtype=dtype)
-        variants = [("index", index, None, 0.0), ("index weight smoothing", index, class_weight, 0.1),
+        variants = [("index", index, None, 0.0),
+                    ("index weight smoothing", index, class_weight, 0.1),
                     ("probabilities weight", probs, class_weight, 0.0)]
         for variant, target, weight, smoothing in variants:
             counted = tutorial and variant == "index"

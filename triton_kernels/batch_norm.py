@@ -49,7 +49,9 @@ _ELEMENTWISE_CONFIGS = [
 # tensor that every launch reads.
 _MOMENTS_KEY = ["C", "S", "rows_per_split", "stride_xc", "stride_xs"]
 _NORMALIZE_KEY = ["M", "C", "S", "stride_xc", "stride_xs"]
-_GRAD_SUMS_KEY = ["C", "S", "rows_per_split", "stride_gc", "stride_gs"]
+# (_prune_grad_sums also decides by every stride and by HAS_X / RELU: all of them key it)
+_GRAD_SUMS_KEY = ["C", "S", "rows_per_split", "stride_gn", "stride_gc", "stride_gs", "stride_xn",
+                  "stride_xc", "stride_xs", "stride_yn", "stride_yc", "stride_ys", "HAS_X", "RELU"]
 _GRAD_INPUT_KEY = ["M", "C", "S", "stride_gc", "stride_gs"]
 # Sizes that grow with the batch are keyed by bucket (see _utils.size_bucket).
 _BUCKETED = ["M", "rows_per_split"]
@@ -249,7 +251,20 @@ def _masked_grad(g_ptr, y_ptr, r, c, inside, S, stride_gn, stride_gc, stride_gs,
     return g
 
 
-@autotune(_REDUCE_CONFIGS, key=_GRAD_SUMS_KEY, bucket=_BUCKETED)
+def _prune_grad_sums(configs, args):
+    """Narrow tiles (BLOCK_C < 32) where Triton 3.9's compiler crashes on the wide ones (a
+    segfault inside libtriton, found by make aot; Triton 3.6 compiles them): channels
+    contiguous, rows not a multiple of 16 elements apart, and both x and the ReLU output read,
+    as in LeNet's BatchNorm1d(120) + ReLU."""
+    contiguous_channels = 1 in (args["stride_gc"], args["stride_xc"], args["stride_yc"])
+    row_strides = [args[f"stride_{t}{d}"] for t in "gxy" for d in "ns"]
+    unaligned_rows = any(stride % 16 for stride in row_strides if stride not in (0, 1))
+    if args["HAS_X"] and args["RELU"] and contiguous_channels and unaligned_rows:
+        return [c for c in configs if c.kwargs["BLOCK_C"] < 32]
+    return configs
+
+
+@autotune(_REDUCE_CONFIGS, key=_GRAD_SUMS_KEY, bucket=_BUCKETED, prune=_prune_grad_sums)
 @triton.jit
 def _grad_sums_kernel(
     g_ptr, x_ptr, y_ptr, mean_ptr, sum_g_ptr, sum_gx_ptr,

@@ -31,20 +31,32 @@ _MATMUL_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
 ]
+
+
+def _vector_aligned(tensor):
+    """Rows that Triton can load 16 bytes at a time: a 16-byte-aligned start and every stride 1
+    or a multiple of 16 elements (what Triton's argument specialization checks)."""
+    return tensor.data_ptr() % 16 == 0 and all(s == 1 or s % 16 == 0 for s in tensor.stride())
 
 
 def _acc_per_thread_limit(args):
     """Accumulator elements per thread past which ptxas spills registers, as measured with
-    tests/sm90.py (make aot): 128 for a tensor-core dot, 32 where the dot or the epilogue runs
-    on CUDA cores (the FMA-based IEEE fp32 dot; the Philox rounds of the dropout epilogue),
-    half that when the A tile is also masked or summed in registers (MASK_A, ROW_SUM_A)."""
+    tests/sm90.py --autotune all (make aot): 128 for a tensor-core dot, 16 where the dot or the
+    epilogue runs on CUDA cores (the FMA-based IEEE fp32 dot; the Philox rounds of the dropout
+    epilogue); halved when the A tile is also masked or summed in registers (MASK_A,
+    ROW_SUM_A), and halved again when A's rows cannot be loaded as 16-byte vectors (a 10- or
+    259-wide gradient read transposed)."""
     cuda_core = args["DROPOUT"] or (args["a_ptr"].dtype == torch.float32
                                     and args["INPUT_PRECISION"] == "ieee")
-    limit = 32 if cuda_core else 128
-    return limit // 2 if args["MASK_A"] or args["ROW_SUM_A"] else limit
+    limit = 16 if cuda_core else 128
+    if args["MASK_A"] or args["ROW_SUM_A"]:
+        limit //= 2
+    if not _vector_aligned(args["a_ptr"]):
+        limit //= 2
+    return limit
 
 
 def _prune_matmul(configs, args):
