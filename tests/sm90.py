@@ -218,6 +218,7 @@ def main(argv=None):
     else:
         report = _compile_cases(args, compile_driver, CASES, only)
     report["triton"] = triton.__version__
+    report["jobs"] = args.jobs
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     if args.summary:
@@ -301,8 +302,9 @@ def summary(report, command):
         f"`{command}` on {time.strftime('%Y-%m-%d')}, on a CPU-only machine ({os.cpu_count()} "
         f"cores): the real launchers on CPU tensors through a compile-only driver for "
         f"`GPUTarget('cuda', 90, 32)`; autotune mode `{report['autotune']}`. "
-        f"{len(report['cases'])} calls, {compiles} kernels compiled in {seconds:.0f} s "
-        f"({seconds / max(compiles, 1):.1f} s per compile, one process).",
+        f"{len(report['cases'])} calls, {compiles} kernels compiled; the calls took "
+        f"{seconds:.0f} s in all over {report.get('jobs', 1)} process(es) (kernels already in "
+        f"Triton's cache are not recompiled, so this depends on the cache).",
         "",
         "| kernel | dtype | compiled | registers | spill stores | shared memory (KiB) "
         "| HGMMA/HMMA | CALL |",

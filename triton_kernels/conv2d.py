@@ -35,7 +35,8 @@ from torch._prims_common import suggest_memory_format
 from ._utils import autotune, cdiv, dot_shared_memory, empty_grad, fp32_dot_precision
 
 _CONV_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_stages=3, num_warps=4),
+    # 8 warps: with 4, Triton 3.6 spills this tile's registers (stride 2, fp32; 3.9 does not)
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_stages=3, num_warps=8),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_stages=3, num_warps=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_stages=3, num_warps=8),
     # 8 warps: with 4, a gathered 128x64 tile's offsets and masks spill (NCHW)
@@ -203,7 +204,15 @@ def conv2d_forward_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_in[:, None] & n_in[None, :])
 
 
-@autotune(_CONV_CONFIGS, key=_KEY + ["RELU"], bucket=["BATCH"],
+# grad_input holds more per-pixel state (the stride's divisibility masks, the ReLU mask): its
+# first choice is a 64-pixel tile (128 pixels spill registers with Triton 3.6 at stride 2, fp32)
+_GRAD_INPUT_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_stages=3, num_warps=4),
+    *_CONV_CONFIGS,
+]
+
+
+@autotune(_GRAD_INPUT_CONFIGS, key=_KEY + ["RELU"], bucket=["BATCH"],
           prune=_prune_tiles("M", "C_G", "O_G"),
           shared_memory=_masked_dot_shared_memory("g_ptr", "w_ptr"))
 @triton.jit
