@@ -1,4 +1,4 @@
-"""The beginner tutorial models (../shared/TUTORIAL_MODELS.md), each in two builds with the same
+"""The beginner tutorial models (the README lists them), each in two builds with the same
 structure and the same state_dict keys:
 
     build(name, impl="torch")    the model from torch.nn layers, as the course writes it
