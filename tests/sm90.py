@@ -31,8 +31,9 @@ import sys
 import tempfile
 import time
 
-# H200 / H100 (sm_90): the opt-in shared memory per block and the register file per SM.
-MAX_SHARED_MEMORY = 232448
+from fastops.triton_kernels._utils import MAX_SHARED_MEMORY  # kernels are defined later
+
+# H200 / H100 (sm_90): the register file per SM.
 REGISTERS_PER_SM = 65536
 
 

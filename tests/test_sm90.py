@@ -14,11 +14,10 @@ import sys
 
 import pytest
 import torch
-
+from fastops.triton_kernels._utils import MAX_SHARED_MEMORY
 from sm90_cases import CASES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MAX_SHARED_MEMORY = 232448  # sm_90's opt-in shared memory per block
 DOT_KERNELS = ("matmul_kernel", "conv2d_forward_kernel", "conv2d_grad_input_kernel",
                "conv2d_grad_weight_kernel")
 
