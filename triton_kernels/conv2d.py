@@ -71,16 +71,21 @@ def _needs_int64(pixels, *tensors):
     return pixels >= _INT32_LIMIT or any(_span(t) >= _INT32_LIMIT for t in tensors)
 
 
-def _prune_tiles(m, n, k):
+def _prune_tiles(m, n, k, strided=None):
     """prune= of a conv autotune: drops configs whose BLOCK_M / BLOCK_N / BLOCK_K are far above the
     problem's dimensions (``m``, ``n``, ``k``: names of kernel arguments), which would only compute
-    padding; keeps the configs of the smallest tiles when none is left."""
+    padding, and, for a stride above 1, those that ``strided(config)`` rejects (the tiles whose
+    per-pixel state spills registers there: tests/sm90.py --autotune all, under Triton 3.6);
+    keeps the configs of the smallest tiles when none is left."""
     def prune(configs, named_args):
         dims = {"BLOCK_M": named_args[m], "BLOCK_N": named_args[n], "BLOCK_K": named_args[k]}
+        is_strided = (strided is not None
+                      and max(named_args["STRIDE_H"], named_args["STRIDE_W"]) > 1)
 
         def fits(config):
-            return all(config.kwargs[name] <= max(16, triton.next_power_of_2(int(size)))
-                       for name, size in dims.items())
+            return (all(config.kwargs[name] <= max(16, triton.next_power_of_2(int(size)))
+                        for name, size in dims.items())
+                    and (not is_strided or strided(config)))
 
         kept = [c for c in configs if fits(c)]
         if kept:
@@ -88,6 +93,19 @@ def _prune_tiles(m, n, k):
         smallest = min((c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in configs)
         return [c for c in configs if (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) == smallest]
     return prune
+
+
+# The strided= rules of _prune_tiles, one per kernel (forward, grad_input, grad_weight).
+def _at_most_128x64_outputs(config):
+    return config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] <= 128 * 64
+
+
+def _at_most_64x32_gathers(config):
+    return config.kwargs["BLOCK_M"] <= 64 and config.kwargs["BLOCK_K"] <= 32
+
+
+def _at_least_4_warps(config):
+    return config.num_warps >= 4
 
 
 def _masked_dot_shared_memory(a_ptr, b_ptr):
@@ -132,7 +150,8 @@ def _offset(i, stride_i, j, stride_j, INT64: tl.constexpr):
 
 
 @autotune(_CONV_CONFIGS, key=_KEY + ["HAS_BIAS", "RELU"], bucket=["BATCH"],
-          prune=_prune_tiles("M", "O_G", "C_G"), shared_memory=dot_shared_memory("x_ptr", "w_ptr"))
+          prune=_prune_tiles("M", "O_G", "C_G", strided=_at_most_128x64_outputs),
+          shared_memory=dot_shared_memory("x_ptr", "w_ptr"))
 @triton.jit
 def conv2d_forward_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr,
@@ -213,7 +232,7 @@ _GRAD_INPUT_CONFIGS = [
 
 
 @autotune(_GRAD_INPUT_CONFIGS, key=_KEY + ["RELU"], bucket=["BATCH"],
-          prune=_prune_tiles("M", "C_G", "O_G"),
+          prune=_prune_tiles("M", "C_G", "O_G", strided=_at_most_64x32_gathers),
           shared_memory=_masked_dot_shared_memory("g_ptr", "w_ptr"))
 @triton.jit
 def conv2d_grad_input_kernel(
@@ -324,7 +343,8 @@ def _weight_shared_memory(config, named_args):
 
 
 @autotune(_WEIGHT_CONFIGS, key=_KEY + ["RELU", "NEED_WEIGHT", "NEED_BIAS", "SPLIT_K"],
-          bucket=["BATCH"], prune=_prune_tiles("O_G", "C_G", "R"),
+          bucket=["BATCH"],
+          prune=_prune_tiles("O_G", "C_G", "R", strided=_at_least_4_warps),
           shared_memory=_weight_shared_memory)
 @triton.jit
 def conv2d_grad_weight_kernel(

@@ -46,13 +46,16 @@ def _acc_per_thread_limit(args):
     """Accumulator elements per thread past which ptxas spills registers, as measured with
     tests/sm90.py --autotune all (make aot): 128 for a tensor-core dot, 16 where the dot or the
     epilogue runs on CUDA cores (the FMA-based IEEE fp32 dot; the Philox rounds of the dropout
-    epilogue); halved when the A tile is also masked or summed in registers (MASK_A,
-    ROW_SUM_A), and halved again when A's rows cannot be loaded as 16-byte vectors (a 10- or
-    259-wide gradient read transposed)."""
+    epilogue); halved when the A tile is also summed in registers (ROW_SUM_A), quartered for
+    a tensor-core dot whose A tile is masked (MASK_A; 64 spilled under Triton 3.6), and halved
+    again when A's rows cannot be loaded as 16-byte vectors (a 10- or 259-wide gradient read
+    transposed)."""
     cuda_core = args["DROPOUT"] or (args["a_ptr"].dtype == torch.float32
                                     and args["INPUT_PRECISION"] == "ieee")
     limit = 16 if cuda_core else 128
-    if args["MASK_A"] or args["ROW_SUM_A"]:
+    if args["MASK_A"]:
+        limit //= 2 if cuda_core else 4
+    elif args["ROW_SUM_A"]:
         limit //= 2
     if not _vector_aligned(args["a_ptr"]):
         limit //= 2
