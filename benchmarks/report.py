@@ -1,6 +1,9 @@
 """Turns a pytest-benchmark JSON file into the report: a markdown table (one row per case:
-median time of each implementation, speed-up = torch / fastops, saved-bytes ratio) and PNG
-charts of the speed-up per case, ops and tutorial models apart (log scale, 1.0 marked).
+median time of each implementation, speed-up = torch / fastops, saved-bytes ratio), PNG
+charts of the speed-up per case, ops and tutorial models apart (log scale, 1.0 marked), and
+summary.json, the compact machine-readable results (medians, quartiles, saved bytes per case:
+tens of KB, where pytest-benchmark's JSON holds every timing sample, megabytes, and is not
+committed).
 
     python benchmarks/report.py RESULTS.json OUT_DIR
 """
@@ -23,8 +26,11 @@ def load_rows(json_path):
         info = entry["extra_info"]
         key = (info["op"], info["case"], info["pass_"], info["dtype"], info["device"])
         row = groups.setdefault(key, dict(op=key[0], case=key[1], pass_=key[2], dtype=key[3],
-                                          device=key[4], median={}, saved={}, peak={}))
-        row["median"][info["impl"]] = entry["stats"]["median"]
+                                          device=key[4], median={}, quartiles={}, saved={},
+                                          peak={}))
+        stats = entry["stats"]
+        row["median"][info["impl"]] = stats["median"]
+        row["quartiles"][info["impl"]] = [stats["q1"], stats["q3"]]
         if "saved_bytes" in info:
             row["saved"][info["impl"]] = info["saved_bytes"]
         if "peak_cuda_bytes" in info:
@@ -81,6 +87,15 @@ def markdown(rows, machine, date, command):
     return "\n".join(lines) + "\n"
 
 
+def write_summary(rows, machine, date, command, path):
+    """summary.json: the run's machine, date and command, and per case the medians and
+    quartiles (seconds), speed-up and saved bytes of every implementation."""
+    cpu = machine.get("cpu", {}).get("brand_raw") or machine.get("processor")
+    with open(path, "w") as f:
+        json.dump(dict(machine=dict(node=machine.get("node"), cpu=cpu), date=date,
+                       command=command, cases=rows), f, indent=1)
+
+
 def chart(rows, path, title):
     import matplotlib
     import matplotlib.ticker
@@ -115,14 +130,15 @@ def chart(rows, path, title):
 
 
 def write_report(json_path, out_dir, command="python -m fastops bench"):
-    """Writes report.md and the charts into out_dir: speedup-ops.png (the op cases) and
-    speedup-models.png (the tutorial models' steps), each only when the run has such cases.
-    Returns the markdown."""
+    """Writes report.md, summary.json and the charts into out_dir: speedup-ops.png (the op
+    cases) and speedup-models.png (the tutorial models' steps), each only when the run has such
+    cases. Returns the markdown."""
     rows, machine, date = load_rows(json_path)
     os.makedirs(out_dir, exist_ok=True)
     text = markdown(rows, machine, date, command)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(text)
+    write_summary(rows, machine, date, command, os.path.join(out_dir, "summary.json"))
     device = rows[0]["device"] if rows else "?"
     ops = [r for r in rows if r["op"] != "model"]
     models = [r for r in rows if r["op"] == "model"]

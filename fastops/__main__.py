@@ -110,7 +110,8 @@ def bench(args):
         return int(status)
     command = "python -m fastops bench " + " ".join(args.raw)
     print(write_report(json_path, out_dir, command=command.strip()))
-    print(f"results: {out_dir}/ (benchmark.json, report.md, speedup-ops.png, speedup-models.png)")
+    print(f"results: {out_dir}/ (report.md, summary.json, speedup-ops.png, speedup-models.png; "
+          f"benchmark.json holds every sample and is not committed)")
     return 0
 
 

@@ -12,7 +12,7 @@ def entry(impl, median, saved=None, case="small", pass_="fwd+bwd"):
     info = dict(op="linear_relu", case=case, impl=impl, pass_=pass_, dtype="float32", device="cpu")
     if saved is not None:
         info["saved_bytes"] = saved
-    return dict(extra_info=info, stats=dict(median=median))
+    return dict(extra_info=info, stats=dict(median=median, q1=0.9 * median, q3=1.2 * median))
 
 
 def test_report_table_and_chart_from_recorded_json(tmp_path):
@@ -35,6 +35,12 @@ def test_report_table_and_chart_from_recorded_json(tmp_path):
     assert (tmp_path / "out" / "report.md").read_text() == text
     assert (tmp_path / "out" / "speedup-ops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "out" / "speedup-models.png").exists()  # no model cases recorded
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["command"] == "python -m fastops bench --quick"
+    small = summary["cases"][0]
+    assert small["median"]["fastops"] == 1e-3
+    assert small["quartiles"]["fastops"] == [0.9 * 1e-3, 1.2 * 1e-3]
+    assert small["saved"] == {"torch": 4096, "fastops": 1024, "torch.compile": 2048}
 
 
 def test_quick_bench_command_writes_json_table_and_chart(tmp_path):
