@@ -396,3 +396,25 @@ def test_lenet_and_resnet_shapes_match(device, channels_last):
         assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, **options),
                                      lambda *a: reference(*a, **options, activation="relu"), [x, w, b],
                                      scale=10)  # grad_weight sums batch * pixels terms
+
+
+def test_triton_fp32_precision_reads_torch_new_and_legacy_tf32_flags():
+    """conv follows cuDNN's conv setting, linear the matmul one, whether set with the legacy flags
+    or torch's fp32_precision API (reading the legacy flags raises once the two are mixed)."""
+    from fastops.triton_kernels._utils import fp32_dot_precision
+
+    settings = [torch.backends.cudnn.conv, torch.backends.cudnn, torch.backends.cuda.matmul]
+    saved = [s.fp32_precision for s in settings]
+    try:
+        assert fp32_dot_precision(torch.float16, "conv") == "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"  # new API: conv IEEE, matmul unchanged
+        assert fp32_dot_precision(torch.float32, "conv") == "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        assert fp32_dot_precision(torch.float32) == "tf32"
+        torch.backends.cudnn.allow_tf32 = True  # legacy API
+        assert fp32_dot_precision(torch.float32, "conv") == "tf32"
+        torch.set_float32_matmul_precision("highest")
+        assert fp32_dot_precision(torch.float32) == "ieee"
+    finally:
+        for setting, value in zip(settings, saved):
+            setting.fp32_precision = value

@@ -102,16 +102,33 @@ def dot_shared_memory(a_ptr, b_ptr):
     return estimate
 
 
+def _tf32_allowed(*settings):
+    """Whether torch allows TF32 under its fp32_precision settings (torch >= 2.9), the most
+    specific first, each "tf32", "ieee" or "none" (= ask the next one; none at all: IEEE).
+    Reading the legacy flags instead raises once a user has set the new ones."""
+    for setting in (*settings, torch.backends):
+        precision = getattr(setting, "fp32_precision", "none")
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
 def fp32_dot_precision(dtype, op="matmul"):
     """The ``input_precision`` of ``tl.dot`` that matches torch for float32: TF32 only where torch
     allows it for that kind of op. Matmuls (linear) follow torch.backends.cuda.matmul (IEEE by
-    default); convolutions follow cuDNN's setting (torch.backends.cudnn.allow_tf32, TF32 by
-    default), as torch's own conv2d on CUDA does."""
+    default, TF32 after torch.set_float32_matmul_precision("high")); convolutions follow cuDNN's
+    setting (torch.backends.cudnn.conv, i.e. allow_tf32: TF32 by default), as torch's own conv2d
+    on CUDA does."""
     if dtype != torch.float32:
         return "ieee"
-    if op == "conv":
-        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
-    return "tf32" if torch.get_float32_matmul_precision() != "highest" else "ieee"
+    if not hasattr(torch.backends.cudnn, "conv"):  # torch < 2.9: only the legacy flags
+        allowed = (torch.backends.cudnn.allow_tf32 if op == "conv"
+                   else torch.get_float32_matmul_precision() != "highest")
+    elif op == "conv":
+        allowed = _tf32_allowed(torch.backends.cudnn.conv, torch.backends.cudnn)
+    else:
+        allowed = _tf32_allowed(torch.backends.cuda.matmul)
+    return "tf32" if allowed else "ieee"
 
 
 def cdiv(a, b):
