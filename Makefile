@@ -10,7 +10,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION := 2.13.0
-SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.inc') setup.py
 
 .PHONY: test bench bench-quick build test-installed bench-installed gpu-check gpu-check-dry aot clean
 

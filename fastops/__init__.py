@@ -1,13 +1,13 @@
 """fastops: fused PyTorch ops with C++ CPU kernels and Triton CUDA kernels.
 
-Importing the package loads ``fastops._C`` (operator schemas, CPU kernels, autograd, autocast)
-and registers the Triton CUDA kernels and the fake (meta) kernels with the dispatcher.
+Importing the package loads ``fastops._C`` (operator schemas, their rules as Meta kernels, CPU
+kernels, autograd, autocast) and registers the Triton CUDA kernels with the dispatcher.
 """
 
 import torch
 
 from . import _C  # noqa: F401  (registers the fastops:: ops)
-from . import _cuda, _fake  # noqa: F401  (CUDA kernels, fake kernels)
+from . import _cuda  # noqa: F401  (the Triton CUDA kernels)
 from . import functional, nn
 from .convert import convert, unconvert
 from .fold import fold_batchnorm

@@ -135,6 +135,18 @@ def cdiv(a, b):
     return triton.cdiv(a, b)
 
 
-def empty_grad(like):
-    """What a backward launcher returns for a gradient that output_mask did not ask for."""
-    return like.new_empty((0,))
+_META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
+
+
+def checked_outputs(op, *args):
+    """Runs fastops::<op>'s rules, its Meta kernel (csrc/<op>/<op>.cpp): every argument check,
+    then the op's outputs allocated with the options of its inputs. Called with the launcher's
+    own (CUDA) tensors, it returns the empty device tensors the kernels fill, with the shapes,
+    dtypes and layouts every backend shares."""
+    return getattr(torch.ops.fastops, op).default.redispatch(_META, *args)
+
+
+def accumulate_dtype(dtype):
+    """The dtype kernels accumulate in and keep statistics in: float64 for float64, else
+    float32 (accumulate_type in csrc/shared/common.h)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import autotune, cdiv, empty_grad, interpreting
+from ._utils import accumulate_dtype, autotune, cdiv, checked_outputs, interpreting
 
 # [BLOCK_R rows, BLOCK_C channels] tiles: tall and one channel wide for NC* planes (rows of a
 # channel are contiguous), wide for channels-last (channels are contiguous). The first config
@@ -370,11 +370,8 @@ def _grad_input_kernel(
 
 # ------------------------------------------------------------------------------------ launchers
 
-def _like_layout(tensor):
-    """Result allocation matching fastops' CPU kernel and fake kernel: the strides of ``tensor``
-    when it is dense in NC* or channels-last order, else contiguous."""
-    dense = tensor.is_contiguous() or tensor.movedim(1, -1).is_contiguous()
-    return torch.empty_like(tensor) if dense else tensor.new_empty(tensor.shape)
+# The accumulation dtype of the kernels (ACC) for the statistics' torch dtype.
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def _view3d(tensor):
@@ -386,10 +383,6 @@ def _view3d(tensor):
         return tensor.view(n, c, s)
     except RuntimeError:
         return tensor.contiguous().view(n, c, s)
-
-
-def _acc_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 @functools.cache
@@ -433,18 +426,15 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
     in the layout of input, save_mean [C], save_invstd [C]) with float32 statistics (float64
     for a float64 input). Training updates running_mean / running_var in place when given.
     ``splits``: row ranges per channel of the reduction (default: enough to fill the GPU)."""
+    output, save_mean, save_invstd = checked_outputs(
+        "batch_norm", input, weight, bias, running_mean, running_var, training, momentum, eps,
+        activation)
     n, channels = input.shape[:2]
     x = _view3d(input)
     rows = n * x.shape[2]
-    if training and rows == 1:
-        raise ValueError("Expected more than 1 value per channel when training, got input size "
-                         f"{input.size()}")
-    output = _like_layout(input)
     y = output.view(x.shape)
-    acc = _acc_dtype(input.dtype)
-    stat_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    save_mean = torch.empty(channels, device=input.device, dtype=stat_dtype)
-    save_invstd = torch.empty_like(save_mean)
+    stat_dtype = save_mean.dtype
+    acc = _TL_DTYPES[stat_dtype]
     scale = torch.empty_like(save_mean)
     if training:
         splits = splits or _splits(rows, channels, x.stride(1) == 1, input.device)
@@ -483,6 +473,9 @@ def batch_norm_backward(grad_output, input, weight, output, save_mean, save_invs
     """Gradients (input, weight, bias) of batch_norm_forward; the ReLU mask comes from
     ``output``, ``input`` is needed for grad_weight and the training grad_input. Gradients not
     asked for in output_mask come back as empty tensors."""
+    grad_input, grad_weight, grad_bias = checked_outputs(
+        "batch_norm_backward", grad_output, input, weight, output, save_mean, save_invstd,
+        training, activation, output_mask)
     need_input, need_weight, need_bias = output_mask
     relu = activation == "relu"
     n, channels = grad_output.shape[:2]
@@ -492,9 +485,8 @@ def batch_norm_backward(grad_output, input, weight, output, save_mean, save_invs
     y = _view3d(output) if relu else None
     x_strides = x.stride() if x is not None else (0, 0, 0)
     y_strides = y.stride() if y is not None else (0, 0, 0)
-    acc = _acc_dtype(grad_output.dtype)
-    stat_dtype = save_mean.dtype
-    param_dtype = weight.dtype if weight is not None else grad_output.dtype
+    stat_dtype = accumulate_dtype(grad_output.dtype)
+    acc = _TL_DTYPES[stat_dtype]
 
     need_sums = need_weight or need_bias or (training and need_input)
     splits = (splits or _splits(rows, channels, g.stride(1) == 1, g.device)) if need_sums else 0
@@ -511,10 +503,6 @@ def batch_norm_backward(grad_output, input, weight, output, save_mean, save_invs
             HAS_X=x is not None, RELU=relu, ACC=acc, INDEX_64=_index_64(rows, channels, splits),
         )
     index_64 = _index_64(rows, channels)
-    grad_weight = (torch.empty(channels, device=g.device, dtype=param_dtype) if need_weight
-                   else empty_grad(grad_output))
-    grad_bias = (torch.empty(channels, device=g.device, dtype=param_dtype) if need_bias
-                 else empty_grad(grad_output))
     g_scale = torch.empty(channels, device=g.device, dtype=stat_dtype)
     x_scale, offset = torch.empty_like(g_scale), torch.empty_like(g_scale)
     if channels:
@@ -524,10 +512,7 @@ def batch_norm_backward(grad_output, input, weight, output, save_mean, save_invs
             TRAINING=training, HAS_WEIGHT=weight is not None, NEED_WEIGHT=need_weight,
             NEED_BIAS=need_bias, ACC=acc, INDEX_64=index_64, BLOCK_C=_FINALIZE_BLOCK_C,
         )
-    grad_input = empty_grad(grad_output)
     if need_input:
-        reference = input if input is not None else output if output is not None else grad_output
-        grad_input = _like_layout(reference)
         gx = grad_input.view(g.shape)
         if rows and channels:
             _grad_input_kernel[_elementwise_grid(rows, channels)](

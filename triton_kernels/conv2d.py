@@ -30,9 +30,8 @@ pointers that move by 64-bit scalar offsets (the group, the tap and the channel 
 import torch
 import triton
 import triton.language as tl
-from torch._prims_common import suggest_memory_format
 
-from ._utils import autotune, cdiv, dot_shared_memory, empty_grad, fp32_dot_precision
+from ._utils import autotune, cdiv, checked_outputs, dot_shared_memory, fp32_dot_precision
 
 _CONV_CONFIGS = [
     # 8 warps: with 4, Triton 3.6 spills this tile's registers (stride 2, fp32; 3.9 does not)
@@ -438,16 +437,6 @@ def conv2d_grad_weight_kernel(
             tl.store(gb_ptr + split * GROUPS * O_G + oc, bias_acc, mask=m_in)
 
 
-def _output_size(size, kernel, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _output_memory_format(input, weight):
-    """Channels-last when input or weight is, as torch's convolutions (and the CPU kernel)."""
-    formats = (suggest_memory_format(input), suggest_memory_format(weight))
-    return torch.channels_last if torch.channels_last in formats else torch.contiguous_format
-
-
 def _split_k(device, tiles, reduction):
     """Splits of the weight-gradient reduction: enough programs to fill the GPU (two per SM),
     each still reducing at least 1024 elements; two under the interpreter, to test the split."""
@@ -461,13 +450,11 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, activ
     """input [N, C, H, W], weight [O, C / groups, kH, kW], bias [O] or None -> [N, O, oH, oW]
     (channels-last when input or weight is); explicit symmetric zero padding; activation
     "none" | "relu". float32 runs in TF32 where torch's convolutions do (cudnn.allow_tf32)."""
+    out = checked_outputs("conv2d", input, weight, bias, stride, padding, dilation, groups,
+                          activation)
     batch, channels, height, width = input.shape
     out_channels, c_per_group, kernel_h, kernel_w = weight.shape
-    out_h, out_w = (_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d],
-                                 dilation[d])
-                    for d in range(2))
-    out = torch.empty((batch, out_channels, out_h, out_w), device=input.device, dtype=input.dtype,
-                      memory_format=_output_memory_format(input, weight))
+    out_h, out_w = out.shape[2:]
     if out.numel() == 0:
         return out
     pixels = batch * out_h * out_w
@@ -494,6 +481,9 @@ def conv2d_backward(grad_output, input, weight, output, input_size, stride, padd
     """Gradients (input, weight, bias) of conv2d_forward; the ReLU mask comes from ``output``.
     ``input`` is needed only for the weight gradient, ``input_size`` gives grad_input's shape.
     Gradients not asked for in output_mask come back as empty tensors."""
+    grad_input, grad_weight, grad_bias = checked_outputs(
+        "conv2d_backward", grad_output, input, weight, output, input_size, stride, padding,
+        dilation, groups, activation, output_mask)
     need_input, need_weight, need_bias = output_mask
     relu = activation == "relu"
     batch, channels, height, width = input_size
@@ -506,11 +496,7 @@ def conv2d_backward(grad_output, input, weight, output, input_size, stride, padd
     mask = output if relu else grad_output
     precision = fp32_dot_precision(grad_output.dtype, op="conv")
 
-    grad_input = empty_grad(grad_output)
     if need_input:
-        grad_input = torch.empty(tuple(input_size), device=grad_output.device,
-                                 dtype=grad_output.dtype,
-                                 memory_format=suggest_memory_format(grad_output))
         pixels = batch * height * width
 
         def grid(meta):
@@ -525,8 +511,6 @@ def conv2d_backward(grad_output, input, weight, output, input_size, stride, padd
                 INT64=_needs_int64(pixels, grad_output, mask, weight, grad_input),
             )
 
-    grad_weight = empty_grad(grad_output)
-    grad_bias = empty_grad(grad_output)
     if need_weight or need_bias:
         patch = c_per_group * kernel_h * kernel_w
         reduction = batch * out_h * out_w
@@ -552,7 +536,7 @@ def conv2d_backward(grad_output, input, weight, output, input_size, stride, padd
             INT64=_needs_int64(reduction, grad_output, mask, x, partial_weight),
         )
         if need_weight:
-            grad_weight = partial_weight.sum(0).to(grad_output.dtype).view(weight.shape)
+            grad_weight.copy_(partial_weight.sum(0).view(weight.shape))
         if need_bias:
-            grad_bias = partial_bias.sum(0).to(grad_output.dtype)
+            grad_bias.copy_(partial_bias.sum(0))
     return grad_input, grad_weight, grad_bias

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import autotune, cdiv, empty_grad
+from ._utils import accumulate_dtype, autotune, cdiv, checked_outputs
 
 # (BLOCK_ROWS, BLOCK_C, num_warps): many short rows per program down to one row in 4096-wide
 # chunks. The first (the interpreter's only config) loops over C and masks rows and classes.
@@ -266,10 +266,6 @@ def _index_rows(target):
     return t2, (t2.stride(0), 0, t2.stride(1))
 
 
-def _accumulate_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _rows_view(input, target, weight, label_smoothing):
     """What the forward and backward launchers share: logits and target as rows (no copy),
     the row and class counts, the effective smoothing and the class weight."""
@@ -308,7 +304,7 @@ _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 def _reduce(loss, row_weight, reduction, rows_shape, dtype):
     """(loss, total_weight) from per-row values, in one launch on the device (no
     synchronisation)."""
-    acc = _accumulate_dtype(dtype)
+    acc = accumulate_dtype(dtype)
     total_weight = torch.empty((), device=loss.device, dtype=acc)
     out = torch.empty(rows_shape if reduction == "none" else (), device=loss.device, dtype=dtype)
     reduce_loss_kernel[(1,)](loss, row_weight, out, total_weight, loss.numel(),
@@ -348,22 +344,26 @@ def _classes_last_view(rows_grad, input):
 def cross_entropy_forward(input, target, weight, reduction, ignore_index, label_smoothing):
     """input [N, C, d...]; target class indices [N, d...] or probabilities (input's shape);
     weight [C] or None -> (loss [N, d...] or [], lse [N, d...] fp32, total_weight [])."""
+    checked_outputs("cross_entropy", input, target, weight, reduction, ignore_index,
+                    label_smoothing)
     rows_shape = (input.shape[0], *input.shape[2:])
     loss, row_weight, lse = _per_row_buffers(math.prod(rows_shape), input.device)
     _loss_rows(input, target, weight, ignore_index, label_smoothing, loss, row_weight, lse)
     loss, total_weight = _reduce(loss, row_weight, reduction, rows_shape, input.dtype)
-    return loss, lse.to(_accumulate_dtype(input.dtype)).view(rows_shape), total_weight
+    return loss, lse.to(accumulate_dtype(input.dtype)).view(rows_shape), total_weight
 
 
 def cross_entropy_backward(grad_loss, input, target, weight, logsumexp, total_weight, reduction,
                            ignore_index, label_smoothing, output_mask):
     """(grad_input, grad_target) of cross_entropy_forward, each of input's shape (or empty)."""
+    placeholders = checked_outputs("cross_entropy_backward", grad_loss, input, target, weight, logsumexp,
+                    total_weight, reduction, ignore_index, label_smoothing, output_mask)
     need_input, need_target = output_mask
     grad_input, grad_target = _loss_grads(input, target, weight, logsumexp, grad_loss,
                                           total_weight, reduction, ignore_index, label_smoothing,
                                           need_input, need_target)
-    return (_classes_last_view(grad_input, input) if need_input else empty_grad(input),
-            _classes_last_view(grad_target, input) if need_target else empty_grad(input))
+    return (_classes_last_view(grad_input, input) if need_input else placeholders[0],
+            _classes_last_view(grad_target, input) if need_target else placeholders[1])
 
 
 # --------------------------------------------------------------------- linear + cross-entropy
@@ -385,6 +385,8 @@ def _chunk_logits(input, linear_weight, bias, r0, m):
 def linear_cross_entropy_forward(input, linear_weight, bias, target, weight, reduction,
                                  ignore_index, label_smoothing):
     """cross_entropy_forward of input [N, H] @ linear_weight[C, H]^T + bias, chunk by chunk."""
+    checked_outputs("linear_cross_entropy", input, linear_weight, bias, target, weight, reduction,
+                    ignore_index, label_smoothing)
     rows = input.shape[0]
     loss, row_weight, lse = _per_row_buffers(rows, input.device)
     for r0, m in _chunks(rows, linear_weight.shape[0]):
@@ -392,7 +394,7 @@ def linear_cross_entropy_forward(input, linear_weight, bias, target, weight, red
         _loss_rows(logits, target[r0:r0 + m], weight, ignore_index, label_smoothing,
                    loss[r0:r0 + m], row_weight[r0:r0 + m], lse[r0:r0 + m])
     loss, total_weight = _reduce(loss, row_weight, reduction, (rows,), input.dtype)
-    return loss, lse.to(_accumulate_dtype(input.dtype)), total_weight
+    return loss, lse.to(accumulate_dtype(input.dtype)), total_weight
 
 
 def _accumulate(total, part, dtype):
@@ -407,12 +409,15 @@ def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target,
     are recomputed (the price of keeping only the lse for backward), their gradient computed
     and fed to the GEMMs. With several chunks the parameter gradients add up in fp32 (float64
     for float64); one chunk writes them directly."""
+    placeholders = checked_outputs("linear_cross_entropy_backward", grad_loss, input, linear_weight, bias, target,
+                    weight, logsumexp, total_weight, reduction, ignore_index, label_smoothing,
+                    output_mask)
     need_input, need_linear_weight, need_bias, need_target = output_mask
     rows, classes = input.shape[0], linear_weight.shape[0]
     per_row = grad_loss.numel() > 1 or reduction == "none"
     grad_input = torch.empty_like(input, memory_format=torch.contiguous_format) if need_input else None
     chunks = _chunks(rows, classes)
-    acc = input.dtype if len(chunks) == 1 else _accumulate_dtype(input.dtype)
+    acc = input.dtype if len(chunks) == 1 else accumulate_dtype(input.dtype)
     grad_linear_weight = grad_bias = None
     grad_target = torch.empty((rows, classes), device=input.device, dtype=input.dtype) if need_target else None
     need_logits = need_input or need_linear_weight or need_bias
@@ -434,7 +439,7 @@ def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target,
     if rows == 0:  # no chunk: zero gradients for the parameters
         grad_linear_weight = torch.zeros_like(linear_weight) if need_linear_weight else None
         grad_bias = input.new_zeros(classes) if need_bias else None
-    return (grad_input if need_input else empty_grad(input),
-            grad_linear_weight.to(input.dtype) if need_linear_weight else empty_grad(input),
-            grad_bias.to(input.dtype) if need_bias else empty_grad(input),
-            grad_target if need_target else empty_grad(input))
+    return (grad_input if need_input else placeholders[0],
+            grad_linear_weight.to(input.dtype) if need_linear_weight else placeholders[1],
+            grad_bias.to(input.dtype) if need_bias else placeholders[2],
+            grad_target if need_target else placeholders[3])

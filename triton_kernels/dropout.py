@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import autotune, cdiv
+from ._utils import autotune, cdiv, checked_outputs
 
 
 @triton.jit
@@ -137,24 +137,6 @@ def noise_args(seed, p):
     return int(seed), p, struct.unpack("<q", struct.pack("<d", scale))[0]
 
 
-def check_noise_args(seed, p, op):
-    """The checks of the C++ dropout_noise (csrc/cpu/dropout.cpp), with its messages."""
-    if seed.device.type != "cpu" or seed.dtype != torch.int64 or seed.numel() != 1:
-        raise RuntimeError(f"fastops::{op}: expected seed to be a one-element int64 CPU tensor, got "
-                           f"{seed.numel()} element(s) of {seed.dtype} on {seed.device}")
-    if not 0 <= p <= 1:
-        raise RuntimeError(f"fastops::{op}: dropout probability has to be between 0 and 1, but got {p}")
-
-
-def _check(input, seed, p, channel_size):
-    if not input.is_floating_point():
-        raise RuntimeError(f"fastops::dropout: expected input to be a floating-point tensor, got {input.dtype}")
-    check_noise_args(seed, p, "dropout")
-    if channel_size < 1 or input.numel() % channel_size:
-        raise RuntimeError(f"fastops::dropout: expected channel_size >= 1 dividing input.numel() "
-                           f"({input.numel()}), got {channel_size}")
-
-
 def _dropout_contiguous(x, out, seed, p, channel_size):
     """out = x * noise for contiguous x and out of the same shape (out may be x)."""
     numel = x.numel()
@@ -178,16 +160,15 @@ def _dropout_contiguous(x, out, seed, p, channel_size):
 
 def dropout_forward(input, seed, p, channel_size):
     """input [*] -> input * noise, contiguous [*]; seed a one-element int64 CPU tensor."""
-    _check(input, seed, p, channel_size)
+    out = checked_outputs("dropout", input, seed, p, channel_size)
     # The noise follows the logical (row-major) order, whatever the input's strides.
     x = input.contiguous()
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
     return _dropout_contiguous(x, out, seed, p, channel_size)
 
 
 def dropout_inplace(input, seed, p, channel_size):
     """input *= noise, in place (through a contiguous copy when input is not contiguous)."""
-    _check(input, seed, p, channel_size)
+    checked_outputs("dropout_", input, seed, p, channel_size)
     if input.is_contiguous():
         _dropout_contiguous(input, input, seed, p, channel_size)
     else:

@@ -14,8 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import autotune, cdiv, dot_shared_memory, empty_grad, fp32_dot_precision, size_bucket
-from .dropout import (check_noise_args, compute_dtype, dropout_inplace, noise_args, noise_scale,
+from ._utils import (autotune, cdiv, checked_outputs, dot_shared_memory, fp32_dot_precision,
+                     size_bucket)
+from .dropout import (compute_dtype, dropout_inplace, noise_args, noise_scale,
                       tile_uniforms)
 
 _MATMUL_CONFIGS = [
@@ -240,21 +241,18 @@ def _matmul(a, b, out, bias=None, relu=False, a_mask=None, dropout=None, row_sum
 
 
 def _dropout_arg(dropout_seed, dropout_p):
-    """The ``dropout`` argument of _matmul: None, or (seed tensor, p) after checking them."""
-    if dropout_seed is None:
-        return None
-    check_noise_args(dropout_seed, dropout_p, "linear")
-    return dropout_seed, dropout_p
+    """The ``dropout`` argument of _matmul: None, or (seed tensor, p) (checked by the rules)."""
+    return None if dropout_seed is None else (dropout_seed, dropout_p)
 
 
 def linear_forward(input, weight, bias, activation, dropout_seed=None, dropout_p=0.0):
     """input [*, K], weight [N, K], bias [N] or None -> [*, N]; activation "none" | "relu";
     with a dropout_seed (one-element int64 CPU tensor), dropout(p = dropout_p) of the result."""
+    out = checked_outputs("linear", input, weight, bias, activation, dropout_seed, dropout_p)
     x = input.reshape(input.shape[:-1].numel(), input.shape[-1])  # (-1 is ambiguous for K = 0)
-    out = torch.empty((x.shape[0], weight.shape[0]), device=input.device, dtype=input.dtype)
-    _matmul(x, weight.t(), out, bias=bias, relu=activation == "relu",
-            dropout=_dropout_arg(dropout_seed, dropout_p))
-    return out.view(*input.shape[:-1], weight.shape[0])
+    _matmul(x, weight.t(), out.view(x.shape[0], weight.shape[0]), bias=bias,
+            relu=activation == "relu", dropout=_dropout_arg(dropout_seed, dropout_p))
+    return out
 
 
 def _dropout_relu_grad(g, relu_mask, dropout):
@@ -276,6 +274,9 @@ def linear_backward(grad_output, input, weight, output, activation, output_mask,
     """Gradients (input, weight, bias) of linear_forward; the ReLU mask comes from ``output``,
     the dropout noise from the seed. Gradients not asked for in output_mask come back as empty
     tensors."""
+    grad_input, grad_weight, grad_bias = checked_outputs(
+        "linear_backward", grad_output, input, weight, output, activation, output_mask,
+        dropout_seed, dropout_p)
     need_input, need_weight, need_bias = output_mask
     n = grad_output.shape[-1]
     g = grad_output.reshape(-1, n)
@@ -286,18 +287,12 @@ def linear_backward(grad_output, input, weight, output, activation, output_mask,
         g = _dropout_relu_grad(g, relu_mask, dropout)
         relu_mask = None
 
-    grad_input = empty_grad(grad_output)
     if need_input:
-        grad_input = torch.empty((g.shape[0], weight.shape[1]), device=g.device, dtype=g.dtype)
-        _matmul(g, weight, grad_input, a_mask=relu_mask)
-        grad_input = grad_input.view(*grad_output.shape[:-1], weight.shape[1])
-    x = input.reshape(g.shape[0], input.shape[-1])
-    grad_bias = torch.empty((n,), device=g.device, dtype=g.dtype) if need_bias else empty_grad(g)
+        _matmul(g, weight, grad_input.view(g.shape[0], weight.shape[1]), a_mask=relu_mask)
     # the bias gradient comes with the weight gradient's loads, unless that product is empty
-    bias_in_matmul = need_bias and need_weight and x.shape[1] > 0
-    grad_weight = empty_grad(grad_output)
+    bias_in_matmul = need_bias and need_weight and input.shape[-1] > 0
     if need_weight:
-        grad_weight = torch.empty((n, x.shape[1]), device=g.device, dtype=g.dtype)
+        x = input.reshape(g.shape[0], input.shape[-1])
         _matmul(g.t(), x, grad_weight, a_mask=relu_mask.t() if relu_mask is not None else None,
                 row_sum=grad_bias if bias_in_matmul else None)
     if need_bias and not bias_in_matmul:

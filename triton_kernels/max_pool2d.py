@@ -16,9 +16,8 @@ channels-last), so neighbouring lanes touch neighbouring addresses.
 import torch
 import triton
 import triton.language as tl
-from torch._prims_common import suggest_memory_format
 
-from ._utils import autotune, cdiv
+from ._utils import autotune, cdiv, checked_outputs
 
 _CONFIGS = [
     triton.Config({"BLOCK": 256}, num_warps=4),
@@ -200,17 +199,9 @@ def _index_64(total, input_size, output_size, kernel_size, stride, padding, dila
     return max(total + _MAX_BLOCK, coordinate) >= 2**31
 
 
-def _compact_argmax_dtype(kernel_size):
-    """The narrowest integer dtype holding every window position (as the C++ kernel)."""
-    window = kernel_size[0] * kernel_size[1]
-    return torch.uint8 if window <= 256 else torch.int16 if window <= 32768 else torch.int32
-
-
-def _pooled_size(size, kernel, stride, pad, dilation, ceil_mode):
-    """torch's pooling output size (arguments validated by fastops.functional)."""
-    span = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
-    out = span // stride + 1
-    return out - 1 if ceil_mode and (out - 1) * stride >= size + pad else out
+def _channels_last(tensor):
+    """Whether the rules gave the outputs the channels-last layout (else NCHW)."""
+    return not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last)
 
 
 def _lowest(dtype):
@@ -224,14 +215,10 @@ def _grid(total):
 def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode):
     """input [N, C, H, W] (any strides) -> (output, argmax) [N, C, H_out, W_out], both in the
     input's memory format (NCHW or channels-last)."""
+    output, argmax = checked_outputs("max_pool2d", input, kernel_size, stride, padding,
+                                     dilation, ceil_mode)
     n, c, h, w = input.shape
-    oh = _pooled_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
-    ow = _pooled_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
-    format = suggest_memory_format(input)
-    output = torch.empty((n, c, oh, ow), device=input.device, dtype=input.dtype,
-                         memory_format=format)
-    argmax = torch.empty((n, c, oh, ow), device=input.device,
-                         dtype=_compact_argmax_dtype(kernel_size), memory_format=format)
+    oh, ow = output.shape[2:]
     total = output.numel()
     if total == 0:
         return output, argmax
@@ -241,7 +228,7 @@ def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode)
         *input.stride(), *output.stride(),
         *stride, *padding, *dilation, *kernel_size, LOWEST=_lowest(input.dtype),
         UPCAST=input.dtype in (torch.float16, torch.bfloat16),
-        CHANNELS_LAST=format == torch.channels_last,
+        CHANNELS_LAST=_channels_last(output),
         INDEX_64=_index_64(total, (h, w), (oh, ow), kernel_size, stride, padding, dilation),
     )
     return output, argmax
@@ -250,11 +237,10 @@ def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode)
 def max_pool2d_backward(grad_output, argmax, input_size, kernel_size, stride, padding, dilation):
     """grad_output and argmax [N, C, H_out, W_out] (any strides), input_size (H, W) ->
     grad_input [N, C, H, W] in argmax's memory format (the forward input's)."""
+    grad_input = checked_outputs("max_pool2d_backward", grad_output, argmax, input_size,
+                                 kernel_size, stride, padding, dilation)
     n, c, oh, ow = argmax.shape
     h, w = input_size
-    format = suggest_memory_format(argmax)
-    grad_input = torch.empty((n, c, h, w), device=grad_output.device, dtype=grad_output.dtype,
-                             memory_format=format)
     total = grad_input.numel()
     if total == 0:
         return grad_input
@@ -262,7 +248,7 @@ def max_pool2d_backward(grad_output, argmax, input_size, kernel_size, stride, pa
         grad_output, argmax, grad_input,
         total, c, h, w, oh, ow,
         *grad_output.stride(), *argmax.stride(), *grad_input.stride(),
-        *stride, *padding, *dilation, *kernel_size, CHANNELS_LAST=format == torch.channels_last,
+        *stride, *padding, *dilation, *kernel_size, CHANNELS_LAST=_channels_last(grad_input),
         INDEX_64=_index_64(total, (h, w), (oh, ow), kernel_size, stride, padding, dilation),
     )
     return grad_input
@@ -270,10 +256,9 @@ def max_pool2d_backward(grad_output, argmax, input_size, kernel_size, stride, pa
 
 def max_pool2d_indices(argmax, input_width, kernel_size, stride, padding, dilation):
     """argmax [N, C, H_out, W_out] -> torch's int64 indices (flat per input plane), same layout."""
+    indices = checked_outputs("max_pool2d_indices", argmax, input_width, kernel_size, stride,
+                              padding, dilation)
     n, c, oh, ow = argmax.shape
-    format = suggest_memory_format(argmax)
-    indices = torch.empty(argmax.shape, device=argmax.device, dtype=torch.int64,
-                          memory_format=format)
     total = indices.numel()
     if total == 0:
         return indices
@@ -282,7 +267,7 @@ def max_pool2d_indices(argmax, input_width, kernel_size, stride, padding, dilati
         total, c, oh, ow, input_width,
         *argmax.stride(), *indices.stride(),
         *stride, *padding, *dilation, kernel_size[1],
-        CHANNELS_LAST=format == torch.channels_last,
+        CHANNELS_LAST=_channels_last(indices),
         # the input height is not known here: oh * stride bounds the rows
         INDEX_64=_index_64(total, (0, input_width), (oh, ow), kernel_size, stride, padding,
                            dilation),

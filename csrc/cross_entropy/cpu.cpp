@@ -1,0 +1,431 @@
+// CPU kernels of fastops::cross_entropy and fastops::linear_cross_entropy.
+//
+// The loss is computed per row of C logits (a sample, or a sample at one spatial position of an
+// N-d input). Forward: one pass over each row, in chunks small enough to stay in L1 between
+// their two sub-passes (chunk max, then the running sum of exponentials rescaled once per chunk,
+// and the dot products the loss terms need); only the row's log-sum-exp is saved. Backward: one
+// pass writing (softmax - target_dist) * scale. The fused linear variant runs the same row
+// kernels on chunks of rows of the logits, recomputing them in the backward.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "cross_entropy/cross_entropy.h"
+#include "shared/common.h"
+#include "shared/gemm.h"
+#include "shared/huge_pages.h"
+#include "shared/isa.h"
+
+namespace fastops {
+namespace {
+
+constexpr const char* kOp = "cross_entropy";
+constexpr const char* kLinearOp = "linear_cross_entropy";
+// Logits per chunk of a row: 4 KiB of float, so the second sub-pass reads them from L1.
+constexpr int64_t kChunk = 1024;
+// Rows of at most this many classes take a fixed-length path (one AVX-512 vector of float).
+constexpr int kSmallRow = 16;
+// Rows per block of the short-row kernels: one per vector lane (16 floats in AVX-512).
+constexpr int kRowBlock = 16;
+// Logits per chunk of rows in linear_cross_entropy: 32 MiB of float (about 256 rows of a 32k
+// vocabulary; 64-row chunks made the GEMMs measurably slower), far below the N x C logits.
+constexpr int64_t kLinearChunkElements = int64_t(1) << 23;
+
+// The inputs of the loss as pointers: `rows` rows of `classes` contiguous logits, and either one
+// class index per row or a row of probabilities per row (same layout as the logits).
+template <typename scalar_t>
+struct Rows {
+  const scalar_t* logits;
+  const int64_t* index_target;  // [rows] or nullptr
+  const scalar_t* prob_target;  // [rows, classes] or nullptr
+  int64_t rows;
+};
+
+// Chunks of a row converted to / from the accumulation type (plain copies for float and double),
+// so that the kernel loops below work on acc_t only.
+template <typename scalar_t, typename acc_t>
+void load_chunk(const scalar_t* src, int64_t n, acc_t* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<acc_t>(src[j]);
+}
+
+template <typename scalar_t, typename acc_t>
+void store_chunk(const acc_t* src, int64_t n, scalar_t* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+
+// A chunk of logits in the accumulation type: in place for float and double, else converted
+// into `buffer`.
+template <typename scalar_t, typename acc_t>
+const acc_t* chunk_as_acc(const scalar_t* src, int64_t n, acc_t* buffer) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return src;
+  } else {
+    load_chunk(src, n, buffer);
+    return buffer;
+  }
+}
+
+inline int64_t chunk_size(int64_t c0, int64_t classes) {
+  return classes - c0 < kChunk ? classes - c0 : kChunk;
+}
+
+// What every row shares: the options and the class weights in the accumulation type.
+template <typename acc_t>
+struct LossSpec {
+  int64_t classes;
+  int64_t ignore_index;
+  acc_t smoothing;    // label_smoothing when > 0, else 0 (torch ignores a negative value)
+  // [classes]: the class weights, or ones when there are none (a branch-free inner loop
+  // vectorises; a C-float array stays in cache)
+  const acc_t* weight;
+  acc_t weight_sum;   // sum of the class weights
+
+  acc_t class_weight(int64_t c) const { return weight[c]; }
+  // Coefficient of logit c in the smoothed target distribution (times the class weight) for a
+  // probability target y_c: w_c * (y_c * (1 - smoothing) + smoothing / C).
+  acc_t prob_coefficient(int64_t c, acc_t y) const {
+    return class_weight(c) * (y * (acc_t(1) - smoothing) + smoothing / acc_t(classes));
+  }
+};
+
+template <typename acc_t>
+struct RowForward {
+  acc_t logsumexp;
+  acc_t dot;           // sum_c coefficient_c * x_c
+  acc_t coefficient_sum;
+};
+
+// d loss / d loss_row = values[r * stride] * multiplier (see RowScale).
+template <typename acc_t>
+struct ScaleView {
+  const acc_t* values;
+  int64_t stride;
+  acc_t multiplier;
+
+  acc_t operator[](int64_t r) const { return values[r * stride] * multiplier; }
+};
+
+void check_target_in_range(int64_t target, int64_t classes) {
+  TORCH_CHECK_INDEX(target >= 0 && target < classes, "Target ", target, " is out of bounds.");
+}
+
+namespace baseline {
+#include "cross_entropy/cpu_rows.inc"
+}  // namespace baseline
+
+#ifdef FASTOPS_AVX512_KERNELS
+FASTOPS_AVX512_BEGIN
+namespace avx512 {
+#include "cross_entropy/cpu_rows.inc"
+}  // namespace avx512
+FASTOPS_AVX512_END
+#endif
+
+// call(isa) with the tag of the row kernels for the CPU at hand (AVX-512, 16 floats per
+// vector, where it has it); call names forward_rows / backward_rows with isa first.
+template <typename Call>
+void with_row_kernels(const Call& call) {
+#ifdef FASTOPS_AVX512_KERNELS
+  if (cpu_has_avx512()) return call(avx512::Isa{});
+#endif
+  call(baseline::Isa{});
+}
+
+
+// ------------------------------------------------------------------------- arguments, layout
+
+// [N, C, d1, ...] -> [N * d1 * ..., C] contiguous: the tensor itself for a contiguous [N, C], a
+// view for channels-last inputs, a transposed copy otherwise.
+at::Tensor classes_last(const at::Tensor& t) {
+  if (t.dim() == 2 && t.is_contiguous()) return t;
+  return (t.dim() > 2 ? t.movedim(1, -1) : t).reshape({-1, t.size(1)}).contiguous();
+}
+
+// The shape of a per-row result: the logits' shape without the class dimension.
+std::vector<int64_t> row_shape(at::IntArrayRef logits_shape) {
+  std::vector<int64_t> shape(logits_shape.begin(), logits_shape.end());
+  shape.erase(shape.begin() + 1);
+  return shape;
+}
+
+// A gradient written as [N * d..., C] rows, returned in the logits' shape [N, C, d...] (a
+// channels-last view, no copy).
+at::Tensor rows_as_logits(const at::Tensor& rows, at::IntArrayRef logits_shape) {
+  if (logits_shape.size() == 2) return rows;
+  std::vector<int64_t> shape = row_shape(logits_shape);
+  shape.push_back(logits_shape[1]);
+  return rows.view(shape).movedim(-1, 1);
+}
+
+// The loss data of one call in the accumulation type: the class weights (ones when there are
+// none; weight has input's dtype, checked) and the options.
+template <typename scalar_t, typename acc_t>
+struct Spec {
+  std::vector<acc_t> weight;
+  LossSpec<acc_t> spec;
+
+  Spec(const std::optional<at::Tensor>& class_weight, int64_t classes, int64_t ignore_index,
+       double label_smoothing)
+      : weight(classes, acc_t(1)) {
+    if (class_weight.has_value()) {
+      const at::Tensor contiguous = class_weight->contiguous();
+      const scalar_t* values = contiguous.const_data_ptr<scalar_t>();
+      for (const auto c : c10::irange(classes)) weight[c] = static_cast<acc_t>(values[c]);
+    }
+    acc_t weight_sum = 0;
+    for (const acc_t w : weight) weight_sum += w;
+    spec = {classes, ignore_index, static_cast<acc_t>(label_smoothing > 0.0 ? label_smoothing : 0.0),
+            weight.data(), weight_sum};
+  }
+};
+
+// The class-index target as contiguous int64 in row order (Byte targets widened: N values).
+at::Tensor index_rows(const at::Tensor& target) {
+  return target.scalar_type() == at::kLong && target.is_contiguous() ? target
+                                                                     : target.to(at::kLong).contiguous();
+}
+
+// Per-row results of a forward, in the accumulation type: the log-sum-exp (an output), the
+// loss and the row's weight in a mean (host buffers, reduced or copied out by finish_loss).
+template <typename acc_t>
+struct RowResults {
+  at::Tensor logsumexp;
+  std::vector<acc_t> loss, weight;
+
+  RowResults(int64_t rows, const at::Tensor& input)
+      : logsumexp(at::empty({rows}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value))),
+        loss(rows),
+        weight(rows) {}
+};
+
+// The loss (reduced, or per row in `shape`) and total_weight, the denominator of the mean: the
+// sum of the non-ignored rows' class weights, the number of rows for probability targets (0
+// without logits, as torch's mean over an empty input is NaN). Sums in double.
+template <typename scalar_t, typename acc_t>
+std::tuple<at::Tensor, at::Tensor> finish_loss(const RowResults<acc_t>& rows, Reduction reduction,
+                                              at::IntArrayRef shape, bool no_logits) {
+  double total_weight = 0;
+  for (const acc_t w : rows.weight) total_weight += w;
+  if (no_logits) total_weight = 0;
+  at::Tensor total_weight_out = at::empty({}, rows.logsumexp.options());
+  *total_weight_out.data_ptr<acc_t>() = static_cast<acc_t>(total_weight);
+  const auto options = rows.logsumexp.options().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  if (reduction == Reduction::None) {
+    at::Tensor loss = at::empty(shape, options);
+    store_chunk(rows.loss.data(), static_cast<int64_t>(rows.loss.size()), loss.data_ptr<scalar_t>());
+    return {loss, total_weight_out};
+  }
+  double total = 0;
+  for (const acc_t l : rows.loss) total += l;
+  if (reduction == Reduction::Mean) total /= total_weight;
+  at::Tensor loss = at::empty({}, options);
+  *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(total);
+  return {loss, total_weight_out};
+}
+
+// d loss / d loss_row = values[r * stride] * multiplier: grad_loss per row for "none" (stride
+// 1), shared otherwise (stride 0), over total_weight for a mean.
+template <typename acc_t>
+struct RowScale {
+  at::Tensor values;
+  int64_t stride;
+  acc_t multiplier;
+
+  RowScale(const at::Tensor& grad_loss, const at::Tensor& total_weight, Reduction reduction) {
+    const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+    values = grad_loss.to(acc).contiguous();
+    stride = reduction == Reduction::None ? 1 : 0;
+    multiplier = reduction == Reduction::Mean ? acc_t(1) / total_weight.to(acc).template item<acc_t>() : acc_t(1);
+  }
+  // The scales of rows r0, r0 + 1, ...
+  ScaleView<acc_t> shifted(int64_t r0) const {
+    return {values.const_data_ptr<acc_t>() + r0 * stride, stride, multiplier};
+  }
+};
+
+// ------------------------------------------------------------------------------ cross_entropy
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
+  const auto args = cross_entropy_rules(input, target, weight, reduction, label_smoothing, kOp);
+  const int64_t classes = input.size(1);
+  const at::Tensor logits = classes_last(input);
+  const at::Tensor prob = args.prob_target ? classes_last(target) : at::Tensor();
+  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
+  const int64_t rows = logits.size(0);
+  const auto shape = row_shape(input.sizes());
+  at::Tensor loss, lse, total_weight;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+    RowResults<acc_t> results(rows, input);
+    const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
+                            index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
+                            prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
+    with_row_kernels([&](auto isa) {
+      forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>(), results.loss.data(),
+                   results.weight.data());
+    });
+    std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
+        results, args.reduction, shape, args.prob_target && classes == 0);
+    lse = results.logsumexp.view(shape);
+  });
+  return {loss, lse, total_weight};
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
+    const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
+    double label_smoothing, std::array<bool, 2> output_mask) {
+  const char* op = "cross_entropy_backward";
+  const auto args = cross_entropy_rules(input, target, weight, reduction, label_smoothing, op);
+  const auto [need_input, need_target] = output_mask;
+  check_loss_backward(args, input, grad_loss, logsumexp, total_weight, need_target, op);
+  const int64_t classes = input.size(1);
+  const at::Tensor logits = classes_last(input);
+  const at::Tensor prob = args.prob_target ? classes_last(target) : at::Tensor();
+  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
+  const int64_t rows = logits.size(0);
+  const at::Tensor lse = logsumexp.to(accumulate_type(input.scalar_type())).contiguous();
+  at::Tensor grad_input = need_input ? on_huge_pages(at::empty_like(logits)) : at::Tensor();
+  at::Tensor grad_target = need_target ? on_huge_pages(at::empty_like(logits)) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+    const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction);
+    const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
+                            index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
+                            prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
+    with_row_kernels([&](auto isa) {
+      backward_rows(isa, in, spec.spec, lse.const_data_ptr<acc_t>(), scale.shifted(0),
+                    need_input ? grad_input.data_ptr<scalar_t>() : nullptr,
+                    need_target ? grad_target.data_ptr<scalar_t>() : nullptr);
+    });
+  });
+  const auto empty = input.new_empty({0});
+  return {need_input ? rows_as_logits(grad_input, input.sizes()) : empty,
+          need_target ? rows_as_logits(grad_target, input.sizes()) : empty};
+}
+
+// ----------------------------------------------------------------------- linear_cross_entropy
+
+// Rows per chunk of logits.
+int64_t linear_chunk_rows(int64_t rows, int64_t classes) {
+  return std::max<int64_t>(1, std::min(rows, kLinearChunkElements / std::max<int64_t>(1, classes)));
+}
+
+// x[r0:r0+m] @ linear_weight^T + bias (the bias inside the GEMM, as torch's addmm), in
+// buffer[:m] or a new tensor (cpu_linear).
+at::Tensor chunk_logits(at::Tensor& buffer, const at::Tensor& x, const at::Tensor& linear_weight,
+                        const std::optional<at::Tensor>& bias, int64_t r0, int64_t m) {
+  return cpu_linear(x.narrow(0, r0, m), linear_weight, bias, buffer.narrow(0, 0, m));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
+    const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
+    int64_t ignore_index, double label_smoothing) {
+  const auto args = linear_cross_entropy_rules(input, linear_weight, bias, target, weight, reduction,
+                                               label_smoothing, kLinearOp);
+  const int64_t rows = input.size(0);
+  const int64_t classes = linear_weight.size(0);
+  const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
+  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
+  const int64_t chunk = linear_chunk_rows(rows, classes);
+  at::Tensor buffer = on_huge_pages(at::empty({chunk, classes}, input.options()));
+  at::Tensor loss, lse, total_weight;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+    RowResults<acc_t> results(rows, input);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t m = std::min(chunk, rows - r0);
+      const at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
+      const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
+                              index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
+                              prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
+      with_row_kernels([&](auto isa) {
+        forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>() + r0,
+                     results.loss.data() + r0, results.weight.data() + r0);
+      });
+    }
+    std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
+        results, args.reduction, {rows}, args.prob_target && classes == 0);
+    lse = results.logsumexp;
+  });
+  return {loss, lse, total_weight};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
+    const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
+    double label_smoothing, std::array<bool, 4> output_mask) {
+  const char* op = "linear_cross_entropy_backward";
+  const auto args = linear_cross_entropy_rules(input, linear_weight, bias, target, weight, reduction,
+                                               label_smoothing, op);
+  const auto [need_input, need_linear_weight, need_bias, need_target] = output_mask;
+  check_loss_backward(args, input, grad_loss, logsumexp, total_weight, need_target, op);
+  const int64_t rows = input.size(0);
+  const int64_t classes = linear_weight.size(0);
+  const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
+  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
+  const at::Tensor lse = logsumexp.to(accumulate_type(input.scalar_type())).contiguous();
+  const auto empty = input.new_empty({0});
+  at::Tensor grad_input = need_input ? on_huge_pages(at::empty_like(input, at::MemoryFormat::Contiguous)) : empty;
+  at::Tensor grad_linear_weight = need_linear_weight ? at::zeros_like(linear_weight, at::MemoryFormat::Contiguous) : empty;
+  at::Tensor grad_bias = need_bias ? at::zeros({classes}, input.options()) : empty;
+  at::Tensor grad_target = need_target ? on_huge_pages(at::empty({rows, classes}, input.options())) : empty;
+  const bool need_grad_logits = need_input || need_linear_weight || need_bias;
+  const int64_t chunk = linear_chunk_rows(rows, classes);
+  at::Tensor buffer = on_huge_pages(at::empty({chunk, classes}, input.options()));
+  const at::Tensor ones = need_bias ? at::ones({chunk}, input.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+    const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t m = std::min(chunk, rows - r0);
+      at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
+      const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
+                              index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
+                              prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
+      // The gradient of the logits overwrites them in place.
+      with_row_kernels([&](auto isa) {
+        backward_rows(isa, in, spec.spec, lse.const_data_ptr<acc_t>() + r0, scale.shifted(r0),
+                      need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
+                      need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
+      });
+      if (need_input) {
+        at::Tensor grad_input_rows = grad_input.narrow(0, r0, m);
+        grad_input_rows.copy_(cpu_matmul(logits, linear_weight, grad_input_rows));
+      }
+      if (need_linear_weight) cpu_addmm_(grad_linear_weight, logits.t(), input.narrow(0, r0, m));
+      if (need_bias) grad_bias.addmv_(logits.t(), ones.narrow(0, 0, m));
+    }
+  });
+  return {grad_input, grad_linear_weight, grad_bias, grad_target};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) {
+  m.impl("cross_entropy", &cross_entropy_cpu);
+  m.impl("cross_entropy_backward", &cross_entropy_backward_cpu);
+  m.impl("linear_cross_entropy", &linear_cross_entropy_cpu);
+  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward_cpu);
+}
+
+}  // namespace fastops

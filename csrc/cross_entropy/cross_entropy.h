@@ -1,0 +1,57 @@
+// fastops::cross_entropy and fastops::linear_cross_entropy (and their backward ops): entry points
+// and rules (see cross_entropy.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <tuple>
+#include <vector>
+
+namespace fastops {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing);
+std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
+    const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
+    double label_smoothing, std::array<bool, 2> output_mask);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy(
+    const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
+    int64_t ignore_index, double label_smoothing);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
+    const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
+    double label_smoothing, std::array<bool, 4> output_mask);
+
+enum class Reduction { None, Mean, Sum };
+
+// Rules: every argument check, and the output sizes. Every backend calls them before its kernel.
+// The logits are input itself ([N, C] or [N, C, d1, ...]) for cross_entropy and the virtual
+// [N, C] product input @ linear_weight^T for linear_cross_entropy.
+struct LossRules {
+  Reduction reduction;
+  bool prob_target;
+  std::vector<c10::SymInt> row_shape;  // the logits' shape without the class dimension
+  c10::SymInt rows;                    // its product: one log-sum-exp per row
+};
+LossRules cross_entropy_rules(const at::Tensor& input, const at::Tensor& target,
+                              const std::optional<at::Tensor>& weight, c10::string_view reduction,
+                              double label_smoothing, const char* op);
+LossRules linear_cross_entropy_rules(const at::Tensor& input, const at::Tensor& linear_weight,
+                                     const std::optional<at::Tensor>& bias, const at::Tensor& target,
+                                     const std::optional<at::Tensor>& weight,
+                                     c10::string_view reduction, double label_smoothing,
+                                     const char* op);
+// The forward results a backward op is handed back: grad_loss (the loss's shape), logsumexp
+// (one per row) and total_weight (one value), and a target gradient only for probabilities.
+void check_loss_backward(const LossRules& rules, const at::Tensor& input,
+                         const at::Tensor& grad_loss, const at::Tensor& logsumexp,
+                         const at::Tensor& total_weight, bool need_target, const char* op);
+
+}  // namespace fastops
