@@ -30,8 +30,13 @@ _TWIN_NAMES = {
     nn.BatchNorm1d: "BatchNorm1d",
     nn.BatchNorm2d: "BatchNorm2d",
     nn.Dropout: "Dropout",
+    nn.Dropout1d: "Dropout1d",
+    nn.Dropout2d: "Dropout2d",
+    nn.Dropout3d: "Dropout3d",
     nn.CrossEntropyLoss: "CrossEntropyLoss",
 }
+if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.13
+    _TWIN_NAMES[nn.LinearCrossEntropyLoss] = "LinearCrossEntropyLoss"
 _RELU_FUNCTIONS = (torch.relu, torch.nn.functional.relu)
 
 
@@ -147,8 +152,9 @@ def _fuse_traced_relu(model, log):
 
 
 def convert(model, fuse=True, inplace=False, verbose=True):
-    """Returns ``model`` with every nn.Linear, Conv2d, MaxPool2d, BatchNorm1d/2d, Dropout and
-    CrossEntropyLoss replaced by its fastops twin (and ReLU/Dropout fused away when ``fuse``).
+    """Returns ``model`` with every nn.Linear, Conv2d, MaxPool2d, BatchNorm1d/2d,
+    Dropout/Dropout1d/2d/3d, CrossEntropyLoss and LinearCrossEntropyLoss (torch >= 2.13)
+    replaced by its fastops twin (and ReLU/Dropout fused away when ``fuse``).
     ``inplace=False`` works on a deep copy; unknown layers are left alone."""
     if not inplace:
         model = copy.deepcopy(model)

@@ -112,3 +112,51 @@ def test_converts_the_loss_too():
     logits, target = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
     assert_close(loss(logits, target), TF.cross_entropy(logits, target, label_smoothing=0.1))
     assert copy.deepcopy(loss).label_smoothing == 0.1
+
+
+@pytest.mark.skipif(not hasattr(nn, "LinearCrossEntropyLoss"), reason="torch has no LinearCrossEntropyLoss (< 2.13)")
+def test_converts_linear_cross_entropy_loss_keeping_its_tensors():
+    torch.manual_seed(0)
+    head = nn.LinearCrossEntropyLoss(6, 5, out_features=(2,), bias=True, weight=torch.rand(5) + 0.1,
+                                     label_smoothing=0.1, reduction="sum")
+    model = nn.ModuleDict({"head": head})
+    converted = fastops.convert(model, inplace=True, verbose=False)
+    assert converted is model and type(head) is fastops.nn.LinearCrossEntropyLoss
+    assert head.linear.weight is model.head.linear.weight  # the same parameters and buffer
+    tensors = {name: t for name, t in head.state_dict(keep_vars=True).items()}
+    assert set(tensors) == {"weight", "linear.weight", "linear.bias"}
+    assert head.label_smoothing == 0.1 and head.reduction == "sum" and head.out_features == (2,)
+    x, target = torch.randn(4, 6), torch.tensor([[0, 1], [4, 2], [3, 3], [1, 0]])
+    want = TF.linear_cross_entropy(x, head.linear.weight.reshape(5, 2, 6), target,
+                                   linear_bias=head.linear.bias.reshape(5, 2), weight=head.weight,
+                                   reduction="sum", label_smoothing=0.1)
+    assert_close(head(x, target), want)
+    back = fastops.unconvert(model, inplace=True)
+    assert type(back.head) is nn.LinearCrossEntropyLoss and type(back.head.linear) is nn.Linear
+    assert all(back.head.state_dict(keep_vars=True)[name] is t for name, t in tensors.items())
+    assert_close(back.head(x, target), want)
+    # and a copy keeps equal values
+    copied = fastops.convert(back, verbose=False)
+    assert type(copied.head) is fastops.nn.LinearCrossEntropyLoss and type(back.head) is nn.LinearCrossEntropyLoss
+    assert_close(copied.head(x, target), want)
+
+
+def test_converts_channel_dropouts_and_unconvert_restores_them():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Dropout2d(0.2), nn.Flatten(2),
+                          nn.Dropout1d(0.3), nn.Unflatten(2, (1, 6, 6)), nn.Dropout3d(0.4, inplace=True),
+                          nn.Flatten(), nn.Linear(4 * 36, 3), nn.ReLU(), nn.Dropout1d(0.5))
+    converted = fastops.convert(model, verbose=False)
+    for index, twin, p in [(2, fastops.nn.Dropout2d, 0.2), (4, fastops.nn.Dropout1d, 0.3),
+                           (6, fastops.nn.Dropout3d, 0.4), (10, fastops.nn.Dropout1d, 0.5)]:
+        assert type(converted[index]) is twin and converted[index].p == p
+    assert converted[6].inplace
+    # channel dropout is not the Linear epilogue's elementwise dropout: only the ReLU is fused
+    assert converted[8].activation == "relu" and converted[8].dropout == 0.0
+    assert isinstance(converted[9], FusedAway) and type(converted[10]) is fastops.nn.Dropout1d
+    x = torch.randn(2, 3, 8, 8)
+    assert_close(converted.eval()(x), model.eval()(x))
+    converted.train()
+    assert converted(x).shape == (2, 3)
+    back = fastops.unconvert(converted)
+    assert repr(back) == repr(model)
+    assert [type(m) for m in back] == [type(m) for m in model]
