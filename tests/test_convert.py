@@ -1,4 +1,5 @@
 import copy
+import logging
 
 import pytest
 import torch
@@ -33,13 +34,21 @@ def test_converted_tutorial_model_gives_the_same_outputs_and_state_dict(name):
     assert_close(model(x), other(x))
 
 
-def test_replaces_and_fuses_in_sequential_and_reports_it(capsys):
+def convert_records(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "fastops.convert" and r.levelno == logging.INFO]
+
+
+def test_replaces_and_fuses_in_sequential_and_reports_it(caplog, capsys):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Dropout(0.3), nn.Linear(6, 4),
                           nn.ReLU(), nn.Identity(), nn.Sigmoid())
     converted = fastops.convert(model)
-    out = capsys.readouterr().out
-    assert "replaced 1: nn.Linear -> fastops.nn.Linear" in out and "fused 1 with 2, 3" in out
-    assert "fused 4 with 5" in out
+    assert capsys.readouterr().out == ""  # logged, not printed, by default
+    records = convert_records(caplog)
+    assert records == ["replaced 1: nn.Linear -> fastops.nn.Linear", "replaced 3: nn.Dropout -> fastops.nn.Dropout",
+                       "replaced 4: nn.Linear -> fastops.nn.Linear",
+                       "fused 1 with 2, 3: fastops.nn.Linear(activation='relu', dropout=0.3)",
+                       "fused 4 with 5: fastops.nn.Linear(activation='relu')"]
     assert isinstance(converted[1], fastops.nn.Linear) and converted[1].activation == "relu"
     assert converted[1].dropout == 0.3
     assert isinstance(converted[2], FusedAway) and isinstance(converted[3], FusedAway)
@@ -160,3 +169,32 @@ def test_converts_channel_dropouts_and_unconvert_restores_them():
     back = fastops.unconvert(converted)
     assert repr(back) == repr(model)
     assert [type(m) for m in back] == [type(m) for m in model]
+
+
+def test_verbose_prints_the_summary_and_unconvert_logs_what_it_restores(caplog, capsys):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Dropout2d(0.1))
+    converted = fastops.convert(model, verbose=True)
+    out = capsys.readouterr().out
+    assert out.startswith("fastops.convert:\n  replaced 0: nn.Linear -> fastops.nn.Linear\n")
+    assert "replaced 2: nn.Dropout2d -> fastops.nn.Dropout2d" in out and "fused 0 with 1" in out
+    assert len(convert_records(caplog)) == 3  # printed and logged
+    caplog.clear()
+    fastops.convert(nn.Sequential(nn.Tanh()), verbose=False)
+    assert convert_records(caplog) == ["nothing to replace"] and capsys.readouterr().out == ""
+    caplog.clear()
+    fastops.unconvert(converted)
+    assert sorted(convert_records(caplog)) == ["restored 0: fastops.nn.Linear -> nn.Linear", "restored 1: nn.ReLU",
+                                               "restored 2: fastops.nn.Dropout2d -> nn.Dropout2d"]
+    caplog.clear()
+    traced = fastops.convert(CustomForward())
+    fastops.unconvert(traced)
+    assert "restored the relu after fc1 in forward (torch.fx)" in convert_records(caplog)
+
+
+def test_leaves_logging_configuration_to_the_application(capsys):
+    # no handler or level of its own, INFO records only: silent under logging's default WARNING
+    fastops.convert(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    logger = logging.getLogger("fastops.convert")
+    assert logger.handlers == [] and logger.level == logging.NOTSET and logger.propagate
+    assert capsys.readouterr().out == ""
