@@ -20,7 +20,7 @@ LINEAR_CASES = {  # name: (rows, hidden, classes)
     "lm head 4096x1024->32000": (4096, 1024, 32000),
 }
 LINEAR_IMPLS = implementations(lambda x, w, b, t: TF.cross_entropy(TF.linear(x, w, b), t),
-                               F.linear_cross_entropy)
+                               lambda x, w, b, t: F.linear_cross_entropy(x, w, t, linear_bias=b))
 
 
 def targets(rows, classes):

@@ -1,7 +1,7 @@
 """fastops.convert: swap torch.nn layers for their fastops twins and fuse neighbours.
 
-    convert(model, fuse=True, inplace=False, verbose=True) -> model on fastops layers
-    unconvert(model, inplace=False)                        -> back to plain torch.nn
+    convert(model, fuse=True, inplace=False, verbose=False) -> model on fastops layers
+    unconvert(model, inplace=False)                         -> back to plain torch.nn
 
 Layers are swapped in place of the originals (same parameters, buffers, hooks and state_dict
 keys: every fastops module subclasses its torch.nn twin and adds only settings such as
@@ -10,16 +10,24 @@ fusable layer in an ``nn.Sequential`` is folded into that layer and its slot is 
 :class:`FusedAway` placeholder, so positions and state_dict keys do not move. In a module whose
 ``forward`` calls ``F.relu``/``torch.relu`` on a fusable layer's output, the call is fused when
 ``torch.fx`` can trace the module (the result is then a ``torch.fx.GraphModule``).
+
+Both report what they change as INFO records of the ``logging`` logger ``"fastops.convert"``
+(one record per replaced, fused or restored layer), shown once logging is configured to show
+them, e.g. ``logging.basicConfig(level=logging.INFO)`` or
+``logging.getLogger("fastops.convert").setLevel(logging.INFO)`` with a handler.
 """
 
 import copy
 import functools
+import logging
 
 import torch
 import torch.fx
 from torch import nn
 
 from . import nn as fnn
+
+logger = logging.getLogger(__name__)  # "fastops.convert"
 
 # torch.nn class -> name of its fastops twin; exact types only, so user subclasses (with their
 # own forward) are left alone.
@@ -30,8 +38,13 @@ _TWIN_NAMES = {
     nn.BatchNorm1d: "BatchNorm1d",
     nn.BatchNorm2d: "BatchNorm2d",
     nn.Dropout: "Dropout",
+    nn.Dropout1d: "Dropout1d",
+    nn.Dropout2d: "Dropout2d",
+    nn.Dropout3d: "Dropout3d",
     nn.CrossEntropyLoss: "CrossEntropyLoss",
 }
+if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.13
+    _TWIN_NAMES[nn.LinearCrossEntropyLoss] = "LinearCrossEntropyLoss"
 _RELU_FUNCTIONS = (torch.relu, torch.nn.functional.relu)
 
 
@@ -146,10 +159,16 @@ def _fuse_traced_relu(model, log):
     return traced
 
 
-def convert(model, fuse=True, inplace=False, verbose=True):
-    """Returns ``model`` with every nn.Linear, Conv2d, MaxPool2d, BatchNorm1d/2d, Dropout and
-    CrossEntropyLoss replaced by its fastops twin (and ReLU/Dropout fused away when ``fuse``).
-    ``inplace=False`` works on a deep copy; unknown layers are left alone."""
+def convert(model, fuse=True, inplace=False, verbose=False):
+    """Returns ``model`` with every nn.Linear, Conv2d, MaxPool2d, BatchNorm1d/2d,
+    Dropout/Dropout1d/2d/3d, CrossEntropyLoss and LinearCrossEntropyLoss (torch >= 2.13)
+    replaced by its fastops twin (and ReLU/Dropout fused away when ``fuse``).
+    ``inplace=False`` works on a deep copy; unknown layers are left alone.
+
+    Each replacement and fusion is an INFO record of the ``"fastops.convert"`` logger
+    ("replaced 1: nn.Linear -> fastops.nn.Linear", "fused 1 with 2, 3: ...", or "nothing to
+    replace"). ``verbose=True`` also prints them to stdout as one summary (what convert did by
+    default before it logged); the default ``False`` prints nothing."""
     if not inplace:
         model = copy.deepcopy(model)
     log = []
@@ -157,6 +176,8 @@ def convert(model, fuse=True, inplace=False, verbose=True):
     if fuse:
         _fuse_sequentials(model, log)
         model = _fuse_traced_relu(model, log)
+    for line in log or ["nothing to replace"]:
+        logger.info(line)
     if verbose:
         print("fastops.convert:\n  " + ("\n  ".join(log) if log else "nothing to replace"))
     return model
@@ -164,7 +185,8 @@ def convert(model, fuse=True, inplace=False, verbose=True):
 
 def unconvert(model, inplace=False):
     """The inverse of :func:`convert`: plain torch.nn layers again, fused ReLU/Dropout restored
-    (as modules in a Sequential, as relu calls in a traced forward)."""
+    (as modules in a Sequential, as relu calls in a traced forward). Each restored layer is an
+    INFO record of the ``"fastops.convert"`` logger."""
     if not inplace:
         model = copy.deepcopy(model)
     if isinstance(model, torch.fx.GraphModule):
@@ -176,14 +198,19 @@ def unconvert(model, inplace=False):
                 with model.graph.inserting_after(node):
                     relu = model.graph.call_function(torch.relu, (node,))
                 node.replace_all_uses_with(relu, delete_user_cb=lambda user: user is not relu)
+                logger.info("restored the relu after %s in forward (torch.fx)", node.target)
         model.recompile()
-    for module in list(model.modules()):
+    for prefix, module in list(model.named_modules()):
+        where = f"{prefix}." if prefix else ""
         for name, child in list(module._modules.items()):
             if isinstance(child, FusedAway):
                 module._modules[name] = child.original
+                logger.info("restored %s%s: nn.%s", where, name, type(child.original).__name__)
         torch_cls = _torch_of(module)
         if torch_cls is not None:
             for setting in ("activation", "dropout"):
                 module.__dict__.pop(setting, None)
+            logger.info("restored %s: fastops.nn.%s -> nn.%s", prefix or type(model).__name__,
+                        type(module).__name__, torch_cls.__name__)
             module.__class__ = torch_cls
     return model

@@ -408,48 +408,130 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     return loss.squeeze(0) if vector and reduction == "none" else loss
 
 
-def linear_cross_entropy(input, weight, bias, target, class_weight=None, ignore_index=-100,
-                         reduction="mean", label_smoothing=0.0):
-    """``cross_entropy(linear(input, weight, bias), target, class_weight, ...)`` without the
-    logits: computed in chunks of rows, recomputed in the backward.
+def _check_linear_cross_entropy_options(options, fn):
+    """``options`` as torch takes it: None or a ``torch.nn.LinearCrossEntropyOptions`` (whose
+    fields torch validates when it is constructed). torch uses it to opt in to its chunked path;
+    fastops always computes in chunks of its own size, so it is only type-checked."""
+    if options is None:
+        return
+    options_type = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+    if options_type is None or not isinstance(options, options_type):
+        fail(fn, "expected options to be None or a torch.nn.LinearCrossEntropyOptions, got "
+                 f"{type(options).__name__}", TypeError)
 
-    input: [N, H] or [H]; weight: [C, H]; bias: [C] or None; target: class indices [N] (or [])
-    or class probabilities [N, C] (or [C]); class_weight: [C]. Options and result as
-    :func:`cross_entropy`; gradients flow to input, weight, bias and a probability target.
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                         reduction="mean", ignore_index=None, label_smoothing=0.0, options=None):
+    """``torch.nn.functional.linear_cross_entropy`` (same signature): ``cross_entropy(
+    linear(input, linear_weight, linear_bias), target, weight, ...)`` without the logits,
+    computed in chunks of rows and recomputed in the backward.
+
+    input: [N, H] or [H]; linear_weight: [C, H], or [C, d1, ..., dK, H] for a K-dimensional
+    loss (batched input only); linear_bias: None or of shape linear_weight.shape[:-1];
+    target: class indices [N] (or [], or [N, d1, ..., dK]) or class probabilities of the logits'
+    shape [N, C, d1, ..., dK] (or [C]); weight: [C] class weights.
+    ignore_index: None means -100 for class indices; with class probabilities it must stay None
+    (as in torch). reduction, label_smoothing and the result as :func:`cross_entropy`; gradients
+    flow to input, linear_weight, linear_bias and a probability target.
+
+    options: None or a ``torch.nn.LinearCrossEntropyOptions``. In torch it switches from the
+    reference computation (full logits) to a chunked one; fastops always chunks (with its own
+    chunk size, and for every reduction, label_smoothing and target type), so options is only
+    type-checked and does not change the result. A K-dimensional loss is computed as one chunked
+    op call per position (d1, ..., dK), each a [C, H] head.
     """
     fn = "linear_cross_entropy"
     reduction = _reduction(None, None, reduction)
+    _check_linear_cross_entropy_options(options, fn)
     check_tensor(input, "input", fn)
-    check_tensor(weight, "weight", fn)
+    check_tensor(linear_weight, "linear_weight", fn)
     check_float_dtype(input, "input", fn)
     if not _autocasting(input):
-        check_like(weight, "weight", input, "input", fn)
+        check_like(linear_weight, "linear_weight", input, "input", fn)
     if input.dim() not in (1, 2):
         fail(fn, f"expected input of shape (N, H) or (H), got {input.dim()}-D")
-    if weight.dim() != 2:
-        fail(fn, f"expected weight of shape (C, H), got {weight.dim()}-D")
-    if input.shape[-1] != weight.shape[1]:
+    if linear_weight.dim() < 2:
+        fail(fn, "expected linear_weight of shape (C, H) or (C, d1, ..., dK, H), got "
+                 f"{linear_weight.dim()}-D")
+    classes, out_features = linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
+    if input.shape[-1] != linear_weight.shape[-1]:
         fail(fn,
-             f"input and weight shapes cannot be multiplied: input.shape[-1] is {input.shape[-1]}, "
-             f"weight expects in_features = {weight.shape[1]}")
-    if bias is not None:
-        check_tensor(bias, "bias", fn)
+             f"input and linear_weight shapes cannot be multiplied: input.shape[-1] is "
+             f"{input.shape[-1]}, linear_weight expects in_features = {linear_weight.shape[-1]}")
+    if linear_bias is not None:
+        check_tensor(linear_bias, "linear_bias", fn)
         if not _autocasting(input):
-            check_like(bias, "bias", input, "input", fn)
-        if tuple(bias.shape) != (weight.shape[0],):
-            fail(fn, f"expected bias of shape [{weight.shape[0]}], got {list(bias.shape)}")
-    logits_shape = (*input.shape[:-1], weight.shape[0])
-    prob_target = _check_loss_arguments(fn, input, logits_shape, target, class_weight,
-                                        ignore_index, label_smoothing)
+            check_like(linear_bias, "linear_bias", input, "input", fn)
+        if tuple(linear_bias.shape) != (classes, *out_features):
+            fail(fn, f"expected linear_bias of shape {[classes, *out_features]}, got "
+                     f"{list(linear_bias.shape)}")
+    if out_features and input.dim() == 1:
+        fail(fn, f"a K-dimensional loss (linear_weight of shape {list(linear_weight.shape)}) "
+                 f"needs batched input (N, {input.shape[-1]}), got {list(input.shape)}")
+    logits_shape = (*input.shape[:-1], classes, *out_features)
+    check_tensor(target, "target", fn)
+    if tuple(target.shape) == logits_shape and ignore_index is not None:
+        fail(fn, "ignore_index cannot be specified when target contains probabilities")
+    ignore_index = -100 if ignore_index is None else ignore_index
+    prob_target = _check_loss_arguments(fn, input, logits_shape, target, weight, ignore_index,
+                                        label_smoothing)
     if prob_target and not _autocasting(input):
         check_like(target, "target", input, "input", fn)
+    if out_features:
+        return _linear_cross_entropy_positions(input, linear_weight, linear_bias, target, weight,
+                                               reduction, ignore_index, float(label_smoothing),
+                                               prob_target)
     vector = input.dim() == 1
     if vector:
         input = input.unsqueeze(0)
         target = target.unsqueeze(0) if prob_target else target.reshape(1)
-    loss = _ops.linear_cross_entropy(input, weight, bias, target, class_weight, reduction,
-                                     ignore_index, float(label_smoothing))[0]
+    loss = _ops.linear_cross_entropy(input, linear_weight, linear_bias, target, weight,
+                                     reduction, ignore_index, float(label_smoothing))[0]
     return loss.squeeze(0) if vector and reduction == "none" else loss
+
+
+def _linear_cross_entropy_positions(input, linear_weight, linear_bias, target, weight, reduction,
+                                    ignore_index, label_smoothing, prob_target):
+    """The K-dimensional loss: logits[n, c, p] = input[n] . linear_weight[c, p] + bias[c, p] for
+    each position p of (d1, ..., dK), so each position is a [C, H] head over the same N rows: one
+    chunked op call each ('none' or 'sum'), reduced like cross_entropy's K-dimensional mean (over
+    the summed weights of the kept targets, or over N * d1 * ... * dK for probabilities)."""
+    classes, hidden = linear_weight.shape[0], linear_weight.shape[-1]
+    out_features = tuple(linear_weight.shape[1:-1])
+    positions = math.prod(out_features)
+    if positions == 0:  # no logits at all: torch's composition materialises nothing
+        logits = torch.nn.functional.linear(
+            input, linear_weight.reshape(-1, hidden),
+            None if linear_bias is None else linear_bias.reshape(-1))
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(input.shape[0], classes, *out_features), target, weight,
+            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+    heads = linear_weight.reshape(classes, positions, hidden)
+    biases = None if linear_bias is None else linear_bias.reshape(classes, positions)
+    # [N, d...] -> [N, P] (class indices), [N, C, d...] -> [N, C, P] (probabilities)
+    targets = target.reshape(*target.shape[:2 if prob_target else 1], positions)
+    per_position = "none" if reduction == "none" else "sum"
+    losses = [_ops.linear_cross_entropy(input, heads[:, p],
+                                        None if biases is None else biases[:, p], targets[..., p],
+                                        weight, per_position, ignore_index, label_smoothing)[0]
+              for p in range(positions)]
+    if reduction == "none":
+        return torch.stack(losses, -1).reshape(input.shape[0], *out_features)
+    dtype = losses[0].dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    total = torch.stack(losses).to(acc).sum()
+    if reduction == "sum":
+        return total.to(dtype)
+    if prob_target:
+        count = input.shape[0] * positions
+    else:
+        kept = target != ignore_index
+        if weight is None:
+            count = kept.sum().to(acc)
+        else:
+            kept_weight = weight.to(acc)[target.long().masked_fill(~kept, 0)]
+            count = torch.where(kept, kept_weight, 0).sum()
+    return (total / count).to(dtype)
 
 
 # --------------------------------------------------------------------------------------- conv2d

@@ -1,4 +1,5 @@
 import copy
+import logging
 
 import pytest
 import torch
@@ -33,13 +34,21 @@ def test_converted_tutorial_model_gives_the_same_outputs_and_state_dict(name):
     assert_close(model(x), other(x))
 
 
-def test_replaces_and_fuses_in_sequential_and_reports_it(capsys):
+def convert_records(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "fastops.convert" and r.levelno == logging.INFO]
+
+
+def test_replaces_and_fuses_in_sequential_and_reports_it(caplog, capsys):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Dropout(0.3), nn.Linear(6, 4),
                           nn.ReLU(), nn.Identity(), nn.Sigmoid())
     converted = fastops.convert(model)
-    out = capsys.readouterr().out
-    assert "replaced 1: nn.Linear -> fastops.nn.Linear" in out and "fused 1 with 2, 3" in out
-    assert "fused 4 with 5" in out
+    assert capsys.readouterr().out == ""  # logged, not printed, by default
+    records = convert_records(caplog)
+    assert records == ["replaced 1: nn.Linear -> fastops.nn.Linear", "replaced 3: nn.Dropout -> fastops.nn.Dropout",
+                       "replaced 4: nn.Linear -> fastops.nn.Linear",
+                       "fused 1 with 2, 3: fastops.nn.Linear(activation='relu', dropout=0.3)",
+                       "fused 4 with 5: fastops.nn.Linear(activation='relu')"]
     assert isinstance(converted[1], fastops.nn.Linear) and converted[1].activation == "relu"
     assert converted[1].dropout == 0.3
     assert isinstance(converted[2], FusedAway) and isinstance(converted[3], FusedAway)
@@ -112,3 +121,80 @@ def test_converts_the_loss_too():
     logits, target = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
     assert_close(loss(logits, target), TF.cross_entropy(logits, target, label_smoothing=0.1))
     assert copy.deepcopy(loss).label_smoothing == 0.1
+
+
+@pytest.mark.skipif(not hasattr(nn, "LinearCrossEntropyLoss"), reason="torch has no LinearCrossEntropyLoss (< 2.13)")
+def test_converts_linear_cross_entropy_loss_keeping_its_tensors():
+    torch.manual_seed(0)
+    head = nn.LinearCrossEntropyLoss(6, 5, out_features=(2,), bias=True, weight=torch.rand(5) + 0.1,
+                                     label_smoothing=0.1, reduction="sum")
+    model = nn.ModuleDict({"head": head})
+    converted = fastops.convert(model, inplace=True, verbose=False)
+    assert converted is model and type(head) is fastops.nn.LinearCrossEntropyLoss
+    assert head.linear.weight is model.head.linear.weight  # the same parameters and buffer
+    tensors = {name: t for name, t in head.state_dict(keep_vars=True).items()}
+    assert set(tensors) == {"weight", "linear.weight", "linear.bias"}
+    assert head.label_smoothing == 0.1 and head.reduction == "sum" and head.out_features == (2,)
+    x, target = torch.randn(4, 6), torch.tensor([[0, 1], [4, 2], [3, 3], [1, 0]])
+    want = TF.linear_cross_entropy(x, head.linear.weight.reshape(5, 2, 6), target,
+                                   linear_bias=head.linear.bias.reshape(5, 2), weight=head.weight,
+                                   reduction="sum", label_smoothing=0.1)
+    assert_close(head(x, target), want)
+    back = fastops.unconvert(model, inplace=True)
+    assert type(back.head) is nn.LinearCrossEntropyLoss and type(back.head.linear) is nn.Linear
+    assert all(back.head.state_dict(keep_vars=True)[name] is t for name, t in tensors.items())
+    assert_close(back.head(x, target), want)
+    # and a copy keeps equal values
+    copied = fastops.convert(back, verbose=False)
+    assert type(copied.head) is fastops.nn.LinearCrossEntropyLoss and type(back.head) is nn.LinearCrossEntropyLoss
+    assert_close(copied.head(x, target), want)
+
+
+def test_converts_channel_dropouts_and_unconvert_restores_them():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Dropout2d(0.2), nn.Flatten(2),
+                          nn.Dropout1d(0.3), nn.Unflatten(2, (1, 6, 6)), nn.Dropout3d(0.4, inplace=True),
+                          nn.Flatten(), nn.Linear(4 * 36, 3), nn.ReLU(), nn.Dropout1d(0.5))
+    converted = fastops.convert(model, verbose=False)
+    for index, twin, p in [(2, fastops.nn.Dropout2d, 0.2), (4, fastops.nn.Dropout1d, 0.3),
+                           (6, fastops.nn.Dropout3d, 0.4), (10, fastops.nn.Dropout1d, 0.5)]:
+        assert type(converted[index]) is twin and converted[index].p == p
+    assert converted[6].inplace
+    # channel dropout is not the Linear epilogue's elementwise dropout: only the ReLU is fused
+    assert converted[8].activation == "relu" and converted[8].dropout == 0.0
+    assert isinstance(converted[9], FusedAway) and type(converted[10]) is fastops.nn.Dropout1d
+    x = torch.randn(2, 3, 8, 8)
+    assert_close(converted.eval()(x), model.eval()(x))
+    converted.train()
+    assert converted(x).shape == (2, 3)
+    back = fastops.unconvert(converted)
+    assert repr(back) == repr(model)
+    assert [type(m) for m in back] == [type(m) for m in model]
+
+
+def test_verbose_prints_the_summary_and_unconvert_logs_what_it_restores(caplog, capsys):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Dropout2d(0.1))
+    converted = fastops.convert(model, verbose=True)
+    out = capsys.readouterr().out
+    assert out.startswith("fastops.convert:\n  replaced 0: nn.Linear -> fastops.nn.Linear\n")
+    assert "replaced 2: nn.Dropout2d -> fastops.nn.Dropout2d" in out and "fused 0 with 1" in out
+    assert len(convert_records(caplog)) == 3  # printed and logged
+    caplog.clear()
+    fastops.convert(nn.Sequential(nn.Tanh()), verbose=False)
+    assert convert_records(caplog) == ["nothing to replace"] and capsys.readouterr().out == ""
+    caplog.clear()
+    fastops.unconvert(converted)
+    assert sorted(convert_records(caplog)) == ["restored 0: fastops.nn.Linear -> nn.Linear", "restored 1: nn.ReLU",
+                                               "restored 2: fastops.nn.Dropout2d -> nn.Dropout2d"]
+    caplog.clear()
+    traced = fastops.convert(CustomForward())
+    fastops.unconvert(traced)
+    assert "restored the relu after fc1 in forward (torch.fx)" in convert_records(caplog)
+
+
+def test_leaves_logging_configuration_to_the_application(capsys):
+    # no handler or level of its own, INFO records only: silent under logging's default WARNING
+    fastops.convert(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    logger = logging.getLogger("fastops.convert")
+    assert logger.handlers == [] and logger.level == logging.NOTSET and logger.propagate
+    assert capsys.readouterr().out == ""

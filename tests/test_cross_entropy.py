@@ -1,3 +1,8 @@
+import inspect
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -16,11 +21,12 @@ def reference(input, target, weight=None, **options):
     return TF.cross_entropy(input.double(), target64, weight64, **options).to(input.dtype)
 
 
-def linear_reference(input, weight, bias, target, class_weight=None, **options):
-    logits = TF.linear(input.double(), weight.double(), bias.double() if bias is not None else None)
+def linear_reference(input, linear_weight, bias, target, weight=None, **options):
+    """cross_entropy(linear(...)) in float64, cast back to input's dtype."""
+    logits = TF.linear(input.double(), linear_weight.double(), bias.double() if bias is not None else None)
     target64 = target.double() if target.is_floating_point() else target
-    class_weight64 = class_weight.double() if class_weight is not None else None
-    return TF.cross_entropy(logits, target64, class_weight64, **options).to(input.dtype)
+    weight64 = weight.double() if weight is not None else None
+    return TF.cross_entropy(logits, target64, weight64, **options).to(input.dtype)
 
 
 def generator(seed):
@@ -308,8 +314,6 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
     raises(RuntimeError, "label_smoothing must be between 0.0 and 1.0. Got: 1.5",
            ce, x, target, label_smoothing=1.5, state=state)
     raises(ValueError, "avg is not a valid value for reduction", ce, x, target, reduction="avg", state=state)
-    raises(ValueError, "avg is not a valid value for reduction", fastops.nn.LinearCrossEntropyLoss, 3, 2,
-           reduction="avg")
     raises(RuntimeError, "0-D", ce, torch.tensor(1.0), torch.tensor(0))
     raises(RuntimeError, "floating-point dtype", ce, x.long(), target)
     raises(TypeError, "expected target to be a Tensor", ce, x, [1, 2, 4])
@@ -326,11 +330,16 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
 
 # ---------------------------------------------------------------- fused linear + cross-entropy
 
-def make_linear(rows, hidden, classes, bias=True, device="cpu", dtype=torch.float32, seed=3):
+TORCH_LCE = hasattr(TF, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyLoss")
+requires_torch_lce = pytest.mark.skipif(not TORCH_LCE, reason="torch has no linear_cross_entropy (< 2.13)")
+
+
+def make_linear(rows, hidden, classes, bias=True, device="cpu", dtype=torch.float32, seed=3,
+                out_features=()):
     g = generator(seed)
     x = torch.randn(*rows, hidden, generator=g).to(device, dtype).requires_grad_()
-    w = (torch.randn(classes, hidden, generator=g) * 2 / hidden**0.5).to(device, dtype).requires_grad_()
-    b = torch.randn(classes, generator=g).to(device, dtype).requires_grad_() if bias else None
+    w = (torch.randn(classes, *out_features, hidden, generator=g) * 2 / hidden**0.5).to(device, dtype).requires_grad_()
+    b = torch.randn(classes, *out_features, generator=g).to(device, dtype).requires_grad_() if bias else None
     return x, w, b
 
 
@@ -347,12 +356,220 @@ def test_linear_parity(device, dtype, rows, hidden, classes, prob, bias, reducti
                        weighted):
     x, w, b = make_linear(rows, hidden, classes, bias, device, dtype)
     target = make_target((*rows, classes) if rows else (classes,), prob, device, dtype)
-    class_weight = make_weight(classes, device, dtype) if weighted else None
+    weight = make_weight(classes, device, dtype) if weighted else None
     options = dict(reduction=reduction, label_smoothing=label_smoothing)
     assert_same_forward_backward(
-        lambda x, w, b, t: F.linear_cross_entropy(x, w, b, t, class_weight, **options),
-        lambda x, w, b, t: linear_reference(x, w, b, t, class_weight, **options),
+        lambda x, w, b, t: F.linear_cross_entropy(x, w, t, linear_bias=b, weight=weight, **options),
+        lambda x, w, b, t: linear_reference(x, w, b, t, weight, **options),
         [x, w, b, target], dtype, scale=2 + hidden / 16)
+
+
+# rows, hidden, classes, out_features: odd sizes, vector input, empty batch, K-dimensional loss
+TORCH_LCE_SHAPES = [((7,), 9, 10, ()), ((), 5, 6, ()), ((1,), 3, 1, ()), ((0,), 4, 5, ()),
+                    ((13,), 33, 129, ()), ((5,), 6, 4, (3,)), ((4,), 7, 3, (2, 3)), ((0,), 3, 4, (2,)),
+                    ((3,), 4, 5, (2, 0))]
+
+
+@requires_torch_lce
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("rows,hidden,classes,out_features", TORCH_LCE_SHAPES, ids=str)
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", ""])
+@pytest.mark.parametrize("reduction,label_smoothing,weighted,ignore_index",
+                         [("mean", 0.0, False, None), ("sum", 0.2, True, None), ("none", 0.1, False, 2),
+                          ("mean", 0.3, True, 1), ("mean", 0.0, True, -100)])
+def test_linear_matches_torch_linear_cross_entropy(dtype, rows, hidden, classes, out_features, prob, bias,
+                                                   reduction, label_smoothing, weighted, ignore_index):
+    if prob and ignore_index is not None:
+        pytest.skip("ignore_index with probabilities is an error (test_linear_bad_input)")
+    x, w, b = make_linear(rows, hidden, classes, bias, dtype=dtype, out_features=out_features)
+    logits_shape = (*rows, classes, *out_features) if rows else (classes,)
+    target = make_target(logits_shape, prob, dtype=dtype, ignore_index=-100 if ignore_index is None else ignore_index)
+    kwargs = dict(weight=make_weight(classes, dtype=dtype) if weighted else None, reduction=reduction,
+                  ignore_index=ignore_index, label_smoothing=label_smoothing)
+    assert_same_forward_backward(
+        lambda x, w, b, t: F.linear_cross_entropy(x, w, t, linear_bias=b, **kwargs),
+        lambda x, w, b, t: TF.linear_cross_entropy(x, w, t, linear_bias=b, **kwargs),
+        [x, w, b, target], dtype, scale=2 + hidden / 16)
+
+
+@requires_torch_lce
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_options_change_nothing_and_match_torch_chunked_path(reduction):
+    # torch's chunked path (options given): int64 class indices, no label smoothing
+    x, w, b = make_linear((37,), 8, 50)
+    target = make_target((37, 50), False)
+    weight = make_weight(50)
+    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=8)
+    kwargs = dict(linear_bias=b, weight=weight, reduction=reduction)
+    assert_same_forward_backward(
+        lambda x, w: F.linear_cross_entropy(x, w, target, options=options, **kwargs),
+        lambda x, w: TF.linear_cross_entropy(x, w, target, options=options, **kwargs), [x, w], scale=2)
+    assert_same_forward_backward(
+        lambda x, w: F.linear_cross_entropy(x, w, target, options=options, **kwargs),
+        lambda x, w: F.linear_cross_entropy(x, w, target, **kwargs), [x, w], scale=0)
+
+
+def _bare_signature(fn):
+    """Names, kinds (positional / keyword-only) and defaults, without annotations."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+@requires_torch_lce
+def test_linear_signatures_are_torchs():
+    assert _bare_signature(F.linear_cross_entropy) == _bare_signature(TF.linear_cross_entropy)
+    assert _bare_signature(fastops.nn.LinearCrossEntropyLoss) == _bare_signature(torch.nn.LinearCrossEntropyLoss)
+    assert _bare_signature(fastops.nn.LinearCrossEntropyLoss.forward) == \
+        _bare_signature(torch.nn.LinearCrossEntropyLoss.forward)
+    assert issubclass(fastops.nn.LinearCrossEntropyLoss, torch.nn.LinearCrossEntropyLoss)
+
+
+LCE_MODULE_CASES = [  # constructor keywords beyond (in_features, num_classes), forward shapes
+    dict(),
+    dict(bias=True, weight="weight", label_smoothing=0.1),
+    dict(bias=True, reduction="sum", ignore_index=2),
+    dict(reduction="none", weight="weight"),
+    dict(out_features=(3,), bias=True, weight="weight", label_smoothing=0.2),
+    dict(out_features=(2, 3), reduction="none", ignore_index=0),
+]
+
+
+def _module_kwargs(case, classes):
+    return {k: make_weight(classes) if v == "weight" else v for k, v in case.items()}
+
+
+@requires_torch_lce
+@pytest.mark.parametrize("case", LCE_MODULE_CASES, ids=str)
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("rows", [(5,), ()], ids=["batch", "vector"])
+def test_linear_module_matches_torch_module(case, prob, rows):
+    out_features = case.get("out_features", ())
+    kwargs = _module_kwargs(case, 4)
+    torch.manual_seed(0)
+    theirs = torch.nn.LinearCrossEntropyLoss(6, 4, **kwargs)
+    torch.manual_seed(0)
+    ours = fastops.nn.LinearCrossEntropyLoss(6, 4, **kwargs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for name, tensor in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name  # same initialisation
+    assert repr(ours) == repr(theirs)
+    x = make_linear(rows, 6, 4)[0]
+    target = make_target((*rows, 4, *out_features) if rows else (4,), prob,
+                         ignore_index=case.get("ignore_index", -100))
+    if prob and "ignore_index" in case or out_features and not rows:
+        # ignore_index with probabilities, a K-dimensional loss of a vector: errors in both
+        for module in (theirs, ours):
+            with pytest.raises(RuntimeError, match="ignore_index cannot be specified|batched input"):
+                module(x, target)
+        return
+    assert_same_forward_backward(ours, theirs, [x, target])
+    # and the parameters' gradients
+    ours(x, target).sum().backward()
+    theirs(x, target).sum().backward()
+    for mine, other in zip(ours.parameters(), theirs.parameters()):
+        assert_close(mine.grad, other.grad)
+
+
+@requires_torch_lce
+def test_linear_module_state_dict_loads_both_ways_with_torchs():
+    torch.manual_seed(0)
+    theirs = torch.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True, weight=make_weight(4))
+    torch.manual_seed(1)
+    ours = fastops.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True, weight=make_weight(4, seed=5))
+    assert set(ours.state_dict()) == {"weight", "linear.weight", "linear.bias"}
+    ours.load_state_dict(theirs.state_dict())
+    x, target = make_linear((5,), 6, 4)[0], torch.tensor([[0, 3], [1, 2], [3, 3], [2, 0], [1, 1]])
+    assert_same_forward_backward(ours, theirs, [x, target])
+    torch.manual_seed(2)
+    other = fastops.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True, weight=make_weight(4, seed=6))
+    theirs.load_state_dict(other.state_dict())
+    assert_same_forward_backward(other, theirs, [x, target])
+    # a plain Linear head's checkpoint is the `linear` submodule's
+    head = torch.nn.Linear(6, 8)
+    ours.linear.load_state_dict(head.state_dict())
+    assert torch.equal(ours.linear.weight, head.weight)
+
+
+def test_linear_module_state_dict_and_compile():
+    torch.manual_seed(0)
+    ours = fastops.nn.LinearCrossEntropyLoss(6, 4, bias=True, weight=make_weight(4), label_smoothing=0.1)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 4)
+    assert_close(ours.linear.weight, head.weight)  # nn.Linear's initialisation from the same seed
+    assert_close(ours.linear.bias, head.bias)
+    assert set(ours.state_dict()) == {"weight", "linear.weight", "linear.bias"}
+    x, target = make_linear((5,), 6, 4)[0], torch.tensor([0, 3, 1, 2, 3])
+    loss = torch.nn.CrossEntropyLoss(weight=ours.weight, label_smoothing=0.1)
+    assert_same_forward_backward(ours, lambda x, t: loss(head(x), t), [x, target])
+    assert "num_classes=4" in repr(ours) and "out_features=()" in repr(ours)
+    compiled = compile_fullgraph(ours)
+    assert_same_forward_backward(compiled, ours, [x, target])
+    kdim = fastops.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True)
+    compiled = compile_fullgraph(kdim)
+    assert_same_forward_backward(compiled, kdim, [x, torch.tensor([[0, 3], [1, 2], [3, 3], [2, 0], [1, 1]])])
+
+
+_FALLBACK_SCRIPT = r"""
+import torch
+theirs_cls = torch.nn.LinearCrossEntropyLoss
+del torch.nn.LinearCrossEntropyLoss  # what torch < 2.13 looks like
+del torch.nn.LinearCrossEntropyOptions
+import fastops
+from fastops.nn.cross_entropy import _LinearCrossEntropyLossBase
+cls = fastops.nn.LinearCrossEntropyLoss
+assert cls.__mro__[1] is _LinearCrossEntropyLossBase, cls.__mro__
+for kwargs in [dict(), dict(bias=True, weight=torch.rand(4) + 0.1, label_smoothing=0.1, reduction="sum"),
+               dict(out_features=(2, 3), bias=True, ignore_index=1, reduction="none")]:
+    torch.manual_seed(0)
+    theirs = theirs_cls(6, 4, **kwargs)
+    torch.manual_seed(0)
+    ours = cls(6, 4, **kwargs)
+    assert repr(ours) == repr(theirs), (repr(ours), repr(theirs))
+    assert vars(ours).keys() == vars(theirs).keys()
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 6)
+    target = torch.randint(0, 4, (5, *kwargs.get("out_features", ())))
+    torch.testing.assert_close(ours(x, target), theirs(x, target))
+loss = fastops.convert(theirs_cls(6, 4), verbose=False)  # nothing to swap: left alone
+assert type(loss) is theirs_cls
+try:
+    cls(6, 4, options=object())
+except TypeError as error:
+    assert "LinearCrossEntropyOptions" in str(error)
+else:
+    raise AssertionError("options accepted")
+print("fallback ok")
+"""
+
+
+def test_linear_module_without_torchs_module_has_the_same_attributes_and_state():
+    # a fresh interpreter in which torch.nn has no LinearCrossEntropyLoss (torch < 2.13)
+    if not TORCH_LCE:
+        pytest.skip("compares with torch's module")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0 and "fallback ok" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_linear_k_dimensional_loss(prob, reduction):
+    # also without torch's linear_cross_entropy: against linear + cross_entropy in float64
+    x, w, b = make_linear((5,), 6, 4, out_features=(3, 2))
+    target = make_target((5, 4, 3, 2), prob)
+    weight = make_weight(4)
+
+    def reference(x, w, b, t):
+        logits = TF.linear(x.double(), w.double().reshape(24, 6), b.double().reshape(24)).reshape(5, 4, 3, 2)
+        t64 = t.double() if prob else t
+        return TF.cross_entropy(logits, t64, weight.double(), reduction=reduction, label_smoothing=0.1).float()
+
+    assert_same_forward_backward(
+        lambda x, w, b, t: F.linear_cross_entropy(x, w, t, linear_bias=b, weight=weight, reduction=reduction,
+                                                  label_smoothing=0.1),
+        reference, [x, w, b, target], scale=2)
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
@@ -362,7 +579,7 @@ def test_linear_large_float32_products(onednn, monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
     x, w, b = make_linear((65,), 513, 1025, True)
     target = make_target((65, 1025), False)
-    assert_same_forward_backward(lambda x, w, b: F.linear_cross_entropy(x, w, b, target),
+    assert_same_forward_backward(lambda x, w, b: F.linear_cross_entropy(x, w, target, linear_bias=b),
                                  lambda x, w, b: linear_reference(x, w, b, target), [x, w, b],
                                  scale=2 + 513 / 16)
 
@@ -373,7 +590,7 @@ def test_linear_several_chunks_and_33000_classes(prob):
     x, w, b = make_linear((300,), 3, 33000)
     target = make_target((300, 33000), prob)
     assert_same_forward_backward(
-        lambda x, w, b, t: F.linear_cross_entropy(x, w, b, t, label_smoothing=0.1, ignore_index=-100),
+        lambda x, w, b, t: F.linear_cross_entropy(x, w, t, linear_bias=b, label_smoothing=0.1),
         lambda x, w, b, t: linear_reference(x, w, b, t, label_smoothing=0.1), [x, w, b, target],
         scale=20)
 
@@ -381,7 +598,8 @@ def test_linear_several_chunks_and_33000_classes(prob):
 def test_linear_keeps_no_logits_for_backward():
     x, w, b = make_linear((256,), 32, 2000)
     target = make_target((256, 2000), False)
-    _, ours = fastops.saved_tensor_bytes(F.linear_cross_entropy, x, w, b, target)
+    lce = lambda x, w, b, t: F.linear_cross_entropy(x, w, t, linear_bias=b)  # noqa: E731
+    _, ours = fastops.saved_tensor_bytes(lce, x, w, b, target)
     _, theirs = fastops.saved_tensor_bytes(lambda *a: TF.cross_entropy(TF.linear(*a[:3]), a[3]), x, w, b, target)
     parameters = (x.numel() + w.numel() + b.numel()) * 4
     assert ours == parameters + target.numel() * 8 + 256 * 4 + 4
@@ -402,23 +620,13 @@ def test_linear_gradcheck_and_opcheck():
         for bias in (b32, None):
             torch.library.opcheck(fastops.ops.linear_cross_entropy.default,
                                   (x32, w32, bias, target, None, "mean", -100, 0.1))
-
-
-def test_linear_module_state_dict_loads_from_and_into_nn_linear():
-    torch.manual_seed(0)
-    ours = fastops.nn.LinearCrossEntropyLoss(6, 4, class_weight=make_weight(4), label_smoothing=0.1)
-    torch.manual_seed(0)
-    head = torch.nn.Linear(6, 4)
-    assert_close(ours.weight, head.weight)  # same initialisation from the same seed
-    assert_close(ours.bias, head.bias)
-    head.load_state_dict(ours.state_dict(), strict=False)
-    ours.load_state_dict({**head.state_dict(), "class_weight": ours.class_weight})
-    x, target = make_linear((5,), 6, 4)[0], torch.tensor([0, 3, 1, 2, 3])
-    loss = torch.nn.CrossEntropyLoss(weight=ours.class_weight, label_smoothing=0.1)
-    assert_same_forward_backward(ours, lambda x, t: loss(head(x), t), [x, target])
-    assert "num_classes=4" in repr(ours)
-    compiled = compile_fullgraph(ours)
-    assert_same_forward_backward(compiled, ours, [x, target])
+    # the K-dimensional loss: one op call per position, differentiable as a whole
+    x, w, b = make_linear((3,), 2, 3, dtype=torch.float64, out_features=(2,))
+    target = make_target((3, 3, 2), False)
+    for reduction in ("none", "mean", "sum"):
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: F.linear_cross_entropy(x, w, target, linear_bias=b, weight=weight[:3],
+                                                   reduction=reduction, label_smoothing=0.1), (x, w, b))
 
 
 def test_linear_bad_input():
@@ -426,14 +634,39 @@ def test_linear_bad_input():
     target = torch.tensor([0, 4, 1])
     state = (x, w, b)
     lce = F.linear_cross_entropy
-    raises(RuntimeError, "input.shape\\[-1\\] is 3, weight expects in_features = 4", lce, x[:, :3], w, b, target, state=state)
-    raises(RuntimeError, "expected weight to have the dtype of input", lce, x, w.double(), b, target, state=state)
-    raises(RuntimeError, r"expected bias of shape \[5\]", lce, x, w, b[:4], target, state=state)
-    raises(RuntimeError, "expected input of shape \\(N, H\\)", lce, x[None], w, b, target, state=state)
-    raises(IndexError, "Target 5 is out of bounds", lce, x, w, b, torch.tensor([0, 5, 1]), state=state)
-    raises(ValueError, "to match target batch_size", lce, x, w, b, target[:2], state=state)
-    raises(RuntimeError, "expected target to have the dtype of input", lce, x, w, b,
+
+    def call(x, w, b, t, **kwargs):
+        return lce(x, w, t, linear_bias=b, **kwargs)
+
+    raises(RuntimeError, "input.shape\\[-1\\] is 3, linear_weight expects in_features = 4", call,
+           x[:, :3], w, b, target, state=state)
+    raises(RuntimeError, "expected linear_weight to have the dtype of input", call, x, w.double(), b, target,
+           state=state)
+    raises(RuntimeError, "expected linear_weight of shape \\(C, H\\) or", call, x, w[0], None, target, state=state)
+    raises(RuntimeError, r"expected linear_bias of shape \[5\]", call, x, w, b[:4], target, state=state)
+    raises(RuntimeError, r"expected linear_bias of shape \[5, 1\]", call, x, w[:, None], b, target[:, None],
+           state=state)
+    raises(RuntimeError, "expected input of shape \\(N, H\\)", call, x[None], w, b, target, state=state)
+    raises(RuntimeError, "K-dimensional loss .* needs batched input", call, x[0], w[:, None], b[:, None],
+           target[0], state=state)
+    raises(IndexError, "Target 5 is out of bounds", call, x, w, b, torch.tensor([0, 5, 1]), state=state)
+    raises(ValueError, "to match target batch_size", call, x, w, b, target[:2], state=state)
+    raises(RuntimeError, "expected target to have the dtype of input", call, x, w, b,
            torch.rand(3, 5, dtype=torch.float64), state=state)
+    raises(RuntimeError, "ignore_index cannot be specified when target contains probabilities", call, x, w, b,
+           torch.rand(3, 5), ignore_index=-100, state=state)
+    raises(RuntimeError, r"Expected target size \[3, 2\], got \[3\]", call, x, torch.stack([w, w], 1),
+           None, target, state=state)
+    raises(ValueError, "avg is not a valid value for reduction", call, x, w, b, target, reduction="avg", state=state)
+    raises(TypeError, "expected options to be None or a torch.nn.LinearCrossEntropyOptions, got dict", call,
+           x, w, b, target, options={"batch_chunk_size": 2}, state=state)
+    raises(TypeError, "takes 3 positional arguments", lce, x, w, b, target)  # torch's keyword-only bias
+    # the module fails at construction
+    module = fastops.nn.LinearCrossEntropyLoss
+    raises(ValueError, "avg is not a valid value for reduction", module, 3, 2, reduction="avg")
+    raises(TypeError, "expected options to be None", module, 3, 2, options="chunked")
+    raises(RuntimeError, r"expected weight shape to be \(2,\)", module, 3, 2, weight=torch.ones(3))
+    raises(RuntimeError, "expected label_smoothing to be in range", module, 3, 2, label_smoothing=2.0)
 
 
 # ----------------------------------------------------------- Triton kernels (interpreter on CPU)
