@@ -7,8 +7,7 @@ kernels, autograd, autocast) and registers the Triton CUDA kernels with the disp
 import torch
 
 from . import _C  # noqa: F401  (registers the fastops:: ops)
-from . import _cuda  # noqa: F401  (the Triton CUDA kernels)
-from . import functional, nn
+from . import functional, nn  # functional registers the Triton CUDA kernels
 from .convert import convert, unconvert
 from .fold import fold_batchnorm
 from .memory import saved_tensor_bytes

@@ -3,6 +3,7 @@ import math
 import torch
 
 from .. import functional as F
+from ..functional._cross_entropy import _check_linear_cross_entropy_options, _reduction
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -76,8 +77,8 @@ class LinearCrossEntropyLoss(_TorchLinearCrossEntropyLoss):
                  dtype=None, reduction="mean", weight=None, ignore_index=None,
                  label_smoothing=0.0, options=None):
         # fail at construction, not at the first call
-        F._reduction(None, None, reduction)
-        F._check_linear_cross_entropy_options(options, "linear_cross_entropy")
+        _reduction(None, None, reduction)
+        _check_linear_cross_entropy_options(options, "linear_cross_entropy")
         super().__init__(in_features, num_classes, out_features=out_features, bias=bias,
                          device=device, dtype=dtype, reduction=reduction, weight=weight,
                          ignore_index=ignore_index, label_smoothing=label_smoothing,
