@@ -32,19 +32,14 @@ Window parse_window(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::Int
   TORCH_CHECK(padding.size() == 2, "fastops::", op, ": expected padding of 2 ints, got ", padding);
   TORCH_CHECK(dilation.size() == 2, "fastops::", op, ": expected dilation of 2 ints, got ",
               dilation);
-  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, "fastops::", op,
-              ": kernel size should be greater than zero, but got kH: ", kernel_size[0],
-              " kW: ", kernel_size[1]);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "fastops::", op,
-              ": dilation should be greater than zero, but got dilationH: ", dilation[0],
-              " dilationW: ", dilation[1]);
   // Bounded before any arithmetic on them: (kernel - 1) * dilation must not overflow.
-  constexpr int64_t kMaxExtent = std::numeric_limits<int32_t>::max();
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   for (int d = 0; d < 2; ++d) {
-    TORCH_CHECK(kernel_size[d] <= kMaxExtent && dilation[d] <= kMaxExtent &&
-                    (kernel_size[d] - 1) * dilation[d] < kMaxExtent,
-                "fastops::", op, ": expected (kernel_size - 1) * dilation + 1 < 2**31 in each "
-                "dimension, got kernel_size=", kernel_size, ", dilation=", dilation);
+    TORCH_CHECK(kernel_size[d] >= -kMax && kernel_size[d] <= kMax && dilation[d] >= -kMax &&
+                    dilation[d] <= kMax,
+                "fastops::", op,
+                ": expected kernel_size and dilation below 2**31 in magnitude, got kernel_size=",
+                kernel_size, ", dilation=", dilation);
   }
   for (int d = 0; d < 2; ++d) {
     TORCH_CHECK(stride[d] != 0, "fastops::", op, ": stride should not be zero");
@@ -54,8 +49,14 @@ Window parse_window(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::Int
                 ": pad should be at most half of effective kernel size, but got pad=", padding[d],
                 ", kernel_size=", kernel_size[d], " and dilation=", dilation[d]);
   }
+  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, "fastops::", op,
+              ": kernel size should be greater than zero, but got kH: ", kernel_size[0],
+              " kW: ", kernel_size[1]);
   TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "fastops::", op,
               ": stride should be greater than zero, but got dH: ", stride[0], " dW: ", stride[1]);
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "fastops::", op,
+              ": dilation should be greater than zero, but got dilationH: ", dilation[0],
+              " dilationW: ", dilation[1]);
   TORCH_CHECK(kernel_size[1] / 2 >= padding[1] && kernel_size[0] / 2 >= padding[0], "fastops::",
               op, ": pad should be smaller than or equal to half of kernel size, but got padW = ",
               padding[1], ", padH = ", padding[0], ", kW = ", kernel_size[1], ", kH = ",
@@ -93,8 +94,8 @@ MaxPool2dRules max_pool2d_rules(const at::Tensor& input, at::IntArrayRef kernel_
   TORCH_CHECK(input.scalar_type() != at::kBool && !at::isComplexType(input.scalar_type()),
               "fastops::max_pool2d: expected a real input, got ", input.scalar_type());
   const auto& sizes = input.sym_sizes();
-  TORCH_CHECK(sizes[1] != 0 && sizes[2] != 0 && sizes[3] != 0, "fastops::max_pool2d: expected "
-              "input with non-zero C, H and W (only the batch may be empty), got ", sizes);
+  TORCH_CHECK(sizes[1] != 0 && sizes[2] != 0 && sizes[3] != 0, "fastops::max_pool2d: Expected 3D "
+              "or 4D (batch mode) tensor with optional 0 dim batch size for input, but got: ", sizes);
   const c10::SymInt out_h = pooled_size(sizes[2], w.kernel_h, w.stride_h, w.pad_h, w.dilation_h, ceil_mode);
   const c10::SymInt out_w = pooled_size(sizes[3], w.kernel_w, w.stride_w, w.pad_w, w.dilation_w, ceil_mode);
   TORCH_CHECK(out_h >= 1 && out_w >= 1, "fastops::max_pool2d: Given input size: (", sizes[1], "x",

@@ -29,47 +29,6 @@ def _int_pair(value, name, fn, allow_empty=False):
     return (values[0].__index__(), values[-1].__index__())
 
 
-def _max_pool2d_output_size(input_shape, kernel_size, stride, padding, dilation, ceil_mode):
-    """(H_out, W_out) of max pooling an input [*, C, H, W], validated with torch's rules and
-    messages: positive kernel, stride and dilation; 0 <= padding <= kernel // 2; with
-    ceil_mode, the last window must start inside the input or its left padding."""
-    fn = "max_pool2d"
-    for k, s, p, d in zip(kernel_size, stride, padding, dilation):
-        if s == 0:
-            fail(fn, "stride should not be zero")
-        if p < 0:
-            fail(fn, f"pad must be non-negative, but got pad: {p}")
-        effective = (k - 1) * d + 1  # halved with C's truncation, as torch does
-        half = effective // 2 if effective >= 0 else -(-effective // 2)
-        if p > half:
-            fail(fn, "pad should be at most half of effective kernel "
-                 f"size, but got pad={p}, kernel_size={k} and dilation={d}")
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
-    if kh <= 0 or kw <= 0:
-        fail(fn, f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
-    if sh <= 0 or sw <= 0:
-        fail(fn, f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
-    if dh <= 0 or dw <= 0:
-        fail(fn, f"dilation should be greater than zero, but got dilationH: {dh} dilationW: {dw}")
-    channels, height, width = input_shape[-3:]
-    if 0 in input_shape[-3:]:
-        fail(fn, "Expected 3D or 4D (batch mode) tensor "
-             f"with optional 0 dim batch size for input, but got: {list(input_shape)}")
-    if kw // 2 < pw or kh // 2 < ph:
-        fail(fn, "pad should be smaller than or equal to half of "
-             f"kernel size, but got padW = {pw}, padH = {ph}, kW = {kw}, kH = {kh}")
-
-    def pooled(size, k, s, p, d):
-        out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
-        return out - 1 if ceil_mode and (out - 1) * s >= size + p else out
-
-    out_h, out_w = pooled(height, kh, sh, ph, dh), pooled(width, kw, sw, pw, dw)
-    if out_h < 1 or out_w < 1:
-        fail(fn, f"Given input size: ({channels}x{height}x{width}). "
-             f"Calculated output size: ({channels}x{out_h}x{out_w}). Output size is too small")
-    return out_h, out_w
-
-
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
     """``torch.nn.functional.max_pool2d``: input [N, C, H, W] or [C, H, W] -> output
@@ -95,7 +54,6 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
              f"of shape {list(input.shape)}")
     if input.dtype not in _MAX_POOL2D_DTYPES:
         fail(fn, f'"max_pool2d" not implemented for {input.dtype}', NotImplementedError)
-    _max_pool2d_output_size(input.shape, kernel, stride, padding, dilation, ceil_mode)
     batched = input.dim() == 4
     # An unbatched input gets torch's contiguous output whatever its strides (torch picks
     # channels-last only for 4-D inputs).
