@@ -78,7 +78,8 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                       c10::string_view activation) {
   const auto rules = conv2d_rules(input, weight, bias, stride, padding, dilation, groups, activation);
   const bool relu = rules.activation == Activation::ReLU;
-  const Conv2dShape s = conv2d_shape(input.sizes(), weight, stride, padding, dilation, groups);
+  const Conv2dShape s = conv2d_shape(input.sizes(), weight, stride, padding, dilation, groups,
+                                     C10_AS_INTARRAYREF_SLOW(rules.output_size));
   at::Tensor out = on_huge_pages(at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
                                            input.options().memory_format(rules.format)));
 #ifdef FASTOPS_AVX512_KERNELS

@@ -23,7 +23,7 @@
 
 namespace fastops::conv2d_cpu_internal {
 
-// The sizes of one convolution, validated by conv2d_shape.
+// The sizes of one convolution, whose arguments conv2d_rules / conv2d_backward_rules checked.
 struct Conv2dShape {
   int64_t batch, in_channels, height, width;
   int64_t out_channels, kernel_h, kernel_w;
@@ -61,8 +61,10 @@ struct Strides4 {
 inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 // The sizes of a convolution whose arguments conv2d_rules / conv2d_backward_rules checked.
+// output_size is the rules' [N, O, H_out, W_out].
 inline Conv2dShape conv2d_shape(at::IntArrayRef input_size, const at::Tensor& weight, at::IntArrayRef stride,
-                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                at::IntArrayRef output_size) {
   Conv2dShape s{};
   s.batch = input_size[0];
   s.in_channels = input_size[1];
@@ -78,8 +80,8 @@ inline Conv2dShape conv2d_shape(at::IntArrayRef input_size, const at::Tensor& we
   s.dilation_h = dilation[0];
   s.dilation_w = dilation[1];
   s.groups = groups;
-  s.out_h = (s.height + 2 * s.pad_h - s.dilation_h * (s.kernel_h - 1) - 1) / s.stride_h + 1;
-  s.out_w = (s.width + 2 * s.pad_w - s.dilation_w * (s.kernel_w - 1) - 1) / s.stride_w + 1;
+  s.out_h = output_size[2];
+  s.out_w = output_size[3];
   return s;
 }
 

@@ -136,8 +136,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
                                            padding, dilation, groups, activation, output_mask);
   const bool relu = rules.activation == Activation::ReLU;
   auto [need_input, need_weight, need_bias] = output_mask;
+  // grad_output has the forward's output size (checked by the rules).
   const Conv2dShape s = conv2d_shape(C10_AS_INTARRAYREF_SLOW(input_size), weight, stride, padding,
-                                     dilation, groups);
+                                     dilation, groups, grad_output.sizes());
 
   const auto empty = grad_output.new_empty({0});
   at::Tensor grad_input = need_input ? on_huge_pages(at::empty({s.batch, s.in_channels, s.height, s.width},
