@@ -8,6 +8,7 @@ Triton CUDA kernels."""
 from ._batch_norm import batch_norm, batch_norm_relu
 from ._conv2d import conv2d, conv2d_relu
 from ._cross_entropy import cross_entropy, linear_cross_entropy
+from ._dropout import dropout, dropout1d, dropout2d, dropout3d
 from ._linear import linear, linear_relu
 from ._max_pool2d import max_pool2d
 
