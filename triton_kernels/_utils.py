@@ -4,6 +4,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 # Shared memory one block may use on sm_90 (H100 / H200): configs that need more are pruned
 # before they are compiled (compiling them takes seconds and ends in OutOfResources).
@@ -150,3 +151,8 @@ def accumulate_dtype(dtype):
     """The dtype kernels accumulate in and keep statistics in: float64 for float64, else
     float32 (accumulate_type in csrc/shared/common.h)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_accumulate_dtype(dtype):
+    """accumulate_dtype as a Triton dtype, for the kernels' ACC / COMPUTE constexprs."""
+    return tl.float64 if dtype == torch.float64 else tl.float32

@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import accumulate_dtype, autotune, cdiv, checked_outputs, interpreting
+from ._utils import (accumulate_dtype, autotune, cdiv, checked_outputs, interpreting,
+                     tl_accumulate_dtype)
 
 # [BLOCK_R rows, BLOCK_C channels] tiles: tall and one channel wide for NC* planes (rows of a
 # channel are contiguous), wide for channels-last (channels are contiguous). The first config
@@ -370,10 +371,6 @@ def _grad_input_kernel(
 
 # ------------------------------------------------------------------------------------ launchers
 
-# The accumulation dtype of the kernels (ACC) for the statistics' torch dtype.
-_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
-
-
 def _view3d(tensor):
     """``tensor`` [N, C, *] as [N, C, S] without a copy when its trailing dimensions merge into
     one stride (contiguous, channels-last, strided last dimension), else a contiguous copy."""
@@ -434,7 +431,7 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
     rows = n * x.shape[2]
     y = output.view(x.shape)
     stat_dtype = save_mean.dtype
-    acc = _TL_DTYPES[stat_dtype]
+    acc = tl_accumulate_dtype(input.dtype)
     scale = torch.empty_like(save_mean)
     if training:
         splits = splits or _splits(rows, channels, x.stride(1) == 1, input.device)
@@ -486,7 +483,7 @@ def batch_norm_backward(grad_output, input, weight, output, save_mean, save_invs
     x_strides = x.stride() if x is not None else (0, 0, 0)
     y_strides = y.stride() if y is not None else (0, 0, 0)
     stat_dtype = accumulate_dtype(grad_output.dtype)
-    acc = _TL_DTYPES[stat_dtype]
+    acc = tl_accumulate_dtype(grad_output.dtype)
 
     need_sums = need_weight or need_bias or (training and need_input)
     splits = (splits or _splits(rows, channels, g.stride(1) == 1, g.device)) if need_sums else 0

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import accumulate_dtype, autotune, cdiv, checked_outputs
+from ._utils import accumulate_dtype, autotune, cdiv, checked_outputs, tl_accumulate_dtype
 
 # (BLOCK_ROWS, BLOCK_C, num_warps): many short rows per program down to one row in 4096-wide
 # chunks. The first (the interpreter's only config) loops over C and masks rows and classes.
@@ -309,7 +309,7 @@ def _reduce(loss, row_weight, reduction, rows_shape, dtype):
     out = torch.empty(rows_shape if reduction == "none" else (), device=loss.device, dtype=dtype)
     reduce_loss_kernel[(1,)](loss, row_weight, out, total_weight, loss.numel(),
                              REDUCTION=_REDUCTIONS[reduction],
-                             ACC=tl.float64 if acc == torch.float64 else tl.float32,
+                             ACC=tl_accumulate_dtype(dtype),
                              BLOCK=_REDUCE_BLOCK)
     return out, total_weight
 

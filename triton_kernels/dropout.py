@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import autotune, cdiv, checked_outputs
+from ._utils import autotune, cdiv, checked_outputs, tl_accumulate_dtype
 
 
 @triton.jit
@@ -124,11 +124,6 @@ def channel_dropout_kernel(
     tl.store(out_ptr + offs, (x * factor[:, None]).to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def compute_dtype(dtype):
-    """fp32 arithmetic for fp16/bf16/fp32 (as torch's CUDA dropout), fp64 for fp64."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def noise_args(seed, p):
     """(seed, p, scale_bits) kernel arguments: the seed read from its CPU tensor (no device
     sync) and 1 / (1 - p) as float64 bits. p = 1 keeps no unit, so its scale is never applied;
@@ -143,7 +138,7 @@ def _dropout_contiguous(x, out, seed, p, channel_size):
     if numel == 0:
         return out
     seed, p, scale_bits = noise_args(seed, p)
-    compute = compute_dtype(x.dtype)
+    compute = tl_accumulate_dtype(x.dtype)  # fp32 for fp16/bf16, as torch's CUDA dropout
     if channel_size == 1:
         dropout_kernel[lambda meta: (cdiv(numel, meta["BLOCK"]),)](
             x, out, numel, seed, p, scale_bits, COMPUTE=compute)

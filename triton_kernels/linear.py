@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from ._utils import (autotune, cdiv, checked_outputs, dot_shared_memory, fp32_dot_precision,
-                     size_bucket)
-from .dropout import (compute_dtype, dropout_inplace, noise_args, noise_scale,
+                     size_bucket, tl_accumulate_dtype)
+from .dropout import (dropout_inplace, noise_args, noise_scale,
                       tile_uniforms)
 
 _MATMUL_CONFIGS = [
@@ -265,7 +265,7 @@ def _dropout_relu_grad(g, relu_mask, dropout):
     mask_strides = relu_mask.stride() if relu_mask is not None else (0, 0)
     dropout_grad_kernel[lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(N, meta["BLOCK_N"]))](
         g, relu_mask, res, M, N, g.stride(0), g.stride(1), mask_strides[0], mask_strides[1],
-        seed, p, scale_bits, RELU=relu_mask is not None, ALIGNED=N % 4 == 0, COMPUTE=compute_dtype(g.dtype))
+        seed, p, scale_bits, RELU=relu_mask is not None, ALIGNED=N % 4 == 0, COMPUTE=tl_accumulate_dtype(g.dtype))
     return res
 
 

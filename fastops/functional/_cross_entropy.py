@@ -216,14 +216,16 @@ def _linear_cross_entropy_positions(input, linear_weight, linear_bias, target, w
     # [N, d...] -> [N, P] (class indices), [N, C, d...] -> [N, C, P] (probabilities)
     targets = target.reshape(*target.shape[:2 if prob_target else 1], positions)
     per_position = "none" if reduction == "none" else "sum"
-    losses = [_ops.linear_cross_entropy(input, heads[:, p],
-                                        None if biases is None else biases[:, p], targets[..., p],
-                                        weight, per_position, ignore_index, label_smoothing)[0]
-              for p in range(positions)]
+    outputs = [_ops.linear_cross_entropy(input, heads[:, p],
+                                         None if biases is None else biases[:, p],
+                                         targets[..., p], weight, per_position, ignore_index,
+                                         label_smoothing)
+               for p in range(positions)]
+    losses = [loss for loss, _, _ in outputs]
     if reduction == "none":
         return torch.stack(losses, -1).reshape(input.shape[0], *out_features)
     dtype = losses[0].dtype
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = outputs[0][2].dtype  # total_weight's: the op's accumulation dtype
     total = torch.stack(losses).to(acc).sum()
     if reduction == "sum":
         return total.to(dtype)
