@@ -1,3 +1,6 @@
+"""BatchNorm parity against torch (over 500 lines: one op's parametrised tables, forward,
+backward, running statistics, layouts, modules, kernels)."""
+
 import copy
 
 import pytest

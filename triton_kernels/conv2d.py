@@ -25,6 +25,9 @@ output tiles still fill the GPU, and the bias gradient is summed in the same pas
 Pixel indices and tile offsets are int32 unless some tensor spans 2**31 elements or more
 (INT64, a constexpr chosen by the launcher: _needs_int64); tiles are loaded from 64-bit
 pointers that move by 64-bit scalar offsets (the group, the tap and the channel block).
+
+Over 500 lines on purpose: three implicit GEMMs (forward, grad input, grad weight) sharing
+the index helpers and tile pruning, and their launchers.
 """
 
 import torch
