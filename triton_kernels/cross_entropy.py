@@ -256,13 +256,13 @@ def reduce_loss_kernel(
 def _as_rows(t):
     """[N, C, d...] -> a [N, C, S] view when the spatial dims collapse (else a copy), and its
     strides (n, c, s)."""
-    t3 = t.reshape(t.shape[0], t.shape[1], -1)
+    t3 = t.reshape(t.shape[0], t.shape[1], t.shape[2:].numel())  # (-1 is ambiguous when empty)
     return t3, (t3.stride(0), t3.stride(1), t3.stride(2))
 
 
 def _index_rows(target):
     """A class-index target [N, d...] as [N, S] and its strides (n, unused, s)."""
-    t2 = target.reshape(target.shape[0], -1)
+    t2 = target.reshape(target.shape[0], target.shape[1:].numel())
     return t2, (t2.stride(0), 0, t2.stride(1))
 
 

@@ -279,8 +279,9 @@ def linear_backward(grad_output, input, weight, output, activation, output_mask,
         dropout_seed, dropout_p)
     need_input, need_weight, need_bias = output_mask
     n = grad_output.shape[-1]
-    g = grad_output.reshape(-1, n)
-    relu_mask = output.reshape(-1, n) if activation == "relu" else None
+    rows = grad_output.shape[:-1].numel()  # (-1 is ambiguous for N = 0)
+    g = grad_output.reshape(rows, n)
+    relu_mask = output.reshape(rows, n) if activation == "relu" else None
     dropout = _dropout_arg(dropout_seed, dropout_p)
     if dropout is not None:
         # one pass applies noise and ReLU mask; the matmuls then read g' unmasked

@@ -10,21 +10,22 @@
 namespace fastops {
 namespace {
 
-// A per-channel tensor: [C] on input's device; as torch on CPU, the input's dtype, or float32
-// for a reduced-precision input (bfloat16/float16 activations with float32 parameters).
-void check_channels(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& input,
-                    const char* op) {
+// A per-channel tensor: [C] on the device of `ref` (input, or grad_output in the backward); as
+// torch on CPU, ref's dtype, or float32 for a reduced-precision ref (bfloat16/float16
+// activations with float32 parameters).
+void check_channels(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& ref,
+                    const char* ref_name, const char* op) {
   if (!t.has_value()) return;
   check_floating(*t, name, op);
-  check_same_device(*t, name, input, "input", op);
-  TORCH_CHECK(t->dim() == 1 && t->sym_size(0) == input.sym_size(1), "fastops::", op, ": expected ",
-              name, " of shape [", input.sym_size(1), "] (the channels of input), got ",
+  check_same_device(*t, name, ref, ref_name, op);
+  TORCH_CHECK(t->dim() == 1 && t->sym_size(0) == ref.sym_size(1), "fastops::", op, ": expected ",
+              name, " of shape [", ref.sym_size(1), "] (the channels of ", ref_name, "), got ",
               t->sym_sizes());
-  const bool same = t->scalar_type() == input.scalar_type();
-  const bool mixed = at::isReducedFloatingType(input.scalar_type()) && t->scalar_type() == at::kFloat;
-  TORCH_CHECK(same || mixed, "fastops::", op, ": expected ", name, " to have the dtype of input (",
-              input.scalar_type(), ")",
-              at::isReducedFloatingType(input.scalar_type()) ? " or float32" : "", ", got ",
+  const bool same = t->scalar_type() == ref.scalar_type();
+  const bool mixed = at::isReducedFloatingType(ref.scalar_type()) && t->scalar_type() == at::kFloat;
+  TORCH_CHECK(same || mixed, "fastops::", op, ": expected ", name, " to have the dtype of ",
+              ref_name, " (", ref.scalar_type(), ")",
+              at::isReducedFloatingType(ref.scalar_type()) ? " or float32" : "", ", got ",
               t->scalar_type());
 }
 
@@ -40,10 +41,10 @@ Activation batch_norm_rules(const at::Tensor& input, const std::optional<at::Ten
   check_floating(input, "input", op);
   TORCH_CHECK(input.dim() >= 2, "fastops::batch_norm: expected input of shape [N, C, *] (at least "
               "2-D), got a ", input.dim(), "-D tensor of shape ", input.sym_sizes());
-  check_channels(running_mean, "running_mean", input, op);
-  check_channels(running_var, "running_var", input, op);
-  check_channels(weight, "weight", input, op);
-  check_channels(bias, "bias", input, op);
+  check_channels(running_mean, "running_mean", input, "input", op);
+  check_channels(running_var, "running_var", input, "input", op);
+  check_channels(weight, "weight", input, "input", op);
+  check_channels(bias, "bias", input, "input", op);
   TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
               "fastops::batch_norm: running_mean and running_var must both be given or both be None");
   TORCH_CHECK(training || running_mean.has_value(),
@@ -92,7 +93,7 @@ Activation batch_norm_backward_rules(const at::Tensor& grad_output,
                 "fastops::batch_norm_backward: expected ", name, " of shape [",
                 grad_output.sym_size(1), "], got ", t->sym_sizes());
   }
-  check_channels(weight, "weight", grad_output, op);
+  check_channels(weight, "weight", grad_output, "grad_output", op);
   return act;
 }
 

@@ -252,6 +252,19 @@ struct RowScale {
   }
 };
 
+// No classes: there is no logit to read. A probability row's loss is 0; a class index can only
+// be ignore_index (torch: out of bounds otherwise); the log-sum-exp of nothing is -inf. The
+// row results' loss and weight start at 0.
+void without_classes(const at::Tensor& index, int64_t ignore_index, at::Tensor& logsumexp) {
+  if (index.defined()) {
+    const int64_t* target = index.const_data_ptr<int64_t>();
+    for (int64_t r = 0; r < index.numel(); ++r) {
+      if (target[r] != ignore_index) check_target_in_range(target[r], 0);
+    }
+  }
+  logsumexp.fill_(-std::numeric_limits<double>::infinity());
+}
+
 // ------------------------------------------------------------------------------ cross_entropy
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
@@ -272,10 +285,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
     const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
                             index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
                             prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
-    with_row_kernels([&](auto isa) {
-      forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>(), results.loss.data(),
-                   results.weight.data());
-    });
+    if (classes == 0) {
+      without_classes(index, ignore_index, results.logsumexp);
+    } else {
+      with_row_kernels([&](auto isa) {
+        forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>(), results.loss.data(),
+                     results.weight.data());
+      });
+    }
     std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
         results, args.reduction, shape, args.prob_target && classes == 0);
     lse = results.logsumexp.view(shape);
@@ -307,7 +324,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_cpu(
     const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
                             index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
                             prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
-    with_row_kernels([&](auto isa) {
+    if (classes > 0) with_row_kernels([&](auto isa) {
       backward_rows(isa, in, spec.spec, lse.const_data_ptr<acc_t>(), scale.shifted(0),
                     need_input ? grad_input.data_ptr<scalar_t>() : nullptr,
                     need_target ? grad_target.data_ptr<scalar_t>() : nullptr);
@@ -349,7 +366,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
     RowResults<acc_t> results(rows, input);
-    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    if (classes == 0) without_classes(index, ignore_index, results.logsumexp);
+    for (int64_t r0 = 0; classes > 0 && r0 < rows; r0 += chunk) {
       const int64_t m = std::min(chunk, rows - r0);
       const at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
       const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
@@ -403,7 +421,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
                               index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
                               prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
       // The gradient of the logits overwrites them in place.
-      with_row_kernels([&](auto isa) {
+      if (classes > 0) with_row_kernels([&](auto isa) {
         backward_rows(isa, in, spec.spec, lse.const_data_ptr<acc_t>() + r0, scale.shifted(r0),
                       need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
                       need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);

@@ -67,8 +67,8 @@ LinearBackwardRules linear_backward_rules(
     check_same_device(*input, "input", grad_output, "grad_output", op);
     TORCH_CHECK(input->dim() == grad_output.dim() &&
                     input->sym_sizes().slice(0, input->dim() - 1) == rows,
-                "fastops::linear_backward: expected input of shape [", rows,
-                ", in_features] (grad_output's leading sizes), got ", input->sym_sizes());
+                "fastops::linear_backward: expected input of grad_output's leading sizes ", rows,
+                " and in_features last, got ", input->sym_sizes());
     TORCH_CHECK(!weight.has_value() || input->sym_size(-1) == weight->sym_size(1),
                 "fastops::linear_backward: expected input.shape[-1] == ", weight->sym_size(1),
                 " (weight.shape[1]), got ", input->sym_size(-1));
