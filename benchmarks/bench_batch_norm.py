@@ -4,8 +4,8 @@ training (forward + backward, running statistics updated) and evaluation (forwar
 import pytest
 import torch
 import torch.nn.functional as TF
-
 from common import DEVICE, DTYPES, bench, cases, implementations, randn
+
 from fastops import functional as F
 
 CASES = {  # name: input shape [N, C, *]

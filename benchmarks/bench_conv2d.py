@@ -4,8 +4,8 @@ writes the output) vs torch.compile, at the LeNet shapes and a ResNet-style 64-c
 import pytest
 import torch
 import torch.nn.functional as TF
-
 from common import DTYPES, bench, cases, implementations, randn
+
 from fastops import functional as F
 
 CASES = {  # name: (batch, in_channels, (H, W), out_channels, kernel, padding)

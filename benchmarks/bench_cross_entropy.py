@@ -5,8 +5,8 @@ kept for backward (extra_info["saved_bytes"]) holds no [N, C] logits."""
 import pytest
 import torch
 import torch.nn.functional as TF
-
 from common import DEVICE, DTYPES, bench, cases, implementations, randn
+
 from fastops import functional as F
 
 CASES = {  # name: (rows, classes)

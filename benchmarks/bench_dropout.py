@@ -5,8 +5,8 @@ Linear -> ReLU -> Dropout of the tutorial MLP."""
 import pytest
 import torch
 import torch.nn.functional as TF
-
 from common import DTYPES, bench, cases, implementations, randn
+
 from fastops import functional as F
 
 P = 0.5

@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as TF
-
 from common import DTYPES, bench, cases, implementations, randn
+
 from fastops import functional as F
 
 CASES = {  # name: (rows, in_features, out_features)

@@ -4,8 +4,8 @@ int64 indices; fastops: a 1-byte window-local argmax per output element)."""
 
 import pytest
 import torch.nn.functional as TF
-
 from common import DTYPES, bench, cases, implementations, randn
+
 from fastops import functional as F
 
 CASES = {  # name: (input shape, kernel_size, stride, padding)

@@ -3,9 +3,9 @@ inference step, torch.nn build vs fastops build, from the same weights and batch
 
 import pytest
 import torch
+from common import DEVICE, cases, randn, record, sync
 
 import fastops
-from common import DEVICE, cases, randn, record, sync
 from fastops.models import NAMES, RECIPES, build
 
 IMPLS = ("torch", "fastops")

@@ -133,7 +133,7 @@ def check_cuda_graphs(log, device):
             want_loss = loss_fn(model(static_x), target)
             want_grads = torch.autograd.grad(want_loss, params)
             torch.testing.assert_close(static_loss, want_loss, rtol=1e-4, atol=1e-4)
-            for got, want in zip(static_grads, want_grads):
+            for got, want in zip(static_grads, want_grads, strict=True):
                 torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
             timings = _graph_speedup(model, static_x, target, loss_fn, params, graph)
             outcomes[name] = dict(ok=True, **timings)

@@ -6,8 +6,8 @@ kernels, autograd, autocast) and registers the Triton CUDA kernels with the disp
 
 import torch
 
-from . import _C  # noqa: F401  (registers the fastops:: ops)
-from . import functional, nn  # functional registers the Triton CUDA kernels
+# _C registers the fastops:: ops, functional registers the Triton CUDA kernels.
+from . import _C, functional, nn  # noqa: F401
 from .convert import convert, unconvert
 from .fold import fold_batchnorm
 from .memory import saved_tensor_bytes
@@ -16,5 +16,5 @@ __version__ = "0.1.0"
 
 ops = torch.ops.fastops
 
-__all__ = ["convert", "fold_batchnorm", "functional", "nn", "ops", "saved_tensor_bytes", "unconvert",
-           "__version__"]
+__all__ = ["convert", "fold_batchnorm", "functional", "nn", "ops", "saved_tensor_bytes",
+           "unconvert", "__version__"]

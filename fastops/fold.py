@@ -49,7 +49,7 @@ def _fold_children(module):
     if not isinstance(module, torch.nn.Sequential):
         return
     names = list(module._modules)
-    for first, second in zip(names, names[1:]):
+    for first, second in zip(names, names[1:], strict=False):
         layer, norm = module._modules[first], module._modules[second]
         if _can_fold(layer, norm):
             module._modules[first] = _fold(layer, norm)

@@ -74,7 +74,7 @@ def assert_same_forward_backward(fn, reference, inputs, dtype=None, scale=1.0, s
     grad_out = torch.randn(ref.shape, generator=generator, dtype=torch.float32).to(ref)
     tensors = [t if isinstance(t, torch.Tensor) else None for t in ours]
     ref_tensors = [t if isinstance(t, torch.Tensor) else None for t in theirs]
-    for got, want in zip(grads(out, tensors, grad_out), grads(ref, ref_tensors, grad_out)):
+    for got, want in zip(grads(out, tensors, grad_out), grads(ref, ref_tensors, grad_out), strict=True):
         if want is None:
             assert got is None
         else:
@@ -87,7 +87,7 @@ def unchanged(*tensors):
     block: a rejected call must not change state."""
     before = [t.detach().clone() for t in tensors]
     yield
-    for t, b in zip(tensors, before):
+    for t, b in zip(tensors, before, strict=True):
         torch.testing.assert_close(t.detach(), b, rtol=0, atol=0, equal_nan=True)
 
 

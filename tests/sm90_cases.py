@@ -14,7 +14,6 @@ import functools
 from typing import Callable
 
 import torch
-
 from fastops.triton_kernels import batch_norm, conv2d, cross_entropy, dropout, linear, max_pool2d
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -97,13 +96,17 @@ def _max_pool2d_cases(dtype):
         def forward(x=x, kernel=kernel, stride=stride, padding=padding):
             return max_pool2d.max_pool2d_forward(x, kernel, stride, padding, (1, 1), False)
 
+        backward_forward = _once(forward)
+
         def backward(x=x, kernel=kernel, stride=stride, padding=padding,
-                     forward=_once(forward)):
+                     forward=backward_forward):
             out, argmax = forward()
             return max_pool2d.max_pool2d_backward(out, argmax, x.shape[2:], kernel, stride,
                                                   padding, (1, 1))
 
-        def indices(x=x, kernel=kernel, stride=stride, padding=padding, forward=_once(forward)):
+        indices_forward = _once(forward)
+
+        def indices(x=x, kernel=kernel, stride=stride, padding=padding, forward=indices_forward):
             _, argmax = forward()
             return max_pool2d.max_pool2d_indices(argmax, x.shape[3], kernel, stride, padding,
                                                  (1, 1))
@@ -132,8 +135,10 @@ def _cross_entropy_cases(dtype):
                 return cross_entropy.cross_entropy_forward(x, target, weight, "mean", -100,
                                                            smoothing)
 
+            forward_once, grad = _once(forward), torch.ones(())
+
             def backward(x=x, target=target, weight=weight, smoothing=smoothing,
-                         forward=_once(forward), grad=torch.ones(())):
+                         forward=forward_once, grad=grad):
                 _, lse, total_weight = forward()
                 return cross_entropy.cross_entropy_backward(
                     grad, x, target, weight, lse, total_weight, "mean", -100, smoothing,
@@ -148,7 +153,9 @@ def _cross_entropy_cases(dtype):
     def lce_forward():
         return cross_entropy.linear_cross_entropy_forward(x, w, b, target, None, "mean", -100, 0.0)
 
-    def lce_backward(forward=_once(lce_forward), grad=torch.ones(())):
+    lce_forward_once, lce_grad = _once(lce_forward), torch.ones(())
+
+    def lce_backward(forward=lce_forward_once, grad=lce_grad):
         _, lse, total_weight = forward()
         return cross_entropy.linear_cross_entropy_backward(
             grad, x, w, b, target, None, lse, total_weight, "mean", -100, 0.0,
@@ -179,7 +186,9 @@ def _conv2d_cases(dtype):
         def forward(x=x, w=w, b=b, conv=conv):
             return conv2d.conv2d_forward(x, w, b, *conv, "relu")
 
-        def backward(x=x, w=w, conv=conv, forward=_once(forward)):
+        forward_once = _once(forward)
+
+        def backward(x=x, w=w, conv=conv, forward=forward_once):
             out = forward()
             return conv2d.conv2d_backward(out, x, w, out, list(x.shape), *conv, "relu",
                                           [True, True, True])
@@ -202,7 +211,9 @@ def _batch_norm_cases(dtype):
         def forward(x=x, params=params, training=True):
             return batch_norm.batch_norm_forward(x, *params, training, 0.1, 1e-5, "relu")
 
-        def backward(x=x, params=params, forward=_once(forward)):
+        forward_once = _once(forward)
+
+        def backward(x=x, params=params, forward=forward_once):
             out, mean, invstd = forward()
             return batch_norm.batch_norm_backward(out, x, params[0], out, mean, invstd, True,
                                                   "relu", [True, True, True])

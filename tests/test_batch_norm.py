@@ -6,11 +6,20 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import (
+    CUDA,
+    DEVICE_DTYPES,
+    assert_close,
+    compile_fullgraph,
+    leaf,
+    noncontiguous,
+    raises,
+    requires_cuda,
+    unchanged,
+)
 
 import fastops
 from fastops import functional as F
-from helpers import (CUDA, DEVICE_DTYPES, assert_close, compile_fullgraph, leaf, noncontiguous, raises,
-                     requires_cuda, unchanged)
 
 MODES = ["train", "train_no_stats", "eval"]
 SHAPES = [(7, 3), (4, 5, 9), (3, 4, 5, 7), (2, 33, 3, 3), (0, 3, 4), (1, 2, 1, 3)]
@@ -66,7 +75,7 @@ def assert_same(fn, ref_fn, inputs, dtype, scale=1.0):
     ref_out, ref_grads, ref_rm, ref_rv = run(lambda *a: ref_fn(*a, relu_mask=relu_mask), *inputs)
     assert out.shape == ref_out.shape and out.dtype == ref_out.dtype
     assert_close(out, ref_out, dtype, scale)
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
         assert_close(got, want, dtype, scale * 4)
     for got, want in ((rm, ref_rm), (rv, ref_rv)):
@@ -130,7 +139,7 @@ def test_bias_without_weight_gets_its_gradient():
         bias = torch.randn(3, requires_grad=True)
         ours = torch.autograd.grad(F.batch_norm(x, torch.zeros(3), torch.ones(3), None, bias, training).sum(), [x, bias])
         theirs = torch.autograd.grad(TF.batch_norm(x, torch.zeros(3), torch.ones(3), None, bias, training).sum(), [x, bias])
-        for got, want in zip(ours, theirs):
+        for got, want in zip(ours, theirs, strict=True):
             assert_close(got, want)
 
 
@@ -158,7 +167,7 @@ def paired(name, **options):
     cls, torch_cls, activation, shape = MODULES[name]
     ours, theirs = cls(shape[1], **options), torch_cls(shape[1], **options)
     with torch.no_grad():  # non-trivial parameters, the same in both
-        for p, q in zip(ours.parameters(), theirs.parameters()):
+        for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
             p.uniform_(0.5, 1.5)
             q.copy_(p)
     relu = torch.nn.ReLU() if activation == "relu" else torch.nn.Identity()
@@ -167,7 +176,7 @@ def paired(name, **options):
 
 def assert_same_state(ours, theirs):
     assert ours.state_dict().keys() == theirs.state_dict().keys()
-    for (key, got), want in zip(ours.state_dict().items(), theirs.state_dict().values()):
+    for (key, got), want in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
         assert got.dtype == want.dtype, key
         if got.is_floating_point():
             assert_close(got, want, msg=key)
@@ -189,7 +198,7 @@ def test_module_matches_torch_over_several_steps(name, options):
         grad = torch.randn_like(ref)
         got = torch.autograd.grad(out, [xa, *ours.parameters()], grad)
         want = torch.autograd.grad(ref, [xb, *theirs.parameters()], grad)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert_close(g, w, scale=4)
         assert_same_state(ours, theirs[0])
 
@@ -265,7 +274,7 @@ def test_module_compile_fullgraph(training):
     assert_close(out, ref)
     grad = torch.randn_like(ref)
     for g, w in zip(torch.autograd.grad(out, [xa, *model.parameters()], grad),
-                    torch.autograd.grad(ref, [xb, *reference_model.parameters()], grad)):
+                    torch.autograd.grad(ref, [xb, *reference_model.parameters()], grad), strict=True):
         assert_close(g, w, scale=4)
     assert_same_state(model, reference_model)
 
@@ -418,7 +427,7 @@ def test_empty_batch_leaves_running_statistics_unchanged_like_torch():
         assert out.shape == ref.shape
         got = torch.autograd.grad(out.sum(), [xa, *ours.parameters()])
         want = torch.autograd.grad(ref.sum(), [xb, *theirs.parameters()])
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert_close(g, w)
         assert_same_state(ours, theirs[0])
 
@@ -445,14 +454,14 @@ def test_triton_launchers_match_torch(shape, layout, mode, activation):
     out, mean, invstd = batch_norm_forward(x, w, b, rm, rv, training, 0.2, 1e-5, activation, splits=3)
     assert out.stride() == torch.empty_like(x).stride() or not x.is_contiguous()
     assert_close(out, ref.detach(), scale=3)
-    for got, want in zip((rm, rv), ref_stats):
+    for got, want in zip((rm, rv), ref_stats, strict=True):
         if want is not None:
             assert_close(got, want)
 
     grad = torch.randn_like(ref)
     want = torch.autograd.grad(ref, [xr, wr, br], grad)
     got = batch_norm_backward(grad, x, w, out, mean, invstd, training, activation, [True, True, True], splits=3)
-    for g, w_ in zip(got, want):
+    for g, w_ in zip(got, want, strict=True):
         assert_close(g, w_, scale=4)
 
 
@@ -517,7 +526,7 @@ def test_triton_grids_stay_within_cuda_limits(rows, channels):
     from fastops.triton_kernels import batch_norm as kernels
 
     def check(grid):
-        assert all(0 < size <= limit for size, limit in zip(grid, CUDA_GRID_LIMITS)), grid
+        assert all(0 < size <= limit for size, limit in zip(grid, CUDA_GRID_LIMITS, strict=False)), grid
 
     for splits in (1, 3, kernels._splits(rows, channels, False, torch.device("cpu"))):
         for config in kernels._REDUCE_CONFIGS:
@@ -566,7 +575,7 @@ def test_triton_row_and_channel_blocks_match_torch(shape, layout, training):
     want = torch.autograd.grad(ref, [xr, wr, br], grad)
     got = batch_norm_backward(grad, x, w, out, mean, invstd, training, "relu", [True, True, True],
                               splits=2)
-    for g, w_ in zip(got, want):
+    for g, w_ in zip(got, want, strict=True):
         assert_close(g, w_, scale=4)
 
 
@@ -589,5 +598,5 @@ def test_triton_64_bit_indices_match_torch(monkeypatch, layout):
     want = torch.autograd.grad(ref, [xr, wr, br], grad)
     got = kernels.batch_norm_backward(grad, x, w, out, mean, invstd, True, "relu",
                                       [True, True, True], splits=3)
-    for g, w_ in zip(got, want):
+    for g, w_ in zip(got, want, strict=True):
         assert_close(g, w_, scale=4)

@@ -1,11 +1,19 @@
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import (
+    CUDA,
+    DEVICE_DTYPES,
+    assert_close,
+    assert_same_forward_backward,
+    compile_fullgraph,
+    noncontiguous,
+    raises,
+    requires_cuda,
+)
 
 import fastops
 from fastops import functional as F
-from helpers import (CUDA, DEVICE_DTYPES, assert_close, assert_same_forward_backward,
-                     compile_fullgraph, noncontiguous, raises, requires_cuda)
 
 
 def reference(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
@@ -117,7 +125,7 @@ def test_large_float32_gemms(onednn, monkeypatch):
 @pytest.mark.parametrize("groups", [1, 2])  # 1: the CPU direct weight-gradient kernel
 def test_only_requested_gradients(requires, groups):
     x, w, b = make((2,), 4, 6, (7, 6), (3, 3), groups=groups)
-    for t, r in zip((x, w, b), requires):
+    for t, r in zip((x, w, b), requires, strict=True):
         t.requires_grad_(r)
     options = dict(stride=(2, 1), groups=groups)
     assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, **options),
@@ -297,7 +305,7 @@ def test_triton_launchers_match_torch(bias, activation, channels_last, case):
     for mask in ([True, True, bias], [False, False, bias], [True, False, False], [False, True, False]):
         got = conv2d_backward(grad, x.detach(), w.detach(), out, list(x.shape), stride, padding, dilation,
                               groups, activation, mask)
-        for needed, g, expected in zip(mask, got, list(want) + [None]):
+        for needed, g, expected in zip(mask, got, list(want) + [None], strict=False):
             if needed:
                 assert_close(g, expected, scale=3)
             else:
@@ -339,7 +347,7 @@ def test_triton_int64_indexing_matches_torch(channels_last, monkeypatch):
     want = torch.autograd.grad(ref, [x, w, b], grad)
     got = kernels.conv2d_backward(grad, x.detach(), w.detach(), out, list(x.shape), *conv, "relu",
                                   [True, True, True])
-    for g, expected in zip(got, want):
+    for g, expected in zip(got, want, strict=True):
         assert_close(g, expected, scale=3)
 
 
@@ -416,5 +424,5 @@ def test_triton_fp32_precision_reads_torch_new_and_legacy_tf32_flags():
         torch.set_float32_matmul_precision("highest")
         assert fp32_dot_precision(torch.float32) == "ieee"
     finally:
-        for setting, value in zip(settings, saved):
+        for setting, value in zip(settings, saved, strict=True):
             setting.fp32_precision = value

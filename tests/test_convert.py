@@ -4,12 +4,12 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import assert_close
 from torch import nn
 
 import fastops
 from fastops.convert import FusedAway
 from fastops.models import NAMES, RECIPES, build
-from helpers import assert_close
 
 
 def sample(name, batch=3, seed=0):

@@ -9,11 +9,19 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import (
+    CUDA,
+    DEVICE_DTYPES,
+    assert_close,
+    assert_same_forward_backward,
+    compile_fullgraph,
+    noncontiguous,
+    raises,
+    requires_cuda,
+)
 
 import fastops
 from fastops import functional as F
-from helpers import (CUDA, DEVICE_DTYPES, assert_close, assert_same_forward_backward,
-                     compile_fullgraph, noncontiguous, raises, requires_cuda)
 
 
 def reference(input, target, weight=None, **options):
@@ -215,12 +223,16 @@ def test_gradcheck(weight_grad_prob):
 
 def test_opcheck():
     x = make_logits((5, 4, 3))
-    index, prob, weight = make_target((5, 4, 3), False), make_target((5, 4, 3), True), make_weight(4)
-    for target, weight, reduction, smoothing in ((index, None, "mean", 0.0), (index, weight, "none", 0.3),
-                                                 (prob, weight, "sum", 0.1), (prob, None, "none", 0.0)):
+    index, prob = make_target((5, 4, 3), False), make_target((5, 4, 3), True)
+    class_weight = make_weight(4)
+    for target, weight, reduction, smoothing in ((index, None, "mean", 0.0),
+                                                 (index, class_weight, "none", 0.3),
+                                                 (prob, class_weight, "sum", 0.1),
+                                                 (prob, None, "none", 0.0)):
         args = (x, target, weight, reduction, -100, smoothing)
         torch.library.opcheck(fastops.ops.cross_entropy.default, args)
-        torch.library.opcheck(fastops.ops.cross_entropy.default, (x.detach(), target.detach(), *args[2:]))
+        torch.library.opcheck(fastops.ops.cross_entropy.default,
+                              (x.detach(), target.detach(), *args[2:]))
         loss, lse, total = fastops.ops.cross_entropy(*args)
         torch.library.opcheck(fastops.ops.cross_entropy_backward.default,
                               (torch.ones_like(loss), x.detach(), target.detach(), weight, lse, total,
@@ -469,7 +481,7 @@ def test_linear_module_matches_torch_module(case, prob, rows):
     # and the parameters' gradients
     ours(x, target).sum().backward()
     theirs(x, target).sum().backward()
-    for mine, other in zip(ours.parameters(), theirs.parameters()):
+    for mine, other in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert_close(mine.grad, other.grad)
 
 
@@ -743,7 +755,7 @@ def test_triton_linear_launchers_match_torch(monkeypatch, prob, reduction):
     grads = kernels.linear_cross_entropy_backward(
         grad, x.detach(), w.detach(), b.detach(), target.detach(), None, lse, total_weight,
         reduction, -100, 0.1, [True, True, True, prob])
-    for got, expected in zip(grads, want_grads):
+    for got, expected in zip(grads, want_grads, strict=False):
         assert_close(got, expected, scale=2)
 
 

@@ -6,12 +6,21 @@ import torch
 import torch.nn.functional as TF
 import triton
 import triton.language as tl
+from helpers import (
+    CUDA,
+    DEVICE_DTYPES,
+    assert_close,
+    assert_same_forward_backward,
+    compile_fullgraph,
+    dropout_reference,
+    noncontiguous,
+    raises,
+    requires_cuda,
+    seeded,
+)
 
 import fastops
 from fastops import functional as F
-from helpers import (CUDA, DEVICE_DTYPES, assert_close, assert_same_forward_backward,
-                     compile_fullgraph, dropout_reference, noncontiguous, raises, requires_cuda,
-                     seeded)
 
 FUNCTIONS = {"dropout": F.dropout, "dropout1d": F.dropout1d, "dropout2d": F.dropout2d,
              "dropout3d": F.dropout3d}

@@ -1,12 +1,21 @@
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import (
+    CUDA,
+    DEVICE_DTYPES,
+    assert_close,
+    assert_same_forward_backward,
+    compile_fullgraph,
+    dropout_reference,
+    noncontiguous,
+    raises,
+    requires_cuda,
+    seeded,
+)
 
 import fastops
 from fastops import functional as F
-from helpers import (CUDA, DEVICE_DTYPES, assert_close, assert_same_forward_backward,
-                     compile_fullgraph, dropout_reference, noncontiguous, raises, requires_cuda,
-                     seeded)
 
 
 def reference(input, weight, bias=None, activation=None):
@@ -78,7 +87,7 @@ def test_large_float32_products(onednn, contiguous, monkeypatch):
 @pytest.mark.parametrize("requires", [(True, False, False), (False, True, True), (False, False, True)])
 def test_only_requested_gradients(requires):
     x, w, b = make((4,), 5, 3, True)
-    for t, r in zip((x, w, b), requires):
+    for t, r in zip((x, w, b), requires, strict=True):
         t.requires_grad_(r)
     assert_same_forward_backward(F.linear_relu, lambda *a: reference(*a, "relu"), [x, w, b])
 
@@ -203,7 +212,7 @@ def test_fused_dropout_equals_unfused_fastops_exactly_and_saves_no_mask():
     assert saved == saved_without_dropout  # x, w and the output: no mask
     grads = torch.autograd.grad(fused, (x, w, b), torch.ones_like(fused))
     want = torch.autograd.grad(unfused, (x, w, b), torch.ones_like(unfused))
-    for got, expected in zip(grads, want):
+    for got, expected in zip(grads, want, strict=True):
         assert_close(got, expected)
 
 
@@ -316,7 +325,7 @@ def test_triton_launchers_with_dropout_match_the_cpu_op(activation, bias, out_fe
     want_grads = fastops.ops.linear_backward(grad, x, w, want, activation, [True, True, bias], seed, 0.4)
     got_grads = linear_backward(grad.to(device), x.to(device), w.to(device), got, activation, [True, True, bias],
                                 seed, 0.4)
-    for g, expected in zip(got_grads, want_grads):
+    for g, expected in zip(got_grads, want_grads, strict=True):
         assert g.shape == expected.shape
         assert_close(g.cpu(), expected, scale=3)
 

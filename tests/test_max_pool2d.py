@@ -1,12 +1,19 @@
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import (
+    CUDA,
+    DEVICE_DTYPES,
+    assert_close,
+    compile_fullgraph,
+    noncontiguous,
+    raises,
+    requires_cuda,
+)
 from torch._prims_common import suggest_memory_format
 
 import fastops
 from fastops import functional as F
-from helpers import (CUDA, DEVICE_DTYPES, assert_close, compile_fullgraph, noncontiguous, raises,
-                     requires_cuda)
 
 CONFIGS = {  # name: (input shape, kernel_size, stride, padding, dilation, ceil_mode)
     "lenet 2x2": ((2, 3, 8, 9), 2, None, 0, 1, False),
@@ -132,7 +139,7 @@ def test_return_indices_and_module(return_indices):
     got, want = module(x), twin(x)
     assert type(got) is type(want)
     if return_indices:
-        assert all(torch.equal(a, b) for a, b in zip(got, want))
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     else:
         assert torch.equal(got, want)
 
@@ -323,8 +330,11 @@ TRITON_CONFIGS = ["overlapping ceil", "dilated ceil", "padding-only window", "em
 @pytest.mark.parametrize("memory", ["contiguous", "channels_last", "noncontiguous"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_launchers_match_torch(config, memory, dtype):
-    from fastops.triton_kernels.max_pool2d import (max_pool2d_backward, max_pool2d_forward,
-                                                   max_pool2d_indices)
+    from fastops.triton_kernels.max_pool2d import (
+        max_pool2d_backward,
+        max_pool2d_forward,
+        max_pool2d_indices,
+    )
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape, *_, ceil_mode = CONFIGS[config]

@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing
+from helpers import HAS_CUDA
 
 from fastops.__main__ import main
 from fastops.train import INTERRUPTED, Options, train
-from helpers import HAS_CUDA
 
 
 @pytest.fixture(autouse=True)

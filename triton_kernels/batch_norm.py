@@ -26,8 +26,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import (accumulate_dtype, autotune, cdiv, checked_outputs, interpreting,
-                     tl_accumulate_dtype)
+from ._utils import (
+    accumulate_dtype,
+    autotune,
+    cdiv,
+    checked_outputs,
+    interpreting,
+    tl_accumulate_dtype,
+)
 
 # [BLOCK_R rows, BLOCK_C channels] tiles: tall and one channel wide for NC* planes (rows of a
 # channel are contiguous), wide for channels-last (channels are contiguous). The first config

@@ -10,7 +10,6 @@ uniform float of ``tl.uint_to_uniform_float``; it is kept when that uniform is >
 
 import struct
 
-import torch
 import triton
 import triton.language as tl
 

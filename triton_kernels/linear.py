@@ -14,10 +14,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import (autotune, cdiv, checked_outputs, dot_shared_memory, fp32_dot_precision,
-                     size_bucket, tl_accumulate_dtype)
-from .dropout import (dropout_inplace, noise_args, noise_scale,
-                      tile_uniforms)
+from ._utils import (
+    autotune,
+    cdiv,
+    checked_outputs,
+    dot_shared_memory,
+    fp32_dot_precision,
+    size_bucket,
+    tl_accumulate_dtype,
+)
+from .dropout import dropout_inplace, noise_args, noise_scale, tile_uniforms
 
 _MATMUL_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=4),

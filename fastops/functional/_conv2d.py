@@ -33,7 +33,7 @@ def _conv2d_padding(input, weight, padding, stride, dilation, fn):
         return input, (0, 0)
     if stride != (1, 1):
         fail(fn, f"padding='same' is not supported for strided convolutions, got stride={stride}")
-    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:], strict=True)]
     extra_h, extra_w = (t % 2 for t in total)
     if extra_h or extra_w:
         input = torch.nn.functional.pad(input, (0, extra_w, 0, extra_h))
