@@ -15,7 +15,8 @@ CASES = {  # name: input shape [N, C, *]
 MODES = {"train": True, "eval": False}  # training is timed forward + backward, evaluation forward
 IMPLS = {
     mode: implementations(
-        lambda x, rm, rv, w, b, training=training: torch.relu(TF.batch_norm(x, rm, rv, w, b, training)),
+        lambda x, rm, rv, w, b, training=training: torch.relu(
+            TF.batch_norm(x, rm, rv, w, b, training)),
         lambda x, rm, rv, w, b, training=training: F.batch_norm_relu(x, rm, rv, w, b, training))
     for mode, training in MODES.items()
 }
@@ -33,4 +34,5 @@ def bench_batch_norm_relu(benchmark, impl, case, mode, dtype):
     inputs = [randn(*shape, dtype=dtype, requires_grad=backward, scale=2.0),
               torch.zeros(channels, device=DEVICE), torch.ones(channels, device=DEVICE),
               randn(channels, requires_grad=backward), randn(channels, requires_grad=backward)]
-    bench(benchmark, "batch_norm_relu", f"{case} {mode}", impl, IMPLS[mode][impl], inputs, backward, dtype)
+    bench(benchmark, "batch_norm_relu", f"{case} {mode}", impl, IMPLS[mode][impl], inputs, backward,
+          dtype)

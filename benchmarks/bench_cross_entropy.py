@@ -24,7 +24,8 @@ LINEAR_IMPLS = implementations(lambda x, w, b, t: TF.cross_entropy(TF.linear(x, 
 
 
 def targets(rows, classes):
-    return torch.randint(0, classes, (rows,), generator=torch.Generator().manual_seed(rows)).to(DEVICE)
+    return torch.randint(0, classes, (rows,),
+                         generator=torch.Generator().manual_seed(rows)).to(DEVICE)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -33,7 +34,8 @@ def targets(rows, classes):
 @pytest.mark.parametrize("impl", IMPLS)
 def bench_cross_entropy(benchmark, impl, case, backward, dtype):
     rows, classes = CASES[case]
-    inputs = [randn(rows, classes, dtype=dtype, requires_grad=backward, scale=3.0), targets(rows, classes)]
+    inputs = [randn(rows, classes, dtype=dtype, requires_grad=backward, scale=3.0),
+              targets(rows, classes)]
     bench(benchmark, "cross_entropy", case, impl, IMPLS[impl], inputs, backward, dtype)
 
 
@@ -47,4 +49,5 @@ def bench_linear_cross_entropy(benchmark, impl, case, backward, dtype):
               randn(classes, hidden, dtype=dtype, requires_grad=backward, scale=hidden**-0.5),
               randn(classes, dtype=dtype, requires_grad=backward),
               targets(rows, classes)]
-    bench(benchmark, "linear_cross_entropy", case, impl, LINEAR_IMPLS[impl], inputs, backward, dtype)
+    bench(benchmark, "linear_cross_entropy", case, impl, LINEAR_IMPLS[impl], inputs, backward,
+          dtype)

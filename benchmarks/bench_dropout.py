@@ -44,7 +44,8 @@ def bench_dropout2d(benchmark, impl, backward, dtype):
 def bench_linear_relu_dropout(benchmark, impl, backward, dtype):
     rows, in_features, out_features = 256, 784, 256  # the tutorial MLP's first layer
     inputs = [randn(rows, in_features, dtype=dtype, requires_grad=backward),
-              randn(out_features, in_features, dtype=dtype, requires_grad=backward, scale=in_features**-0.5),
+              randn(out_features, in_features, dtype=dtype, requires_grad=backward,
+                    scale=in_features**-0.5),
               randn(out_features, dtype=dtype, requires_grad=backward)]
-    bench(benchmark, "linear_relu_dropout", "mlp 256x784->256", impl, MLP_IMPLS[impl], inputs, backward,
-          dtype)
+    bench(benchmark, "linear_relu_dropout", "mlp 256x784->256", impl, MLP_IMPLS[impl], inputs,
+          backward, dtype)

@@ -21,6 +21,7 @@ IMPLS = implementations(lambda x, w, b: torch.relu(TF.linear(x, w, b)), F.linear
 def bench_linear_relu(benchmark, impl, case, backward, dtype):
     rows, in_features, out_features = CASES[case]
     inputs = [randn(rows, in_features, dtype=dtype, requires_grad=backward),
-              randn(out_features, in_features, dtype=dtype, requires_grad=backward, scale=in_features**-0.5),
+              randn(out_features, in_features, dtype=dtype, requires_grad=backward,
+                    scale=in_features**-0.5),
               randn(out_features, dtype=dtype, requires_grad=backward)]
     bench(benchmark, "linear_relu", case, impl, IMPLS[impl], inputs, backward, dtype)

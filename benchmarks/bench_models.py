@@ -17,7 +17,8 @@ def _batch(name, batch_size):
     recipe = RECIPES[name]
     x = randn(batch_size, *recipe.input_shape)
     if recipe.loss == "cross_entropy":
-        y = torch.randint(0, 10, (batch_size,), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+        y = torch.randint(0, 10, (batch_size,),
+                          generator=torch.Generator().manual_seed(0)).to(DEVICE)
     else:
         y = torch.rand(batch_size, 1, generator=torch.Generator().manual_seed(0)).round().to(DEVICE)
     return x, y
@@ -61,4 +62,5 @@ def bench_model(benchmark, impl, name, train):
                 model(x)
             sync()
 
-    record(benchmark, "model", case, impl, "train step" if train else "inference", run, saved_bytes=saved)
+    record(benchmark, "model", case, impl, "train step" if train else "inference", run,
+           saved_bytes=saved)

@@ -33,13 +33,15 @@ def linear_inputs(rows, in_features, out_features, backward):
 
 
 def cross_entropy_inputs(rows, classes, backward):
-    return [randn(rows, classes, requires_grad=backward), bench_cross_entropy.targets(rows, classes)]
+    return [randn(rows, classes, requires_grad=backward),
+            bench_cross_entropy.targets(rows, classes)]
 
 
 def conv2d_inputs(batch, in_channels, size, out_channels, kernel, padding, backward):
     fan_in = in_channels * kernel * kernel
     return [randn(batch, in_channels, *size, requires_grad=backward),
-            randn(out_channels, in_channels, kernel, kernel, requires_grad=backward, scale=fan_in**-0.5),
+            randn(out_channels, in_channels, kernel, kernel, requires_grad=backward,
+                  scale=fan_in**-0.5),
             randn(out_channels, requires_grad=backward), padding]
 
 
@@ -70,9 +72,11 @@ def interleaved_ratios(torch_run, fastops_run, pairs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=30)
-    parser.add_argument("--filter", default="", help="only cases whose 'op case pass' contains this")
+    parser.add_argument("--filter", default="",
+                        help="only cases whose 'op case pass' contains this")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; speed-up = torch / fastops "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          "speed-up = torch / fastops "
           f"per pair, median [25th, 75th percentile] of {args.pairs} pairs")
     for op, cases, impls, make_inputs in SUITES:
         for case, values in cases.items():

@@ -28,7 +28,8 @@ def check_float_dtype(tensor, name, fn):
 def check_like(tensor, name, ref, ref_name, fn):
     """Same dtype and device as ``ref``."""
     if tensor.dtype != ref.dtype:
-        fail(fn, f"expected {name} to have the dtype of {ref_name} ({ref.dtype}), got {tensor.dtype}")
+        fail(fn,
+             f"expected {name} to have the dtype of {ref_name} ({ref.dtype}), got {tensor.dtype}")
     if tensor.device != ref.device:
         fail(fn, f"expected {name} on the device of {ref_name} ({ref.device}), got {tensor.device}")
 
@@ -37,5 +38,6 @@ def check_activation(activation, fn, allowed=("relu",)):
     if activation is None:
         return "none"
     if activation not in allowed:
-        fail(fn, f"activation must be None or one of {list(allowed)}, got {activation!r}", ValueError)
+        fail(fn, f"activation must be None or one of {list(allowed)}, got {activation!r}",
+             ValueError)
     return activation

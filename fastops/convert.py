@@ -61,7 +61,8 @@ def _torch_of(module):
 
 def _fuses_relu(module):
     """Layers that take a fused activation (Linear also the dropout after the ReLU)."""
-    return isinstance(module, tuple(twins()[c] for c in (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)))
+    return isinstance(module, tuple(twins()[c] for c in (nn.Linear, nn.Conv2d, nn.BatchNorm1d,
+                                                          nn.BatchNorm2d)))
 
 
 class _LeafTracer(torch.fx.Tracer):

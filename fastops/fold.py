@@ -15,7 +15,8 @@ def _can_fold(layer, norm):
     channels that normalises with running statistics."""
     for layer_type, norm_type in _FOLDABLE.items():
         if isinstance(layer, layer_type) and isinstance(norm, norm_type):
-            out_channels = layer.out_channels if isinstance(layer, torch.nn.Conv2d) else layer.out_features
+            out_channels = (layer.out_channels if isinstance(layer, torch.nn.Conv2d)
+                            else layer.out_features)
             return (getattr(layer, "activation", None) is None
                     and norm.running_mean is not None and norm.num_features == out_channels)
     return False
@@ -54,7 +55,8 @@ def _fold_children(module):
         if _can_fold(layer, norm):
             module._modules[first] = _fold(layer, norm)
             # A fused BatchNorm + ReLU leaves its ReLU behind.
-            module._modules[second] = (torch.nn.ReLU() if getattr(norm, "activation", None) == "relu"
+            module._modules[second] = (torch.nn.ReLU()
+                                       if getattr(norm, "activation", None) == "relu"
                                        else torch.nn.Identity())
 
 
@@ -69,7 +71,8 @@ def fold_batchnorm(model):
     activation are kept.
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"fastops.fold_batchnorm: expected a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError("fastops.fold_batchnorm: expected a torch.nn.Module, got "
+                        f"{type(model).__name__}")
     training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
     if training:
         raise RuntimeError(

@@ -74,7 +74,8 @@ def assert_same_forward_backward(fn, reference, inputs, dtype=None, scale=1.0, s
     grad_out = torch.randn(ref.shape, generator=generator, dtype=torch.float32).to(ref)
     tensors = [t if isinstance(t, torch.Tensor) else None for t in ours]
     ref_tensors = [t if isinstance(t, torch.Tensor) else None for t in theirs]
-    for got, want in zip(grads(out, tensors, grad_out), grads(ref, ref_tensors, grad_out), strict=True):
+    for got, want in zip(grads(out, tensors, grad_out), grads(ref, ref_tensors, grad_out),
+                         strict=True):
         if want is None:
             assert got is None
         else:

@@ -37,8 +37,10 @@ def make(shape, device="cpu", dtype=torch.float32, param_dtype=None, affine="wei
         x = x.movedim(1, -1).contiguous().movedim(-1, 1)
     elif layout == "strided":
         x = noncontiguous(x)
-    w = (torch.rand(channels, generator=g) + 0.5).to(device, param_dtype) if affine != "none" else None
-    b = torch.randn(channels, generator=g).to(device, param_dtype) if affine == "weight_bias" else None
+    w = ((torch.rand(channels, generator=g) + 0.5).to(device, param_dtype) if affine != "none"
+         else None)
+    b = (torch.randn(channels, generator=g).to(device, param_dtype) if affine == "weight_bias"
+         else None)
     rm = torch.randn(channels, generator=g).to(device, param_dtype)
     rv = (torch.rand(channels, generator=g) + 0.5).to(device, param_dtype)
     return x, w, b, rm, rv
@@ -92,12 +94,14 @@ def mode_args(mode, rm, rv):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("affine,activation", [("weight_bias", None), ("weight_bias", "relu"), ("none", "relu")])
+@pytest.mark.parametrize("affine,activation", [("weight_bias", None), ("weight_bias", "relu"),
+                                               ("none", "relu")])
 def test_functional_parity(device, dtype, shape, layout, mode, affine, activation):
     x, w, b, rm, rv = make(shape, device, dtype, affine=affine, layout=layout)
     training, (rm, rv) = mode_args(mode, rm, rv)
     assert_same(lambda *a: F.batch_norm(*a, training=training, momentum=0.2, activation=activation),
-                lambda *a, **k: reference(*a, training=training, momentum=0.2, activation=activation, **k),
+                lambda *a, **k: reference(*a, training=training, momentum=0.2,
+                                          activation=activation, **k),
                 [x, w, b, rm, rv], dtype)
 
 
@@ -128,7 +132,8 @@ def test_large_mean_stays_accurate():
 def test_relu_keeps_nan_and_masks_gradient_like_torch():
     x = torch.tensor([[float("nan"), 1.0], [-1.0, 2.0], [0.5, -3.0]])
     x, w, b, rm, rv = x, torch.ones(2), torch.zeros(2), torch.zeros(2), torch.ones(2)
-    assert_same(lambda *a: F.batch_norm_relu(*a), lambda *a, **k: reference(*a, False, activation="relu", **k),
+    assert_same(lambda *a: F.batch_norm_relu(*a),
+                lambda *a, **k: reference(*a, False, activation="relu", **k),
                 [x, w, b, rm, rv], torch.float32)
 
 
@@ -137,8 +142,10 @@ def test_bias_without_weight_gets_its_gradient():
     x = torch.randn(6, 3, 4, requires_grad=True)
     for training in (True, False):
         bias = torch.randn(3, requires_grad=True)
-        ours = torch.autograd.grad(F.batch_norm(x, torch.zeros(3), torch.ones(3), None, bias, training).sum(), [x, bias])
-        theirs = torch.autograd.grad(TF.batch_norm(x, torch.zeros(3), torch.ones(3), None, bias, training).sum(), [x, bias])
+        ours = torch.autograd.grad(
+            F.batch_norm(x, torch.zeros(3), torch.ones(3), None, bias, training).sum(), [x, bias])
+        theirs = torch.autograd.grad(
+            TF.batch_norm(x, torch.zeros(3), torch.ones(3), None, bias, training).sum(), [x, bias])
         for got, want in zip(ours, theirs, strict=True):
             assert_close(got, want)
 
@@ -176,7 +183,8 @@ def paired(name, **options):
 
 def assert_same_state(ours, theirs):
     assert ours.state_dict().keys() == theirs.state_dict().keys()
-    for (key, got), want in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+    for (key, got), want in zip(ours.state_dict().items(), theirs.state_dict().values(),
+                                strict=True):
         assert got.dtype == want.dtype, key
         if got.is_floating_point():
             assert_close(got, want, msg=key)
@@ -226,7 +234,8 @@ def test_reset_running_stats_and_parameters():
 
 def test_state_dict_loads_both_ways_and_repr():
     ours, theirs = fastops.nn.BatchNorm2dReLU(4), torch.nn.BatchNorm2d(4)
-    assert isinstance(ours, torch.nn.BatchNorm2d) and isinstance(fastops.nn.BatchNorm1d(3), torch.nn.BatchNorm1d)
+    assert (isinstance(ours, torch.nn.BatchNorm2d)
+            and isinstance(fastops.nn.BatchNorm1d(3), torch.nn.BatchNorm1d))
     ours(make((3, 4, 2, 2))[0])  # running statistics and num_batches_tracked move
     theirs.load_state_dict(ours.state_dict())
     assert_same_state(ours, theirs)
@@ -235,7 +244,8 @@ def test_state_dict_loads_both_ways_and_repr():
     assert_same_state(ours, theirs)
     assert repr(ours) == ("BatchNorm2dReLU(4, eps=1e-05, momentum=0.1, affine=True, bias=True, "
                           "track_running_stats=True, activation='relu')")
-    assert repr(fastops.nn.BatchNorm1d(3, affine=False)) == repr(torch.nn.BatchNorm1d(3, affine=False))
+    assert (repr(fastops.nn.BatchNorm1d(3, affine=False))
+            == repr(torch.nn.BatchNorm1d(3, affine=False)))
 
 
 def test_autocast_keeps_the_input_dtype_and_float32_statistics_like_torch():
@@ -256,15 +266,18 @@ def test_running_statistics_update_bumps_their_version_counters():
     x = make(shape)[0]
     versions = (ours.running_mean._version, ours.running_var._version)
     ours(x)
-    assert (ours.running_mean._version, ours.running_var._version) == (versions[0] + 1, versions[1] + 1)
+    assert ((ours.running_mean._version, ours.running_var._version)
+            == (versions[0] + 1, versions[1] + 1))
     ours.eval()(x)
-    assert (ours.running_mean._version, ours.running_var._version) == (versions[0] + 1, versions[1] + 1)
+    assert ((ours.running_mean._version, ours.running_var._version)
+            == (versions[0] + 1, versions[1] + 1))
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_module_compile_fullgraph(training):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(fastops.nn.BatchNorm2dReLU(3), torch.nn.Flatten(), fastops.nn.BatchNorm1d(12))
+    model = torch.nn.Sequential(fastops.nn.BatchNorm2dReLU(3), torch.nn.Flatten(),
+                                fastops.nn.BatchNorm1d(12))
     model.train(training)
     reference_model = copy.deepcopy(model)
     compiled = compile_fullgraph(model)
@@ -274,7 +287,8 @@ def test_module_compile_fullgraph(training):
     assert_close(out, ref)
     grad = torch.randn_like(ref)
     for g, w in zip(torch.autograd.grad(out, [xa, *model.parameters()], grad),
-                    torch.autograd.grad(ref, [xb, *reference_model.parameters()], grad), strict=True):
+                    torch.autograd.grad(ref, [xb, *reference_model.parameters()], grad),
+                    strict=True):
         assert_close(g, w, scale=4)
     assert_same_state(model, reference_model)
 
@@ -289,7 +303,8 @@ def test_gradcheck(training, activation, layout):
     x, w, b = leaf(x), leaf(w), leaf(b)
 
     def fn(x, w, b):  # fresh running statistics each call: the op updates them in place
-        return fastops.ops.batch_norm(x, w, b, rm.clone(), rv.clone(), training, 0.1, 1e-5, activation)[0]
+        return fastops.ops.batch_norm(x, w, b, rm.clone(), rv.clone(), training, 0.1, 1e-5,
+                                      activation)[0]
     assert torch.autograd.gradcheck(fn, (x, w, b))
     assert torch.autograd.gradcheck(lambda x: fn(x, None, None), (x,))
 
@@ -301,8 +316,10 @@ def test_opcheck(training, stats, activation, affine):
     x, w, b, rm, rv = make((3, 4, 5), layout="channels_last")
     x, w, b = leaf(x), leaf(w) if affine else None, leaf(b) if affine else None
     rm, rv = (rm, rv) if stats else (None, None)
-    torch.library.opcheck(fastops.ops.batch_norm.default, (x, w, b, rm, rv, training, 0.1, 1e-5, activation))
-    torch.library.opcheck(fastops.ops.batch_norm.default, (x.detach(), w, b, rm, rv, training, 0.1, 1e-5, activation))
+    torch.library.opcheck(fastops.ops.batch_norm.default,
+                          (x, w, b, rm, rv, training, 0.1, 1e-5, activation))
+    torch.library.opcheck(fastops.ops.batch_norm.default,
+                          (x.detach(), w, b, rm, rv, training, 0.1, 1e-5, activation))
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -310,16 +327,19 @@ def test_opcheck_backward(training):
     x, w, _, rm, rv = make((3, 4, 5))
     out, mean, invstd = fastops.ops.batch_norm(x, w, None, rm, rv, training, 0.1, 1e-5, "relu")
     torch.library.opcheck(fastops.ops.batch_norm_backward.default,
-                          (torch.randn_like(out), x, w, out, mean, invstd, training, "relu", [True, True, True]))
+                          (torch.randn_like(out), x, w, out, mean, invstd, training, "relu",
+                           [True, True, True]))
     torch.library.opcheck(fastops.ops.batch_norm_backward.default,
-                          (torch.randn_like(out), None, w, None, mean, invstd, False, "none", [True, False, True]))
+                          (torch.randn_like(out), None, w, None, mean, invstd, False, "none",
+                           [True, False, True]))
 
 
 def test_double_backward_raises_a_clear_error():
     x, w, b, rm, rv = make((4, 3))
     x = leaf(x)
     with pytest.raises(RuntimeError, match="double backward through fastops ops is not supported"):
-        torch.autograd.grad(F.batch_norm(x, rm, rv, w, b, training=True).pow(2).sum(), x, create_graph=True)
+        torch.autograd.grad(F.batch_norm(x, rm, rv, w, b, training=True).pow(2).sum(), x,
+                            create_graph=True)
 
 
 # --------------------------------------------------------------------------------------- folding
@@ -328,9 +348,10 @@ def folding_model(relu_module=fastops.nn.BatchNorm2dReLU):
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 6, 3, padding=1, bias=False), relu_module(6),
-        torch.nn.Sequential(torch.nn.Conv2d(6, 4, 3, groups=2), torch.nn.BatchNorm2d(4, affine=False)),
-        torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 8), fastops.nn.BatchNorm1d(8), torch.nn.ReLU(),
-        torch.nn.Linear(8, 5), torch.nn.BatchNorm1d(5, track_running_stats=False),
+        torch.nn.Sequential(torch.nn.Conv2d(6, 4, 3, groups=2),
+                            torch.nn.BatchNorm2d(4, affine=False)),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 8), fastops.nn.BatchNorm1d(8),
+        torch.nn.ReLU(), torch.nn.Linear(8, 5), torch.nn.BatchNorm1d(5, track_running_stats=False),
     )
     with torch.no_grad():  # trained-looking statistics and affine parameters
         for _ in range(3):
@@ -376,46 +397,70 @@ def test_bad_input_raises_torch_errors_and_changes_nothing():
     x, w, b, rm, rv = make((4, 3, 2))
     state = (x, w, b, rm, rv)
     bn = F.batch_norm
-    raises(RuntimeError, r"expected running_mean of shape \[4\]", bn, torch.randn(2, 4), rm, rv, training=True, state=state)
-    raises(RuntimeError, r"expected weight of shape \[3\].*got \[4\]", bn, x, rm, rv, torch.ones(4), state=state)
-    raises(ValueError, r"Expected more than 1 value per channel when training, got input size torch.Size\(\[1, 3, 1\]\)",
+    raises(RuntimeError, r"expected running_mean of shape \[4\]", bn, torch.randn(2, 4), rm, rv,
+           training=True, state=state)
+    raises(RuntimeError, r"expected weight of shape \[3\].*got \[4\]", bn, x, rm, rv, torch.ones(4),
+           state=state)
+    raises(ValueError,
+           r"Expected more than 1 value per channel when training, got input size "
+           r"torch.Size\(\[1, 3, 1\]\)",
            bn, torch.randn(1, 3, 1), rm, rv, w, b, True, state=state)
-    raises(ValueError, "eps must be positive during training", bn, x, rm, rv, training=True, eps=0.0, state=state)
+    raises(ValueError, "eps must be positive during training", bn, x, rm, rv, training=True,
+           eps=0.0, state=state)
     raises(ValueError, "eps must be non-negative", bn, x, rm, rv, eps=-1.0, state=state)
-    raises(ValueError, "must either both be None or neither", bn, x, rm, None, training=True, state=state)
-    raises(RuntimeError, "running_mean must be defined in evaluation mode", bn, x, None, None, state=state)
-    raises(RuntimeError, "running_var must be defined in evaluation mode", bn, x, rm, None, state=state)
-    raises(TypeError, "expected momentum to be a float", bn, x, rm, rv, training=True, momentum=None, state=state)
-    raises(NotImplementedError, "not implemented for torch.int64", bn, x.long(), rm, rv, state=state)
+    raises(ValueError, "must either both be None or neither", bn, x, rm, None, training=True,
+           state=state)
+    raises(RuntimeError, "running_mean must be defined in evaluation mode", bn, x, None, None,
+           state=state)
+    raises(RuntimeError, "running_var must be defined in evaluation mode", bn, x, rm, None,
+           state=state)
+    raises(TypeError, "expected momentum to be a float", bn, x, rm, rv, training=True,
+           momentum=None, state=state)
+    raises(NotImplementedError, "not implemented for torch.int64", bn, x.long(), rm, rv,
+           state=state)
     raises(RuntimeError, r"at least 2-D", bn, torch.randn(3), rm, rv, state=state)
-    raises(RuntimeError, "expected running_var to have the dtype of input", bn, x, rm, rv.double(), state=state)
-    raises(RuntimeError, r"bfloat16\) or float32, got torch.float64", bn, x.bfloat16(), rm, rv.double(), state=state)
+    raises(RuntimeError, "expected running_var to have the dtype of input", bn, x, rm, rv.double(),
+           state=state)
+    raises(RuntimeError, r"bfloat16\) or float32, got torch.float64", bn, x.bfloat16(), rm,
+           rv.double(), state=state)
     raises(RuntimeError, "share one dtype", bn, x.bfloat16(), rm, rv, w.bfloat16(), state=state)
     raises(RuntimeError, "weight on the device of input", bn, x, rm, rv, w.to("meta"), state=state)
-    raises(RuntimeError, r"expected running_mean of shape \[3\].*got \[3, 1\]", bn, x, rm[:, None], rv, state=state)
-    raises(ValueError, "activation must be None or one of", bn, x, rm, rv, activation="gelu", state=state)
+    raises(RuntimeError, r"expected running_mean of shape \[3\].*got \[3, 1\]", bn, x, rm[:, None],
+           rv, state=state)
+    raises(ValueError, "activation must be None or one of", bn, x, rm, rv, activation="gelu",
+           state=state)
     raises(TypeError, "expected input to be a Tensor", bn, [1.0], rm, rv)
     raises(TypeError, "expected weight to be a Tensor", bn, x, rm, rv, [1.0] * 3, state=state)
     # the op itself validates too (direct calls bypass fastops.functional)
     op = fastops.ops.batch_norm
-    raises(RuntimeError, "activation must be 'none' or 'relu'", op, x, w, b, rm, rv, True, 0.1, 1e-5, "gelu", state=state)
-    raises(RuntimeError, r"expected running_var of shape \[4\]", op, torch.randn(2, 4), None, None, torch.zeros(4), rv, True, 0.1, 1e-5, "none", state=state)
-    raises(ValueError, "Expected more than 1 value per channel", op, torch.randn(1, 3), w, b, rm, rv, True, 0.1, 1e-5, "none", state=state)
-    raises(ValueError, "expected eps > 0 in training", op, x, w, b, rm, rv, True, 0.1, 0.0, "none", state=state)
-    raises(RuntimeError, "must be given in evaluation mode", op, x, w, b, None, None, False, 0.1, 1e-5, "none", state=state)
-    raises(RuntimeError, "float32, got Double", op, x.bfloat16(), w.double(), b, rm, rv, True, 0.1, 1e-5, "none", state=state)
+    raises(RuntimeError, "activation must be 'none' or 'relu'", op, x, w, b, rm, rv, True, 0.1,
+           1e-5, "gelu", state=state)
+    raises(RuntimeError, r"expected running_var of shape \[4\]", op, torch.randn(2, 4), None, None,
+           torch.zeros(4), rv, True, 0.1, 1e-5, "none", state=state)
+    raises(ValueError, "Expected more than 1 value per channel", op, torch.randn(1, 3), w, b, rm,
+           rv, True, 0.1, 1e-5, "none", state=state)
+    raises(ValueError, "expected eps > 0 in training", op, x, w, b, rm, rv, True, 0.1, 0.0, "none",
+           state=state)
+    raises(RuntimeError, "must be given in evaluation mode", op, x, w, b, None, None, False, 0.1,
+           1e-5, "none", state=state)
+    raises(RuntimeError, "float32, got Double", op, x.bfloat16(), w.double(), b, rm, rv, True, 0.1,
+           1e-5, "none", state=state)
 
 
 @pytest.mark.parametrize("name", ["BatchNorm1d", "BatchNorm2dReLU"])
 def test_module_bad_input_leaves_buffers_and_parameters_unchanged(name):
     ours, _, shape = paired(name)
     state = list(ours.state_dict().values())
-    raises(ValueError, "Expected more than 1 value per channel", ours, torch.randn(1, shape[1], *[1] * (len(shape) - 2)), state=state)
-    raises(RuntimeError, r"expected running_mean of shape \[6\]", ours, torch.randn(2, 6, *shape[2:]), state=state)
+    raises(ValueError, "Expected more than 1 value per channel", ours,
+           torch.randn(1, shape[1], *[1] * (len(shape) - 2)), state=state)
+    raises(RuntimeError, r"expected running_mean of shape \[6\]", ours,
+           torch.randn(2, 6, *shape[2:]), state=state)
     raises(ValueError, "expected .*D input", ours, torch.randn(shape[1]), state=state)
-    raises(ValueError, "activation must be None or one of", fastops.nn.BatchNorm2d, 3, activation="tanh")
+    raises(ValueError, "activation must be None or one of", fastops.nn.BatchNorm2d, 3,
+           activation="tanh")
     ours.momentum = None  # the cumulative average is guarded the same way
-    raises(ValueError, "Expected more than 1 value per channel", ours, torch.randn(1, shape[1], *[1] * (len(shape) - 2)), state=state)
+    raises(ValueError, "Expected more than 1 value per channel", ours,
+           torch.randn(1, shape[1], *[1] * (len(shape) - 2)), state=state)
 
 
 def test_empty_batch_leaves_running_statistics_unchanged_like_torch():
@@ -451,7 +496,8 @@ def test_triton_launchers_match_torch(shape, layout, mode, activation):
     ref = reference(xr, *ref_stats, wr, br, training, 0.2, 1e-5, relu)
     # three row ranges per channel: the split reduction and its combination run (some ranges
     # are empty for the smallest shapes)
-    out, mean, invstd = batch_norm_forward(x, w, b, rm, rv, training, 0.2, 1e-5, activation, splits=3)
+    out, mean, invstd = batch_norm_forward(x, w, b, rm, rv, training, 0.2, 1e-5, activation,
+                                           splits=3)
     assert out.stride() == torch.empty_like(x).stride() or not x.is_contiguous()
     assert_close(out, ref.detach(), scale=3)
     for got, want in zip((rm, rv), ref_stats, strict=True):
@@ -460,12 +506,14 @@ def test_triton_launchers_match_torch(shape, layout, mode, activation):
 
     grad = torch.randn_like(ref)
     want = torch.autograd.grad(ref, [xr, wr, br], grad)
-    got = batch_norm_backward(grad, x, w, out, mean, invstd, training, activation, [True, True, True], splits=3)
+    got = batch_norm_backward(grad, x, w, out, mean, invstd, training, activation,
+                              [True, True, True], splits=3)
     for g, w_ in zip(got, want, strict=True):
         assert_close(g, w_, scale=4)
 
 
-@pytest.mark.parametrize("dtype,param_dtype", [(torch.bfloat16, torch.float32), (torch.float64, torch.float64)])
+@pytest.mark.parametrize("dtype,param_dtype", [(torch.bfloat16, torch.float32),
+                                               (torch.float64, torch.float64)])
 def test_triton_dtypes_and_partial_gradients(dtype, param_dtype):
     from fastops.triton_kernels.batch_norm import batch_norm_backward, batch_norm_forward
 
@@ -478,15 +526,18 @@ def test_triton_dtypes_and_partial_gradients(dtype, param_dtype):
     assert_close(out, ref.detach(), dtype)
     assert_close(rm, ref_rm, dtype)
     assert_close(rv, ref_rv, dtype)
-    grad_input, grad_weight, grad_bias = batch_norm_backward(torch.ones_like(out), None, w, out, mean, invstd,
-                                                             True, "relu", [False, False, True])
+    grad_input, grad_weight, grad_bias = batch_norm_backward(torch.ones_like(out), None, w, out,
+                                                             mean, invstd, True, "relu",
+                                                             [False, False, True])
     assert grad_input.numel() == 0 and grad_weight.numel() == 0 and grad_bias.dtype == param_dtype
     assert_close(grad_bias, (out > 0).to(param_dtype).sum((0, 2, 3)), dtype)
     if dtype == torch.float64:  # the input gradient to float64 precision (eval: no x needed)
         grad = torch.randn_like(out)
         out, mean, invstd = batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5, "relu")
-        want = torch.autograd.grad(reference(xr, rm, rv, w, b, False, activation="relu"), xr, grad)[0]
-        got = batch_norm_backward(grad, None, w, out, mean, invstd, False, "relu", [True, False, False])[0]
+        want = torch.autograd.grad(reference(xr, rm, rv, w, b, False, activation="relu"), xr,
+                                   grad)[0]
+        got = batch_norm_backward(grad, None, w, out, mean, invstd, False, "relu",
+                                  [True, False, False])[0]
         assert_close(got, want)
 
 
@@ -499,7 +550,8 @@ def test_cuda_reduced_input_with_float32_module(dtype):
     ours, theirs, shape = paired("BatchNorm2dReLU")
     ours, theirs = ours.cuda(), theirs.cuda()
     for step in range(3):
-        x = make((32, 5, 17, 13), "cuda", dtype, seed=step, layout="channels_last" if step else "contiguous")[0]
+        x = make((32, 5, 17, 13), "cuda", dtype, seed=step,
+                 layout="channels_last" if step else "contiguous")[0]
         assert_close(ours(x), theirs(x))
     assert_same_state(ours, theirs[0])
 
@@ -507,10 +559,13 @@ def test_cuda_reduced_input_with_float32_module(dtype):
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 def test_large_batch_matches(device):
     x, w, b, rm, rv = make((64, 16, 33, 31), device)
-    assert_same(lambda *a: F.batch_norm_relu(*a, training=True), lambda *a, **k: reference(*a, True, activation="relu", **k),
+    assert_same(lambda *a: F.batch_norm_relu(*a, training=True),
+                lambda *a, **k: reference(*a, True, activation="relu", **k),
                 [x, w, b, rm, rv], torch.float32, scale=4)
-    assert_same(lambda *a: F.batch_norm_relu(*a, training=True), lambda *a, **k: reference(*a, True, activation="relu", **k),
-                [x.movedim(1, -1).contiguous().movedim(-1, 1), w, b, rm, rv], torch.float32, scale=4)
+    assert_same(lambda *a: F.batch_norm_relu(*a, training=True),
+                lambda *a, **k: reference(*a, True, activation="relu", **k),
+                [x.movedim(1, -1).contiguous().movedim(-1, 1), w, b, rm, rv], torch.float32,
+                scale=4)
 
 
 # --------------------------------------------- Triton launch grids and index width (wide / large)
@@ -526,7 +581,8 @@ def test_triton_grids_stay_within_cuda_limits(rows, channels):
     from fastops.triton_kernels import batch_norm as kernels
 
     def check(grid):
-        assert all(0 < size <= limit for size, limit in zip(grid, CUDA_GRID_LIMITS, strict=False)), grid
+        assert all(0 < size <= limit
+                   for size, limit in zip(grid, CUDA_GRID_LIMITS, strict=False)), grid
 
     for splits in (1, 3, kernels._splits(rows, channels, False, torch.device("cpu"))):
         for config in kernels._REDUCE_CONFIGS:

@@ -30,7 +30,8 @@ def test_report_table_and_chart_from_recorded_json(tmp_path):
 
     text = write_report(path, tmp_path / "out", command="python -m fastops bench --quick")
     assert "Test CPU" in text and "2026-11-23" in text and "python -m fastops bench --quick" in text
-    assert "| linear_relu | small | fwd+bwd | float32 | 2 ms | 1 ms | 1.5 ms | 2.00x | 1 KiB / 4 KiB |" in text
+    assert ("| linear_relu | small | fwd+bwd | float32 | 2 ms | 1 ms | 1.5 ms | 2.00x "
+            "| 1 KiB / 4 KiB |") in text
     assert "| linear_relu | large | fwd | float32 | 1 ms | 4 ms | - | 0.25x | - |" in text
     assert (tmp_path / "out" / "report.md").read_text() == text
     assert (tmp_path / "out" / "speedup-ops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

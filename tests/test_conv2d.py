@@ -27,7 +27,8 @@ def make(batch, in_channels, out_channels, size, kernel, groups=1, bias=True, de
     g = torch.Generator().manual_seed(seed)
     fan_in = in_channels // groups * kernel[0] * kernel[1]
     x = torch.randn(*batch, in_channels, *size, generator=g).to(device, dtype)
-    w = torch.randn(out_channels, in_channels // groups, *kernel, generator=g) / max(1, fan_in) ** 0.5
+    w = (torch.randn(out_channels, in_channels // groups, *kernel, generator=g)
+         / max(1, fan_in) ** 0.5)
     b = torch.randn(out_channels, generator=g).to(device, dtype).requires_grad_() if bias else None
     return x.requires_grad_(), w.to(device, dtype).requires_grad_(), b
 
@@ -97,17 +98,19 @@ def test_memory_layouts_match_torch(layout, activation):
     out = F.conv2d(x, w, b, **options, activation=activation)
     ref = reference(x, w, b, **options, activation=activation)
     for memory_format in (torch.contiguous_format, torch.channels_last):
-        assert out.is_contiguous(memory_format=memory_format) == ref.is_contiguous(memory_format=memory_format)
+        assert (out.is_contiguous(memory_format=memory_format)
+                == ref.is_contiguous(memory_format=memory_format))
     assert_same_forward_backward(lambda *a: F.conv2d(*a, **options, activation=activation),
-                                 lambda *a: reference(*a, **options, activation=activation), [x, w, b])
+                                 lambda *a: reference(*a, **options, activation=activation),
+                                 [x, w, b])
 
 
 def test_channels_last_gradient_of_a_strided_output():
     x, w, b = make((3,), 4, 6, (8, 8), (3, 3))
     x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     # the gradient reaching the op is a non-contiguous slice's scatter, in channels-last layout
-    assert_same_forward_backward(lambda *a: F.conv2d_relu(*a)[:, ::2, 1:], lambda *a: reference(*a, activation="relu")[:, ::2, 1:],
-                                 [x, w, b])
+    assert_same_forward_backward(lambda *a: F.conv2d_relu(*a)[:, ::2, 1:],
+                                 lambda *a: reference(*a, activation="relu")[:, ::2, 1:], [x, w, b])
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
@@ -117,11 +120,12 @@ def test_large_float32_gemms(onednn, monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
     inputs = make((2,), 64, 64, (30, 31), (3, 3))
     assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, padding=1),
-                                 lambda *a: reference(*a, padding=1, activation="relu"), list(inputs),
-                                 scale=scale_for(64, 1, (3, 3)))
+                                 lambda *a: reference(*a, padding=1, activation="relu"),
+                                 list(inputs), scale=scale_for(64, 1, (3, 3)))
 
 
-@pytest.mark.parametrize("requires", [(True, False, False), (False, True, False), (False, False, True), (False, True, True)])
+@pytest.mark.parametrize("requires", [(True, False, False), (False, True, False),
+                                      (False, False, True), (False, True, True)])
 @pytest.mark.parametrize("groups", [1, 2])  # 1: the CPU direct weight-gradient kernel
 def test_only_requested_gradients(requires, groups):
     x, w, b = make((2,), 4, 6, (7, 6), (3, 3), groups=groups)
@@ -133,16 +137,21 @@ def test_only_requested_gradients(requires, groups):
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
-@pytest.mark.parametrize("padding,kernel,dilation", [(2, 3, 1), ("same", (4, 3), (1, 2)), ((1, 2), (2, 3), 1)])
+@pytest.mark.parametrize("padding,kernel,dilation", [(2, 3, 1), ("same", (4, 3), (1, 2)),
+                                                     ((1, 2), (2, 3), 1)])
 @pytest.mark.parametrize("batched", [True, False])
-def test_module_matches_nn_conv2d_for_every_padding_mode(padding_mode, padding, kernel, dilation, batched):
+def test_module_matches_nn_conv2d_for_every_padding_mode(padding_mode, padding, kernel, dilation,
+                                                         batched):
     torch.manual_seed(0)
-    ours = fastops.nn.Conv2d(4, 6, kernel, padding=padding, dilation=dilation, groups=2, padding_mode=padding_mode)
-    theirs = torch.nn.Conv2d(4, 6, kernel, padding=padding, dilation=dilation, groups=2, padding_mode=padding_mode)
+    ours = fastops.nn.Conv2d(4, 6, kernel, padding=padding, dilation=dilation, groups=2,
+                             padding_mode=padding_mode)
+    theirs = torch.nn.Conv2d(4, 6, kernel, padding=padding, dilation=dilation, groups=2,
+                             padding_mode=padding_mode)
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(*((2,) if batched else ()), 4, 7, 9, requires_grad=True)
     assert_same_forward_backward(lambda x, w, b: ours._conv_forward(x, w, b),
-                                 lambda x, w, b: theirs._conv_forward(x, w, b), [x, ours.weight, ours.bias])
+                                 lambda x, w, b: theirs._conv_forward(x, w, b),
+                                 [x, ours.weight, ours.bias])
     assert_close(ours(x), theirs(x))
 
 
@@ -150,11 +159,13 @@ def test_relu_keeps_nan_and_masks_gradient_like_torch():
     x = torch.tensor([[[[float("nan"), 1.0, -2.0], [-1.0, 2.0, 3.0]]]], requires_grad=True)
     w = torch.ones(1, 1, 1, 1, requires_grad=True)
     b = torch.tensor([-1.5], requires_grad=True)
-    assert_same_forward_backward(F.conv2d_relu, lambda *a: reference(*a, activation="relu"), [x, w, b])
+    assert_same_forward_backward(F.conv2d_relu, lambda *a: reference(*a, activation="relu"),
+                                 [x, w, b])
 
 
 @pytest.mark.parametrize("activation", ["none", "relu"])
-@pytest.mark.parametrize("stride,padding,dilation,groups", [((1, 1), (0, 0), (1, 1), 1), ((2, 1), (1, 2), (2, 1), 2)])
+@pytest.mark.parametrize("stride,padding,dilation,groups", [((1, 1), (0, 0), (1, 1), 1),
+                                                            ((2, 1), (1, 2), (2, 1), 2)])
 def test_gradcheck(activation, stride, padding, dilation, groups):
     x, w, b = make((2,), 2, 4, (4, 3), (2, 2), groups, dtype=torch.float64)
     args = (stride, padding, dilation, groups, activation)
@@ -162,8 +173,9 @@ def test_gradcheck(activation, stride, padding, dilation, groups):
     assert torch.autograd.gradcheck(lambda x, w: fastops.ops.conv2d(x, w, None, *args), (x, w))
 
 
-@pytest.mark.parametrize("activation,bias,channels_last", [("none", True, False), ("relu", False, True),
-                                                          ("relu", True, False)])
+@pytest.mark.parametrize("activation,bias,channels_last", [("none", True, False),
+                                                           ("relu", False, True),
+                                                           ("relu", True, False)])
 def test_opcheck(activation, bias, channels_last):
     x, w, b = make((2,), 4, 6, (7, 6), (3, 3), groups=2, bias=bias)
     if channels_last:
@@ -192,7 +204,8 @@ def test_autocast_cpu_runs_in_bfloat16_like_nn_conv2d():
 def test_module_compile_fullgraph(activation):
     torch.manual_seed(0)
     model = torch.nn.Sequential(fastops.nn.Conv2d(3, 4, 3, padding="same", activation=activation),
-                                fastops.nn.Conv2dReLU(4, 2, (2, 3), stride=2, padding_mode="reflect", padding=1))
+                                fastops.nn.Conv2dReLU(4, 2, (2, 3), stride=2,
+                                                      padding_mode="reflect", padding=1))
     x = torch.randn(2, 3, 7, 8, requires_grad=True)
     compiled = compile_fullgraph(model)
     assert_same_forward_backward(compiled, model, [x])
@@ -219,10 +232,14 @@ def test_module_matches_nn_conv2d_and_state_dict_loads_both_ways():
 def test_bad_input_raises_clear_errors_and_changes_nothing():
     x, w, b = make((2,), 4, 6, (9, 9), (3, 3))
     state = (x, w, b)
-    raises(RuntimeError, r"expected input\[\[2, 4, 9, 9\]\] to have groups \* weight.shape\[1\] = 12 channels.*got 4",
+    raises(RuntimeError,
+           r"expected input\[\[2, 4, 9, 9\]\] to have groups \* weight.shape\[1\] = 12 "
+           r"channels.*got 4",
            F.conv2d, x, w, b, groups=3, state=state)
-    raises(RuntimeError, "to have groups \\* weight.shape\\[1\\] = 4 channels.*got 3", F.conv2d, x[:, :3], w, b, state=state)
-    raises(RuntimeError, "positive multiple of groups=4", F.conv2d, x, w[:, :1], b, groups=4, state=state)
+    raises(RuntimeError, "to have groups \\* weight.shape\\[1\\] = 4 channels.*got 3", F.conv2d,
+           x[:, :3], w, b, state=state)
+    raises(RuntimeError, "positive multiple of groups=4", F.conv2d, x, w[:, :1], b, groups=4,
+           state=state)
     raises(RuntimeError, "non-positive groups", F.conv2d, x, w, b, groups=0, state=state)
     raises(RuntimeError, "non-positive stride", F.conv2d, x, w, b, stride=(1, 0), state=state)
     raises(RuntimeError, "negative padding", F.conv2d, x, w, b, padding=-1, state=state)
@@ -231,41 +248,56 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
            F.conv2d, x, w, b, dilation=(5, 1), state=state)
     raises(RuntimeError, "padding='same' is not supported for strided convolutions",
            F.conv2d, x, w, b, stride=2, padding="same", state=state)
-    raises(RuntimeError, "expected padding to be 'same', 'valid'", F.conv2d, x, w, b, padding="full", state=state)
-    raises(RuntimeError, r"a list of 2 values.*stride=\[1, 1, 1\]", F.conv2d, x, w, b, stride=(1, 1, 1), state=state)
-    raises(TypeError, "expected padding to be an int or a tuple of ints", F.conv2d, x, w, b, padding=1.0, state=state)
+    raises(RuntimeError, "expected padding to be 'same', 'valid'", F.conv2d, x, w, b,
+           padding="full", state=state)
+    raises(RuntimeError, r"a list of 2 values.*stride=\[1, 1, 1\]", F.conv2d, x, w, b,
+           stride=(1, 1, 1), state=state)
+    raises(TypeError, "expected padding to be an int or a tuple of ints", F.conv2d, x, w, b,
+           padding=1.0, state=state)
     raises(TypeError, "expected groups to be an int", F.conv2d, x, w, b, groups=2.0, state=state)
     raises(RuntimeError, r"bias of shape \[6\]", F.conv2d, x, w, b[:5], state=state)
     raises(RuntimeError, r"bias of shape \[6\]", F.conv2d, x, w, b.view(6, 1), state=state)
-    raises(RuntimeError, "weight to have the dtype of input", F.conv2d, x, w.double(), b, state=state)
+    raises(RuntimeError, "weight to have the dtype of input", F.conv2d, x, w.double(), b,
+           state=state)
     raises(RuntimeError, "bias to have the dtype of input", F.conv2d, x, w, b.double(), state=state)
     raises(RuntimeError, "weight on the device of input", F.conv2d, x, w.to("meta"), b, state=state)
     raises(RuntimeError, "floating-point dtype", F.conv2d, x.long(), w.long(), state=state)
     raises(RuntimeError, r"3-D \(unbatched\) or 4-D \(batched\) input, got input of shape \[9, 9\]",
            F.conv2d, x[0, 0], w, b, state=state)
-    raises(RuntimeError, r"expected weight to be 4-D.*got shape \[6, 4, 3\]", F.conv2d, x, w[..., 0], b, state=state)
-    raises(ValueError, "activation must be None or one of", F.conv2d, x, w, b, activation="gelu", state=state)
-    raises(ValueError, "activation must be None or one of", fastops.nn.Conv2d, 4, 6, 3, activation="tanh")
+    raises(RuntimeError, r"expected weight to be 4-D.*got shape \[6, 4, 3\]", F.conv2d, x,
+           w[..., 0], b, state=state)
+    raises(ValueError, "activation must be None or one of", F.conv2d, x, w, b, activation="gelu",
+           state=state)
+    raises(ValueError, "activation must be None or one of", fastops.nn.Conv2d, 4, 6, 3,
+           activation="tanh")
     raises(TypeError, "expected input to be a Tensor", F.conv2d, [1.0], w)
     # torch's own module-construction errors pass through unchanged
-    raises(ValueError, "in_channels must be divisible by groups", fastops.nn.Conv2d, 4, 6, 3, groups=3)
-    raises(ValueError, "padding_mode must be one of", fastops.nn.Conv2dReLU, 4, 6, 3, padding_mode="mirror")
+    raises(ValueError, "in_channels must be divisible by groups", fastops.nn.Conv2d, 4, 6, 3,
+           groups=3)
+    raises(ValueError, "padding_mode must be one of", fastops.nn.Conv2dReLU, 4, 6, 3,
+           padding_mode="mirror")
     module = fastops.nn.Conv2d(4, 6, 3)
     raises(RuntimeError, "to have groups \\* weight.shape\\[1\\] = 4 channels", module, x[:, :2],
            state=(x, *module.parameters()))
     # the op itself validates too (direct calls bypass fastops.functional)
     args = ((1, 1), (0, 0), (1, 1), 1)
-    raises(RuntimeError, "activation must be 'none' or 'relu'", fastops.ops.conv2d, x, w, b, *args, "gelu", state=state)
-    raises(RuntimeError, "expected input to be 4-D", fastops.ops.conv2d, x[0], w, b, *args, "none", state=state)
-    raises(RuntimeError, "expected stride to have 2 values", fastops.ops.conv2d, x, w, b, (1, 1, 1), *args[1:], "none")
-    raises(RuntimeError, "expected a kernel of at least 1x1", fastops.ops.conv2d, x, w[..., :0], b, *args, "none")
-    raises(RuntimeError, "fastops::conv2d: expected input.*to have groups \\* weight.shape\\[1\\] = 12 channels",
+    raises(RuntimeError, "activation must be 'none' or 'relu'", fastops.ops.conv2d, x, w, b, *args,
+           "gelu", state=state)
+    raises(RuntimeError, "expected input to be 4-D", fastops.ops.conv2d, x[0], w, b, *args, "none",
+           state=state)
+    raises(RuntimeError, "expected stride to have 2 values", fastops.ops.conv2d, x, w, b, (1, 1, 1),
+           *args[1:], "none")
+    raises(RuntimeError, "expected a kernel of at least 1x1", fastops.ops.conv2d, x, w[..., :0], b,
+           *args, "none")
+    raises(RuntimeError,
+           "fastops::conv2d: expected input.*to have groups \\* weight.shape\\[1\\] = 12 channels",
            fastops.ops.conv2d, x, w, b, *args[:3], 3, "none", state=state)
     raises(RuntimeError, "fastops::conv2d: calculated padded input size per channel",
            fastops.ops.conv2d, x, w, b, (1, 1), (0, 0), (5, 1), 1, "none", state=state)
-    raises(RuntimeError, r"fastops::conv2d: expected bias of shape \[6\]", fastops.ops.conv2d, x, w, b[:2], *args,
-           "none", state=state)
-    raises(RuntimeError, "fastops::conv2d: non-positive groups", fastops.ops.conv2d, x, w, b, *args[:3], 0, "none")
+    raises(RuntimeError, r"fastops::conv2d: expected bias of shape \[6\]", fastops.ops.conv2d, x, w,
+           b[:2], *args, "none", state=state)
+    raises(RuntimeError, "fastops::conv2d: non-positive groups", fastops.ops.conv2d, x, w, b,
+           *args[:3], 0, "none")
 
 
 # ----------------------------------------------------------- Triton kernels (interpreter on CPU)
@@ -291,20 +323,24 @@ def test_triton_launchers_match_torch(bias, activation, channels_last, case):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     batch, c, o, size, kernel, stride, padding, dilation, groups = case
     x, w, b = make((batch,), c, o, size, kernel, groups, bias, device)
-    x = x.detach().contiguous(memory_format=torch.channels_last) if channels_last else noncontiguous(x.detach())
+    x = (x.detach().contiguous(memory_format=torch.channels_last) if channels_last
+         else noncontiguous(x.detach()))
     options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     act = "relu" if activation == "relu" else None
-    out = conv2d_forward(x, w.detach(), b.detach() if bias else None, stride, padding, dilation, groups, activation)
+    out = conv2d_forward(x, w.detach(), b.detach() if bias else None, stride, padding, dilation,
+                         groups, activation)
     x.requires_grad_()
     ref = reference(x, w, b, **options, activation=act)
-    assert out.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(memory_format=torch.channels_last)
+    assert (out.is_contiguous(memory_format=torch.channels_last)
+            == ref.is_contiguous(memory_format=torch.channels_last))
     assert_close(out, ref.detach(), scale=3)
 
     grad = torch.randn_like(ref)
     want = torch.autograd.grad(ref, [x, w, b] if bias else [x, w], grad)
-    for mask in ([True, True, bias], [False, False, bias], [True, False, False], [False, True, False]):
-        got = conv2d_backward(grad, x.detach(), w.detach(), out, list(x.shape), stride, padding, dilation,
-                              groups, activation, mask)
+    for mask in ([True, True, bias], [False, False, bias], [True, False, False],
+                 [False, True, False]):
+        got = conv2d_backward(grad, x.detach(), w.detach(), out, list(x.shape), stride, padding,
+                              dilation, groups, activation, mask)
         for needed, g, expected in zip(mask, got, list(want) + [None], strict=False):
             if needed:
                 assert_close(g, expected, scale=3)
@@ -385,8 +421,8 @@ def test_cuda_float32_follows_cudnn_allow_tf32(allow_tf32):
         # the reductions (as scale_for, in units of the fp32 tolerance 1e-5)
         scale = 30 * scale_for(in_channels, 1, kernel) if allow_tf32 else 3
         assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, padding=1),
-                                     lambda *a: reference(*a, padding=1, activation="relu"), list(inputs),
-                                     scale=scale)
+                                     lambda *a: reference(*a, padding=1, activation="relu"),
+                                     list(inputs), scale=scale)
     finally:
         torch.set_float32_matmul_precision(previous[0])
         torch.backends.cudnn.allow_tf32 = previous[1]
@@ -402,8 +438,8 @@ def test_lenet_and_resnet_shapes_match(device, channels_last):
         if channels_last:
             x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, **options),
-                                     lambda *a: reference(*a, **options, activation="relu"), [x, w, b],
-                                     scale=10)  # grad_weight sums batch * pixels terms
+                                     lambda *a: reference(*a, **options, activation="relu"),
+                                     [x, w, b], scale=10)  # grad_weight sums batch * pixels terms
 
 
 def test_triton_fp32_precision_reads_torch_new_and_legacy_tf32_flags():

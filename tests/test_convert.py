@@ -13,7 +13,8 @@ from fastops.models import NAMES, RECIPES, build
 
 
 def sample(name, batch=3, seed=0):
-    return torch.randn(batch, *RECIPES[name].input_shape, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, *RECIPES[name].input_shape,
+                       generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -35,24 +36,27 @@ def test_converted_tutorial_model_gives_the_same_outputs_and_state_dict(name):
 
 
 def convert_records(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == "fastops.convert" and r.levelno == logging.INFO]
+    return [r.getMessage() for r in caplog.records
+            if r.name == "fastops.convert" and r.levelno == logging.INFO]
 
 
 def test_replaces_and_fuses_in_sequential_and_reports_it(caplog, capsys):
     caplog.set_level(logging.INFO, logger="fastops.convert")
-    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Dropout(0.3), nn.Linear(6, 4),
-                          nn.ReLU(), nn.Identity(), nn.Sigmoid())
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Dropout(0.3),
+                          nn.Linear(6, 4), nn.ReLU(), nn.Identity(), nn.Sigmoid())
     converted = fastops.convert(model)
     assert capsys.readouterr().out == ""  # logged, not printed, by default
     records = convert_records(caplog)
-    assert records == ["replaced 1: nn.Linear -> fastops.nn.Linear", "replaced 3: nn.Dropout -> fastops.nn.Dropout",
+    assert records == ["replaced 1: nn.Linear -> fastops.nn.Linear",
+                       "replaced 3: nn.Dropout -> fastops.nn.Dropout",
                        "replaced 4: nn.Linear -> fastops.nn.Linear",
                        "fused 1 with 2, 3: fastops.nn.Linear(activation='relu', dropout=0.3)",
                        "fused 4 with 5: fastops.nn.Linear(activation='relu')"]
     assert isinstance(converted[1], fastops.nn.Linear) and converted[1].activation == "relu"
     assert converted[1].dropout == 0.3
     assert isinstance(converted[2], FusedAway) and isinstance(converted[3], FusedAway)
-    assert type(converted[7]) is nn.Sigmoid and type(converted[0]) is nn.Flatten  # unknown: untouched
+    # unknown: untouched
+    assert type(converted[7]) is nn.Sigmoid and type(converted[0]) is nn.Flatten
     assert type(model[1]) is nn.Linear  # inplace=False leaves the original alone
     x = torch.randn(5, 8)
     assert_close(converted.eval()(x), model.eval()(x))
@@ -123,7 +127,8 @@ def test_converts_the_loss_too():
     assert copy.deepcopy(loss).label_smoothing == 0.1
 
 
-@pytest.mark.skipif(not hasattr(nn, "LinearCrossEntropyLoss"), reason="torch has no LinearCrossEntropyLoss (< 2.13)")
+@pytest.mark.skipif(not hasattr(nn, "LinearCrossEntropyLoss"),
+                    reason="torch has no LinearCrossEntropyLoss (< 2.13)")
 def test_converts_linear_cross_entropy_loss_keeping_its_tensors():
     torch.manual_seed(0)
     head = nn.LinearCrossEntropyLoss(6, 5, out_features=(2,), bias=True, weight=torch.rand(5) + 0.1,
@@ -146,14 +151,16 @@ def test_converts_linear_cross_entropy_loss_keeping_its_tensors():
     assert_close(back.head(x, target), want)
     # and a copy keeps equal values
     copied = fastops.convert(back, verbose=False)
-    assert type(copied.head) is fastops.nn.LinearCrossEntropyLoss and type(back.head) is nn.LinearCrossEntropyLoss
+    assert (type(copied.head) is fastops.nn.LinearCrossEntropyLoss
+            and type(back.head) is nn.LinearCrossEntropyLoss)
     assert_close(copied.head(x, target), want)
 
 
 def test_converts_channel_dropouts_and_unconvert_restores_them():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Dropout2d(0.2), nn.Flatten(2),
-                          nn.Dropout1d(0.3), nn.Unflatten(2, (1, 6, 6)), nn.Dropout3d(0.4, inplace=True),
-                          nn.Flatten(), nn.Linear(4 * 36, 3), nn.ReLU(), nn.Dropout1d(0.5))
+                          nn.Dropout1d(0.3), nn.Unflatten(2, (1, 6, 6)),
+                          nn.Dropout3d(0.4, inplace=True), nn.Flatten(), nn.Linear(4 * 36, 3),
+                          nn.ReLU(), nn.Dropout1d(0.5))
     converted = fastops.convert(model, verbose=False)
     for index, twin, p in [(2, fastops.nn.Dropout2d, 0.2), (4, fastops.nn.Dropout1d, 0.3),
                            (6, fastops.nn.Dropout3d, 0.4), (10, fastops.nn.Dropout1d, 0.5)]:
@@ -184,7 +191,8 @@ def test_verbose_prints_the_summary_and_unconvert_logs_what_it_restores(caplog, 
     assert convert_records(caplog) == ["nothing to replace"] and capsys.readouterr().out == ""
     caplog.clear()
     fastops.unconvert(converted)
-    assert sorted(convert_records(caplog)) == ["restored 0: fastops.nn.Linear -> nn.Linear", "restored 1: nn.ReLU",
+    assert sorted(convert_records(caplog)) == ["restored 0: fastops.nn.Linear -> nn.Linear",
+                                               "restored 1: nn.ReLU",
                                                "restored 2: fastops.nn.Dropout2d -> nn.Dropout2d"]
     caplog.clear()
     traced = fastops.convert(CustomForward())

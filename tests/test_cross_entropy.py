@@ -34,7 +34,8 @@ def reference(input, target, weight=None, **options):
 
 def linear_reference(input, linear_weight, bias, target, weight=None, **options):
     """cross_entropy(linear(...)) in float64, cast back to input's dtype."""
-    logits = TF.linear(input.double(), linear_weight.double(), bias.double() if bias is not None else None)
+    logits = TF.linear(input.double(), linear_weight.double(),
+                       bias.double() if bias is not None else None)
     target64 = target.double() if target.is_floating_point() else target
     weight64 = weight.double() if weight is not None else None
     return TF.cross_entropy(logits, target64, weight64, **options).to(input.dtype)
@@ -45,14 +46,16 @@ def generator(seed):
 
 
 def make_logits(shape, device="cpu", dtype=torch.float32, seed=0, scale=3.0):
-    return (torch.randn(shape, generator=generator(seed)) * scale).to(device, dtype).requires_grad_()
+    return ((torch.randn(shape, generator=generator(seed)) * scale)
+            .to(device, dtype).requires_grad_())
 
 
 def make_target(shape, prob, device="cpu", dtype=torch.float32, ignore_index=-100, seed=1):
     """Class indices (every third one ignored) or soft probabilities for logits of ``shape``."""
     classes = shape[1] if len(shape) > 1 else shape[0]
     if prob:
-        probs = torch.softmax(torch.randn(shape, generator=generator(seed)), dim=1 if len(shape) > 1 else 0)
+        probs = torch.softmax(torch.randn(shape, generator=generator(seed)),
+                              dim=1 if len(shape) > 1 else 0)
         return probs.to(device, dtype).requires_grad_()
     rows = (shape[0], *shape[2:]) if len(shape) > 1 else ()
     target = torch.randint(0, max(classes, 1), rows, generator=generator(seed))
@@ -113,7 +116,8 @@ def test_ignore_index_like_torch(ignore_index, label_smoothing):
     target[[3, 7]] = ignore_index  # -1, or 2 which is also a class
     weight = make_weight(5)
     for reduction in ("none", "mean", "sum"):
-        options = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+        options = dict(ignore_index=ignore_index, reduction=reduction,
+                       label_smoothing=label_smoothing)
         assert_same_forward_backward(lambda x: F.cross_entropy(x, target, weight, **options),
                                      lambda x: reference(x, target, weight, **options), [x])
 
@@ -135,15 +139,17 @@ def test_every_target_ignored_gives_torch_result(weighted, label_smoothing):
 def test_uint8_targets_and_size_one_target_for_vector_input():
     x = make_logits((6, 4))
     target = torch.tensor([0, 3, 1, 2, 2, 0], dtype=torch.uint8)
-    assert_same_forward_backward(lambda x: F.cross_entropy(x, target, ignore_index=3, reduction="none"),
-                                 lambda x: reference(x, target, ignore_index=3, reduction="none"), [x])
+    assert_same_forward_backward(
+        lambda x: F.cross_entropy(x, target, ignore_index=3, reduction="none"),
+        lambda x: reference(x, target, ignore_index=3, reduction="none"), [x])
     v = make_logits((5,))
     for reduction in ("none", "mean"):
         # torch accepts a [1] target for a [C] input but its backward fails: compare with []
         assert_close(F.cross_entropy(v, torch.tensor([2]), reduction=reduction),
                      TF.cross_entropy(v, torch.tensor([2]), reduction=reduction))
-        assert_same_forward_backward(lambda v: F.cross_entropy(v, torch.tensor([2]), reduction=reduction),
-                                     lambda v: reference(v, torch.tensor(2), reduction=reduction), [v])
+        assert_same_forward_backward(
+            lambda v: F.cross_entropy(v, torch.tensor([2]), reduction=reduction),
+            lambda v: reference(v, torch.tensor(2), reduction=reduction), [v])
 
 
 @pytest.mark.parametrize("layout", ["noncontiguous", "channels_last", "transposed"])
@@ -216,7 +222,8 @@ def test_gradcheck(weight_grad_prob):
     for target in (index, prob):
         for reduction in ("none", "mean", "sum"):
             def loss(x, *t, reduction=reduction):
-                return fastops.ops.cross_entropy(x, t[0] if t else index, weight, reduction, -100, 0.2)[0]
+                return fastops.ops.cross_entropy(x, t[0] if t else index, weight, reduction, -100,
+                                                 0.2)[0]
             args = (x, target) if target.is_floating_point() else (x,)
             assert torch.autograd.gradcheck(loss, args)
 
@@ -235,8 +242,9 @@ def test_opcheck():
                               (x.detach(), target.detach(), *args[2:]))
         loss, lse, total = fastops.ops.cross_entropy(*args)
         torch.library.opcheck(fastops.ops.cross_entropy_backward.default,
-                              (torch.ones_like(loss), x.detach(), target.detach(), weight, lse, total,
-                               reduction, -100, smoothing, [True, target.is_floating_point()]))
+                              (torch.ones_like(loss), x.detach(), target.detach(), weight, lse,
+                               total, reduction, -100, smoothing,
+                               [True, target.is_floating_point()]))
 
 
 def test_saves_only_logsumexp_for_backward():
@@ -310,7 +318,8 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
     ce = F.cross_entropy
     raises(IndexError, "Target 5 is out of bounds", ce, x, torch.tensor([1, 2, 5]), state=state)
     raises(IndexError, "Target -1 is out of bounds", ce, x, torch.tensor([1, -1, 0]), state=state)
-    raises(RuntimeError, "expected target dtype to be Long or Byte", ce, x, target.int(), state=state)
+    raises(RuntimeError, "expected target dtype to be Long or Byte", ce, x, target.int(),
+           state=state)
     raises(RuntimeError, "Expected floating point type for target with class probabilities",
            ce, x, torch.zeros(3, 5, dtype=torch.long), state=state)
     raises(RuntimeError, "ignore_index is not supported for floating point target",
@@ -323,12 +332,16 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
     raises(ValueError, "1D target must have size 1", ce, torch.randn(5), torch.tensor([1, 2]))
     raises(RuntimeError, r"weight tensor should be defined either for all 5 classes.*\[4\]",
            ce, x, target, weight[:4], state=state)
-    raises(RuntimeError, "expected weight to have the dtype of input", ce, x, target, weight.double(), state=state)
-    raises(RuntimeError, "expected target on the device of input", ce, x, target.to("meta"), state=state)
-    raises(RuntimeError, "expected weight on the device of input", ce, x, target, weight.to("meta"), state=state)
+    raises(RuntimeError, "expected weight to have the dtype of input", ce, x, target,
+           weight.double(), state=state)
+    raises(RuntimeError, "expected target on the device of input", ce, x, target.to("meta"),
+           state=state)
+    raises(RuntimeError, "expected weight on the device of input", ce, x, target, weight.to("meta"),
+           state=state)
     raises(RuntimeError, "label_smoothing must be between 0.0 and 1.0. Got: 1.5",
            ce, x, target, label_smoothing=1.5, state=state)
-    raises(ValueError, "avg is not a valid value for reduction", ce, x, target, reduction="avg", state=state)
+    raises(ValueError, "avg is not a valid value for reduction", ce, x, target, reduction="avg",
+           state=state)
     raises(RuntimeError, "0-D", ce, torch.tensor(1.0), torch.tensor(0))
     raises(RuntimeError, "floating-point dtype", ce, x.long(), target)
     raises(TypeError, "expected target to be a Tensor", ce, x, [1, 2, 4])
@@ -336,9 +349,12 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
            ce, x, target, weight.clone().requires_grad_(), state=state)
     # the ops validate too (direct calls bypass fastops.functional)
     op = fastops.ops.cross_entropy
-    raises(RuntimeError, "reduction must be 'none', 'mean' or 'sum'", op, x, target, None, "avg", -100, 0.0)
-    raises(RuntimeError, r"expected a class-index target of shape \[3\]", op, x, target[:2], None, "mean", -100, 0.0)
-    raises(RuntimeError, r"expected weight of shape \[5\]", op, x, target, weight[:2], "mean", -100, 0.0)
+    raises(RuntimeError, "reduction must be 'none', 'mean' or 'sum'", op, x, target, None, "avg",
+           -100, 0.0)
+    raises(RuntimeError, r"expected a class-index target of shape \[3\]", op, x, target[:2], None,
+           "mean", -100, 0.0)
+    raises(RuntimeError, r"expected weight of shape \[5\]", op, x, target, weight[:2], "mean", -100,
+           0.0)
     raises(RuntimeError, "expected logits of shape", op, x[0], target[0], None, "mean", -100, 0.0)
     raises(RuntimeError, "label_smoothing must be between", op, x, target, None, "mean", -100, 2.0)
 
@@ -346,15 +362,18 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
 # ---------------------------------------------------------------- fused linear + cross-entropy
 
 TORCH_LCE = hasattr(TF, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyLoss")
-requires_torch_lce = pytest.mark.skipif(not TORCH_LCE, reason="torch has no linear_cross_entropy (< 2.13)")
+requires_torch_lce = pytest.mark.skipif(not TORCH_LCE,
+                                        reason="torch has no linear_cross_entropy (< 2.13)")
 
 
 def make_linear(rows, hidden, classes, bias=True, device="cpu", dtype=torch.float32, seed=3,
                 out_features=()):
     g = generator(seed)
     x = torch.randn(*rows, hidden, generator=g).to(device, dtype).requires_grad_()
-    w = (torch.randn(classes, *out_features, hidden, generator=g) * 2 / hidden**0.5).to(device, dtype).requires_grad_()
-    b = torch.randn(classes, *out_features, generator=g).to(device, dtype).requires_grad_() if bias else None
+    w = ((torch.randn(classes, *out_features, hidden, generator=g) * 2 / hidden**0.5)
+         .to(device, dtype).requires_grad_())
+    b = (torch.randn(classes, *out_features, generator=g).to(device, dtype).requires_grad_()
+         if bias else None)
     return x, w, b
 
 
@@ -365,8 +384,9 @@ LINEAR_SHAPES = [((7,), 9, 10), ((), 5, 6), ((1,), 3, 1), ((0,), 4, 5), ((13,), 
 @pytest.mark.parametrize("rows,hidden,classes", LINEAR_SHAPES, ids=str)
 @pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", ""])
-@pytest.mark.parametrize("reduction,label_smoothing,weighted", [("mean", 0.0, False), ("sum", 0.2, True),
-                                                                 ("none", 0.1, False), ("mean", 0.3, True)])
+@pytest.mark.parametrize("reduction,label_smoothing,weighted",
+                         [("mean", 0.0, False), ("sum", 0.2, True), ("none", 0.1, False),
+                          ("mean", 0.3, True)])
 def test_linear_parity(device, dtype, rows, hidden, classes, prob, bias, reduction, label_smoothing,
                        weighted):
     x, w, b = make_linear(rows, hidden, classes, bias, device, dtype)
@@ -381,8 +401,8 @@ def test_linear_parity(device, dtype, rows, hidden, classes, prob, bias, reducti
 
 # rows, hidden, classes, out_features: odd sizes, vector input, empty batch, K-dimensional loss
 TORCH_LCE_SHAPES = [((7,), 9, 10, ()), ((), 5, 6, ()), ((1,), 3, 1, ()), ((0,), 4, 5, ()),
-                    ((13,), 33, 129, ()), ((5,), 6, 4, (3,)), ((4,), 7, 3, (2, 3)), ((0,), 3, 4, (2,)),
-                    ((3,), 4, 5, (2, 0))]
+                    ((13,), 33, 129, ()), ((5,), 6, 4, (3,)), ((4,), 7, 3, (2, 3)),
+                    ((0,), 3, 4, (2,)), ((3,), 4, 5, (2, 0))]
 
 
 @requires_torch_lce
@@ -391,17 +411,20 @@ TORCH_LCE_SHAPES = [((7,), 9, 10, ()), ((), 5, 6, ()), ((1,), 3, 1, ()), ((0,), 
 @pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", ""])
 @pytest.mark.parametrize("reduction,label_smoothing,weighted,ignore_index",
-                         [("mean", 0.0, False, None), ("sum", 0.2, True, None), ("none", 0.1, False, 2),
-                          ("mean", 0.3, True, 1), ("mean", 0.0, True, -100)])
-def test_linear_matches_torch_linear_cross_entropy(dtype, rows, hidden, classes, out_features, prob, bias,
-                                                   reduction, label_smoothing, weighted, ignore_index):
+                         [("mean", 0.0, False, None), ("sum", 0.2, True, None),
+                          ("none", 0.1, False, 2), ("mean", 0.3, True, 1),
+                          ("mean", 0.0, True, -100)])
+def test_linear_matches_torch_linear_cross_entropy(dtype, rows, hidden, classes, out_features, prob,
+                                                   bias, reduction, label_smoothing, weighted,
+                                                   ignore_index):
     if prob and ignore_index is not None:
         pytest.skip("ignore_index with probabilities is an error (test_linear_bad_input)")
     x, w, b = make_linear(rows, hidden, classes, bias, dtype=dtype, out_features=out_features)
     logits_shape = (*rows, classes, *out_features) if rows else (classes,)
-    target = make_target(logits_shape, prob, dtype=dtype, ignore_index=-100 if ignore_index is None else ignore_index)
-    kwargs = dict(weight=make_weight(classes, dtype=dtype) if weighted else None, reduction=reduction,
-                  ignore_index=ignore_index, label_smoothing=label_smoothing)
+    target = make_target(logits_shape, prob, dtype=dtype,
+                         ignore_index=-100 if ignore_index is None else ignore_index)
+    kwargs = dict(weight=make_weight(classes, dtype=dtype) if weighted else None,
+                  reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing)
     assert_same_forward_backward(
         lambda x, w, b, t: F.linear_cross_entropy(x, w, t, linear_bias=b, **kwargs),
         lambda x, w, b, t: TF.linear_cross_entropy(x, w, t, linear_bias=b, **kwargs),
@@ -419,7 +442,8 @@ def test_linear_options_change_nothing_and_match_torch_chunked_path(reduction):
     kwargs = dict(linear_bias=b, weight=weight, reduction=reduction)
     assert_same_forward_backward(
         lambda x, w: F.linear_cross_entropy(x, w, target, options=options, **kwargs),
-        lambda x, w: TF.linear_cross_entropy(x, w, target, options=options, **kwargs), [x, w], scale=2)
+        lambda x, w: TF.linear_cross_entropy(x, w, target, options=options, **kwargs),
+        [x, w], scale=2)
     assert_same_forward_backward(
         lambda x, w: F.linear_cross_entropy(x, w, target, options=options, **kwargs),
         lambda x, w: F.linear_cross_entropy(x, w, target, **kwargs), [x, w], scale=0)
@@ -433,7 +457,8 @@ def _bare_signature(fn):
 @requires_torch_lce
 def test_linear_signatures_are_torchs():
     assert _bare_signature(F.linear_cross_entropy) == _bare_signature(TF.linear_cross_entropy)
-    assert _bare_signature(fastops.nn.LinearCrossEntropyLoss) == _bare_signature(torch.nn.LinearCrossEntropyLoss)
+    assert _bare_signature(fastops.nn.LinearCrossEntropyLoss) == \
+        _bare_signature(torch.nn.LinearCrossEntropyLoss)
     assert _bare_signature(fastops.nn.LinearCrossEntropyLoss.forward) == \
         _bare_signature(torch.nn.LinearCrossEntropyLoss.forward)
     assert issubclass(fastops.nn.LinearCrossEntropyLoss, torch.nn.LinearCrossEntropyLoss)
@@ -474,7 +499,8 @@ def test_linear_module_matches_torch_module(case, prob, rows):
     if prob and "ignore_index" in case or out_features and not rows:
         # ignore_index with probabilities, a K-dimensional loss of a vector: errors in both
         for module in (theirs, ours):
-            with pytest.raises(RuntimeError, match="ignore_index cannot be specified|batched input"):
+            with pytest.raises(RuntimeError,
+                               match="ignore_index cannot be specified|batched input"):
                 module(x, target)
         return
     assert_same_forward_backward(ours, theirs, [x, target])
@@ -488,15 +514,18 @@ def test_linear_module_matches_torch_module(case, prob, rows):
 @requires_torch_lce
 def test_linear_module_state_dict_loads_both_ways_with_torchs():
     torch.manual_seed(0)
-    theirs = torch.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True, weight=make_weight(4))
+    theirs = torch.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True,
+                                             weight=make_weight(4))
     torch.manual_seed(1)
-    ours = fastops.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True, weight=make_weight(4, seed=5))
+    ours = fastops.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True,
+                                             weight=make_weight(4, seed=5))
     assert set(ours.state_dict()) == {"weight", "linear.weight", "linear.bias"}
     ours.load_state_dict(theirs.state_dict())
     x, target = make_linear((5,), 6, 4)[0], torch.tensor([[0, 3], [1, 2], [3, 3], [2, 0], [1, 1]])
     assert_same_forward_backward(ours, theirs, [x, target])
     torch.manual_seed(2)
-    other = fastops.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True, weight=make_weight(4, seed=6))
+    other = fastops.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True,
+                                              weight=make_weight(4, seed=6))
     theirs.load_state_dict(other.state_dict())
     assert_same_forward_backward(other, theirs, [x, target])
     # a plain Linear head's checkpoint is the `linear` submodule's
@@ -507,7 +536,8 @@ def test_linear_module_state_dict_loads_both_ways_with_torchs():
 
 def test_linear_module_state_dict_and_compile():
     torch.manual_seed(0)
-    ours = fastops.nn.LinearCrossEntropyLoss(6, 4, bias=True, weight=make_weight(4), label_smoothing=0.1)
+    ours = fastops.nn.LinearCrossEntropyLoss(6, 4, bias=True, weight=make_weight(4),
+                                             label_smoothing=0.1)
     torch.manual_seed(0)
     head = torch.nn.Linear(6, 4)
     assert_close(ours.linear.weight, head.weight)  # nn.Linear's initialisation from the same seed
@@ -521,7 +551,8 @@ def test_linear_module_state_dict_and_compile():
     assert_same_forward_backward(compiled, ours, [x, target])
     kdim = fastops.nn.LinearCrossEntropyLoss(6, 4, out_features=(2,), bias=True)
     compiled = compile_fullgraph(kdim)
-    assert_same_forward_backward(compiled, kdim, [x, torch.tensor([[0, 3], [1, 2], [3, 3], [2, 0], [1, 1]])])
+    assert_same_forward_backward(compiled, kdim,
+                                 [x, torch.tensor([[0, 3], [1, 2], [3, 3], [2, 0], [1, 1]])])
 
 
 _FALLBACK_SCRIPT = r"""
@@ -533,7 +564,8 @@ import fastops
 from fastops.nn.cross_entropy import _LinearCrossEntropyLossBase
 cls = fastops.nn.LinearCrossEntropyLoss
 assert cls.__mro__[1] is _LinearCrossEntropyLossBase, cls.__mro__
-for kwargs in [dict(), dict(bias=True, weight=torch.rand(4) + 0.1, label_smoothing=0.1, reduction="sum"),
+for kwargs in [dict(),
+               dict(bias=True, weight=torch.rand(4) + 0.1, label_smoothing=0.1, reduction="sum"),
                dict(out_features=(2, 3), bias=True, ignore_index=1, reduction="none")]:
     torch.manual_seed(0)
     theirs = theirs_cls(6, 4, **kwargs)
@@ -577,13 +609,15 @@ def test_linear_k_dimensional_loss(prob, reduction):
     weight = make_weight(4)
 
     def reference(x, w, b, t):
-        logits = TF.linear(x.double(), w.double().reshape(24, 6), b.double().reshape(24)).reshape(5, 4, 3, 2)
+        logits = TF.linear(x.double(), w.double().reshape(24, 6),
+                           b.double().reshape(24)).reshape(5, 4, 3, 2)
         t64 = t.double() if prob else t
-        return TF.cross_entropy(logits, t64, weight.double(), reduction=reduction, label_smoothing=0.1).float()
+        return TF.cross_entropy(logits, t64, weight.double(), reduction=reduction,
+                                label_smoothing=0.1).float()
 
     assert_same_forward_backward(
-        lambda x, w, b, t: F.linear_cross_entropy(x, w, t, linear_bias=b, weight=weight, reduction=reduction,
-                                                  label_smoothing=0.1),
+        lambda x, w, b, t: F.linear_cross_entropy(x, w, t, linear_bias=b, weight=weight,
+                                                  reduction=reduction, label_smoothing=0.1),
         reference, [x, w, b, target], scale=2)
 
 
@@ -594,9 +628,9 @@ def test_linear_large_float32_products(onednn, monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
     x, w, b = make_linear((65,), 513, 1025, True)
     target = make_target((65, 1025), False)
-    assert_same_forward_backward(lambda x, w, b: F.linear_cross_entropy(x, w, target, linear_bias=b),
-                                 lambda x, w, b: linear_reference(x, w, b, target), [x, w, b],
-                                 scale=2 + 513 / 16)
+    assert_same_forward_backward(
+        lambda x, w, b: F.linear_cross_entropy(x, w, target, linear_bias=b),
+        lambda x, w, b: linear_reference(x, w, b, target), [x, w, b], scale=2 + 513 / 16)
 
 
 @pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
@@ -615,7 +649,8 @@ def test_linear_keeps_no_logits_for_backward():
     target = make_target((256, 2000), False)
     lce = lambda x, w, b, t: F.linear_cross_entropy(x, w, t, linear_bias=b)  # noqa: E731
     _, ours = fastops.saved_tensor_bytes(lce, x, w, b, target)
-    _, theirs = fastops.saved_tensor_bytes(lambda *a: TF.cross_entropy(TF.linear(*a[:3]), a[3]), x, w, b, target)
+    _, theirs = fastops.saved_tensor_bytes(lambda *a: TF.cross_entropy(TF.linear(*a[:3]), a[3]),
+                                           x, w, b, target)
     parameters = (x.numel() + w.numel() + b.numel()) * 4
     assert ours == parameters + target.numel() * 8 + 256 * 4 + 4
     assert theirs >= (x.numel() + w.numel()) * 4 + 256 * 2000 * 4  # x, weight, log_softmax
@@ -627,9 +662,13 @@ def test_linear_gradcheck_and_opcheck():
     weight = make_weight(5, dtype=torch.float64)
     for reduction in ("none", "mean"):
         assert torch.autograd.gradcheck(
-            lambda *a: fastops.ops.linear_cross_entropy(*a[:3], index, weight, reduction, -100, 0.2)[0], (x, w, b))
+            lambda *a: fastops.ops.linear_cross_entropy(*a[:3], index, weight, reduction, -100,
+                                                        0.2)[0],
+            (x, w, b))
         assert torch.autograd.gradcheck(
-            lambda *a: fastops.ops.linear_cross_entropy(*a[:3], a[3], None, reduction, -100, 0.1)[0], (x, w, b, prob))
+            lambda *a: fastops.ops.linear_cross_entropy(*a[:3], a[3], None, reduction, -100,
+                                                        0.1)[0],
+            (x, w, b, prob))
     x32, w32, b32 = make_linear((4,), 3, 5)
     for target in (index, prob.float().detach().requires_grad_()):
         for bias in (b32, None):
@@ -641,7 +680,8 @@ def test_linear_gradcheck_and_opcheck():
     for reduction in ("none", "mean", "sum"):
         assert torch.autograd.gradcheck(
             lambda x, w, b: F.linear_cross_entropy(x, w, target, linear_bias=b, weight=weight[:3],
-                                                   reduction=reduction, label_smoothing=0.1), (x, w, b))
+                                                   reduction=reduction, label_smoothing=0.1),
+            (x, w, b))
 
 
 def test_linear_bad_input():
@@ -655,33 +695,41 @@ def test_linear_bad_input():
 
     raises(RuntimeError, "input.shape\\[-1\\] is 3, linear_weight expects in_features = 4", call,
            x[:, :3], w, b, target, state=state)
-    raises(RuntimeError, "expected linear_weight to have the dtype of input", call, x, w.double(), b, target,
+    raises(RuntimeError, "expected linear_weight to have the dtype of input", call, x, w.double(),
+           b, target, state=state)
+    raises(RuntimeError, "expected linear_weight of shape \\(C, H\\) or", call, x, w[0], None,
+           target, state=state)
+    raises(RuntimeError, r"expected linear_bias of shape \[5\]", call, x, w, b[:4], target,
            state=state)
-    raises(RuntimeError, "expected linear_weight of shape \\(C, H\\) or", call, x, w[0], None, target, state=state)
-    raises(RuntimeError, r"expected linear_bias of shape \[5\]", call, x, w, b[:4], target, state=state)
-    raises(RuntimeError, r"expected linear_bias of shape \[5, 1\]", call, x, w[:, None], b, target[:, None],
+    raises(RuntimeError, r"expected linear_bias of shape \[5, 1\]", call, x, w[:, None], b,
+           target[:, None], state=state)
+    raises(RuntimeError, "expected input of shape \\(N, H\\)", call, x[None], w, b, target,
            state=state)
-    raises(RuntimeError, "expected input of shape \\(N, H\\)", call, x[None], w, b, target, state=state)
-    raises(RuntimeError, "K-dimensional loss .* needs batched input", call, x[0], w[:, None], b[:, None],
-           target[0], state=state)
-    raises(IndexError, "Target 5 is out of bounds", call, x, w, b, torch.tensor([0, 5, 1]), state=state)
+    raises(RuntimeError, "K-dimensional loss .* needs batched input", call, x[0], w[:, None],
+           b[:, None], target[0], state=state)
+    raises(IndexError, "Target 5 is out of bounds", call, x, w, b, torch.tensor([0, 5, 1]),
+           state=state)
     raises(ValueError, "to match target batch_size", call, x, w, b, target[:2], state=state)
     raises(RuntimeError, "expected target to have the dtype of input", call, x, w, b,
            torch.rand(3, 5, dtype=torch.float64), state=state)
-    raises(RuntimeError, "ignore_index cannot be specified when target contains probabilities", call, x, w, b,
-           torch.rand(3, 5), ignore_index=-100, state=state)
-    raises(RuntimeError, r"Expected target size \[3, 2\], got \[3\]", call, x, torch.stack([w, w], 1),
-           None, target, state=state)
-    raises(ValueError, "avg is not a valid value for reduction", call, x, w, b, target, reduction="avg", state=state)
-    raises(TypeError, "expected options to be None or a torch.nn.LinearCrossEntropyOptions, got dict", call,
+    raises(RuntimeError, "ignore_index cannot be specified when target contains probabilities",
+           call, x, w, b, torch.rand(3, 5), ignore_index=-100, state=state)
+    raises(RuntimeError, r"Expected target size \[3, 2\], got \[3\]", call, x,
+           torch.stack([w, w], 1), None, target, state=state)
+    raises(ValueError, "avg is not a valid value for reduction", call, x, w, b, target,
+           reduction="avg", state=state)
+    raises(TypeError,
+           "expected options to be None or a torch.nn.LinearCrossEntropyOptions, got dict", call,
            x, w, b, target, options={"batch_chunk_size": 2}, state=state)
-    raises(TypeError, "takes 3 positional arguments", lce, x, w, b, target)  # torch's keyword-only bias
+    # torch's keyword-only bias
+    raises(TypeError, "takes 3 positional arguments", lce, x, w, b, target)
     # the module fails at construction
     module = fastops.nn.LinearCrossEntropyLoss
     raises(ValueError, "avg is not a valid value for reduction", module, 3, 2, reduction="avg")
     raises(TypeError, "expected options to be None", module, 3, 2, options="chunked")
     raises(RuntimeError, r"expected weight shape to be \(2,\)", module, 3, 2, weight=torch.ones(3))
-    raises(RuntimeError, "expected label_smoothing to be in range", module, 3, 2, label_smoothing=2.0)
+    raises(RuntimeError, "expected label_smoothing to be in range", module, 3, 2,
+           label_smoothing=2.0)
 
 
 # ----------------------------------------------------------- Triton kernels (interpreter on CPU)
@@ -690,11 +738,13 @@ TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("shape,layout", [((5, 10), "contiguous"), ((3, 37), "transposed"),
-                                          ((2, 5, 6), "contiguous"), ((2, 3, 2, 3), "channels_last"),
-                                          ((4,), "vector")], ids=str)
+                                          ((2, 5, 6), "contiguous"),
+                                          ((2, 3, 2, 3), "channels_last"), ((4,), "vector")],
+                         ids=str)
 @pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
-@pytest.mark.parametrize("reduction,label_smoothing,weighted", [("mean", 0.0, False), ("none", 0.2, True),
-                                                                 ("sum", 0.1, False), ("mean", 0.3, True)])
+@pytest.mark.parametrize("reduction,label_smoothing,weighted",
+                         [("mean", 0.0, False), ("none", 0.2, True), ("sum", 0.1, False),
+                          ("mean", 0.3, True)])
 def test_triton_launchers_match_torch(shape, layout, prob, reduction, label_smoothing, weighted):
     from fastops.triton_kernels.cross_entropy import cross_entropy_backward, cross_entropy_forward
 
@@ -709,7 +759,8 @@ def test_triton_launchers_match_torch(shape, layout, prob, reduction, label_smoo
     classes = x.shape[1]
     weight = make_weight(classes, TRITON_DEVICE) if weighted else None
     options = dict(reduction=reduction, label_smoothing=label_smoothing)
-    loss, lse, total_weight = cross_entropy_forward(x, target, weight, reduction, -100, label_smoothing)
+    loss, lse, total_weight = cross_entropy_forward(x, target, weight, reduction, -100,
+                                                    label_smoothing)
     assert_close(lse, torch.logsumexp(x, 1))
     x.requires_grad_()
     target.requires_grad_(prob)
@@ -732,7 +783,8 @@ def test_triton_out_of_range_target_gives_nan_not_a_bad_read():
     from fastops.triton_kernels.cross_entropy import cross_entropy_forward
 
     x = make_logits((3, 4), TRITON_DEVICE).detach()
-    loss = cross_entropy_forward(x, torch.tensor([0, 7, -5], device=TRITON_DEVICE), None, "none", -100, 0.0)[0]
+    loss = cross_entropy_forward(x, torch.tensor([0, 7, -5], device=TRITON_DEVICE), None, "none",
+                                 -100, 0.0)[0]
     assert not loss[0].isnan() and loss[1:].isnan().all()
 
 
@@ -765,10 +817,11 @@ def test_triton_linear_launchers_match_torch(monkeypatch, prob, reduction):
 @pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
 def test_large_rows_match(device, prob):
     shape = (64, 4099)
-    x, target, weight = make_logits(shape, device), make_target(shape, prob, device), make_weight(4099, device)
+    x, target, weight = (make_logits(shape, device), make_target(shape, prob, device),
+                         make_weight(4099, device))
     assert_same_forward_backward(lambda x, t: F.cross_entropy(x, t, weight, label_smoothing=0.1),
-                                 lambda x, t: reference(x, t, weight, label_smoothing=0.1), [x, target],
-                                 scale=10)
+                                 lambda x, t: reference(x, t, weight, label_smoothing=0.1),
+                                 [x, target], scale=10)
 
 
 @requires_cuda

@@ -27,7 +27,8 @@ FUNCTIONS = {"dropout": F.dropout, "dropout1d": F.dropout1d, "dropout2d": F.drop
 
 
 def mask_of(fn, shape, device, seed):
-    """The keep-mask that ``fn`` (a dropout function) draws for ``shape`` after manual_seed(seed)."""
+    """The keep-mask that ``fn`` (a dropout function) draws for ``shape`` after
+    manual_seed(seed)."""
     return seeded(fn, seed)(torch.ones(shape, device=device)) != 0
 
 
@@ -38,7 +39,8 @@ SHAPES = [(), (1,), (7,), (0, 3), (5, 13), (3, 4, 129), (2, 3, 5, 7)]
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
 def test_parity_with_torch_arithmetic(device, dtype, shape, p):
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device, dtype).requires_grad_()
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(1))
+         .to(device, dtype).requires_grad_())
     keep = mask_of(lambda t: F.dropout(t, p), shape, device, seed=3)
     assert_same_forward_backward(seeded(lambda t: F.dropout(t, p), 3),
                                  lambda t: dropout_reference(t, keep, p), [x], dtype)
@@ -74,9 +76,11 @@ def test_channel_dropout_warnings_and_errors_match_torch():
                 torch_fn(x, 0.5)
             assert [str(w.message) for w in ours] == [str(w.message) for w in theirs]
     x = torch.ones(2, 3, 4, 5)
-    raises(RuntimeError, "Expected 2D or 3D input, but received a 4D input", F.dropout1d, x, state=[x])
+    raises(RuntimeError, "Expected 2D or 3D input, but received a 4D input", F.dropout1d, x,
+           state=[x])
     with pytest.warns(UserWarning):
-        raises(RuntimeError, "Feature dropout requires at least 2 dimensions", F.dropout2d, torch.ones(3), 0.5)
+        raises(RuntimeError, "Feature dropout requires at least 2 dimensions", F.dropout2d,
+               torch.ones(3), 0.5)
         # as torch: p = 1 zeroes a 1-D input without the feature-shape check, eval returns it
         assert (F.dropout2d(torch.ones(3), 1.0) == 0).all()
         assert (F.dropout2d(torch.ones(3), 0.5, training=False) == 1).all()
@@ -146,7 +150,8 @@ def test_p_one_zeroes_everything_like_torch_including_nan():
     torch.testing.assert_close(out, TF.dropout(x, 1.0), equal_nan=True)
     (grad,) = torch.autograd.grad(out, x, torch.ones(4))
     assert (grad == 0).all()
-    torch.testing.assert_close(F.dropout(x, True), TF.dropout(x, True), equal_nan=True)  # p=True: p=1
+    # p=True: p=1
+    torch.testing.assert_close(F.dropout(x, True), TF.dropout(x, True), equal_nan=True)
 
 
 def test_nan_and_inf_inputs_propagate_like_torch_multiplication():
@@ -185,12 +190,13 @@ def test_inplace_on_a_leaf_that_requires_grad_fails_like_torch(name):
         x = torch.randn(2, 3, 4, requires_grad=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        raises(RuntimeError, "a leaf Variable that requires grad is being used in an in-place operation",
+        raises(RuntimeError,
+               "a leaf Variable that requires grad is being used in an in-place operation",
                FUNCTIONS[name], x, 0.5, inplace=True, state=[x])
         with pytest.raises(RuntimeError, match="a leaf Variable that requires grad"):
             getattr(TF, name)(x, 0.5, inplace=True)
-        raises(RuntimeError, "a view of a leaf Variable that requires grad", FUNCTIONS[name], x[:1], 0.5,
-               inplace=True, state=[x])
+        raises(RuntimeError, "a view of a leaf Variable that requires grad", FUNCTIONS[name],
+               x[:1], 0.5, inplace=True, state=[x])
         with torch.no_grad():  # allowed without grad mode, as torch
             assert FUNCTIONS[name](x, 0.5, inplace=True) is x
 
@@ -222,14 +228,15 @@ def test_opcheck():
     seed = torch.tensor(2**40 + 5)
     for channel_size in (1, 35):
         torch.library.opcheck(fastops.ops.dropout.default, (x, seed, 0.3, channel_size))
-        torch.library.opcheck(fastops.ops.dropout_.default, (x.detach().clone(), seed, 0.3, channel_size))
+        torch.library.opcheck(fastops.ops.dropout_.default,
+                              (x.detach().clone(), seed, 0.3, channel_size))
 
 
 def test_module_compile_fullgraph_draws_the_same_masks():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(fastops.nn.Linear(6, 8), fastops.nn.Dropout(0.5), fastops.nn.Linear(8, 12),
-                                fastops.nn.Dropout(0.2, inplace=True), torch.nn.Unflatten(1, (3, 2, 2)),
-                                fastops.nn.Dropout2d(0.3))
+    model = torch.nn.Sequential(fastops.nn.Linear(6, 8), fastops.nn.Dropout(0.5),
+                                fastops.nn.Linear(8, 12), fastops.nn.Dropout(0.2, inplace=True),
+                                torch.nn.Unflatten(1, (3, 2, 2)), fastops.nn.Dropout2d(0.3))
     x = torch.randn(4, 6, requires_grad=True)
     compiled = compile_fullgraph(model)
     assert_same_forward_backward(seeded(compiled, 3), seeded(model, 3), [x])
@@ -240,7 +247,8 @@ def test_module_compile_fullgraph_draws_the_same_masks():
 
 def test_modules_subclass_torch_and_keep_its_interface():
     for name in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d"):
-        ours, theirs = getattr(fastops.nn, name)(0.2, inplace=True), getattr(torch.nn, name)(0.2, inplace=True)
+        ours, theirs = (getattr(fastops.nn, name)(0.2, inplace=True),
+                        getattr(torch.nn, name)(0.2, inplace=True))
         assert isinstance(ours, type(theirs))
         assert repr(ours) == repr(theirs) == f"{name}(p=0.2, inplace=True)"
         assert ours.state_dict().keys() == theirs.state_dict().keys()
@@ -259,8 +267,8 @@ def test_autocast_keeps_the_input_dtype_like_torch():
 def test_bad_input_raises_clear_errors_and_changes_nothing():
     x = torch.randn(4, 5)
     for p in (-0.1, 1.1):
-        raises(ValueError, f"dropout probability has to be between 0 and 1, but got {p}", F.dropout, x, p,
-               state=[x])
+        raises(ValueError, f"dropout probability has to be between 0 and 1, but got {p}",
+               F.dropout, x, p, state=[x])
         raises(ValueError, "dropout probability", F.dropout2d, x, p, inplace=True, state=[x])
     raises(RuntimeError, "but got nan", F.dropout, x, float("nan"), inplace=True, state=[x])
     raises(RuntimeError, "but got nan", F.dropout, x, float("nan"), training=False)
@@ -268,16 +276,17 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
     raises(TypeError, "expected input to be a Tensor", F.dropout, [1.0, 2.0], 0.5)
     # the ops validate too (direct calls bypass fastops.functional)
     seed = torch.tensor(1)
-    raises(RuntimeError, "between 0 and 1, but got 2", fastops.ops.dropout_, x, seed, 2.0, 1, state=[x])
+    raises(RuntimeError, "between 0 and 1, but got 2", fastops.ops.dropout_, x, seed, 2.0, 1,
+           state=[x])
     raises(RuntimeError, "one-element int64 CPU tensor, got 1 element.*Int", fastops.ops.dropout, x,
            seed.int(), 0.5, 1)
     raises(RuntimeError, "one-element int64 CPU tensor, got 2 element", fastops.ops.dropout, x,
            torch.tensor([1, 2]), 0.5, 1)
-    raises(RuntimeError, r"channel_size \(3\) to divide input.numel\(\) \(20\)", fastops.ops.dropout_, x,
-           seed, 0.5, 3, state=[x])
+    raises(RuntimeError, r"channel_size \(3\) to divide input.numel\(\) \(20\)",
+           fastops.ops.dropout_, x, seed, 0.5, 3, state=[x])
     raises(RuntimeError, "channel_size >= 1, got 0", fastops.ops.dropout, x, seed, 0.5, 0)
-    raises(RuntimeError, "floating-point tensor, got Long", fastops.ops.dropout, torch.arange(4), seed,
-           0.5, 1)
+    raises(RuntimeError, "floating-point tensor, got Long", fastops.ops.dropout, torch.arange(4),
+           seed, 0.5, 1)
 
 
 # ----------------------------------------------------------- Triton kernels (interpreter on CPU)
@@ -295,7 +304,8 @@ def _tl_rand4x_kernel(out_ptr, seed, n_counters, BLOCK: tl.constexpr):
 
 @pytest.mark.parametrize("seed", [0, 12345, 2**40 + 77, 2**63 - 2])
 def test_cpu_mask_is_tl_rand(seed):
-    """The documented generator: unit u is kept when output u % 4 of tl.rand4x(seed, u // 4) >= p."""
+    """The documented generator: unit u is kept when output u % 4 of tl.rand4x(seed, u // 4)
+    >= p."""
     n = 4 * 50
     uniforms = torch.empty(n, device="cuda" if torch.cuda.is_available() else "cpu")
     _tl_rand4x_kernel[(1,)](uniforms, seed, n // 4, BLOCK=64)
@@ -305,8 +315,8 @@ def test_cpu_mask_is_tl_rand(seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("shape,channel_size", [((1,), 1), ((7, 13), 1), ((3, 1025), 1), ((6, 5, 7), 35),
-                                                ((6, 5, 7), 7), ((0, 4), 1)])
+@pytest.mark.parametrize("shape,channel_size", [((1,), 1), ((7, 13), 1), ((3, 1025), 1),
+                                                ((6, 5, 7), 35), ((6, 5, 7), 7), ((0, 4), 1)])
 @pytest.mark.parametrize("seed", [3, 2**35 + 11])
 def test_triton_launchers_match_the_cpu_kernel(dtype, shape, channel_size, seed):
     from fastops.triton_kernels.dropout import dropout_forward, dropout_inplace
@@ -334,8 +344,10 @@ def test_triton_launcher_p_one_and_bad_arguments():
     assert torch.equal(dropout_forward(x, torch.tensor(1), 1.0, 1).isnan(), x.isnan())
     assert (dropout_forward(x[1:], torch.tensor(1), 1.0, 1) == 0).all()
     raises(RuntimeError, "between 0 and 1", dropout_forward, x, torch.tensor(1), 1.5, 1)
-    raises(RuntimeError, "one-element int64 CPU tensor", dropout_forward, x, torch.tensor(1.0), 0.5, 1)
-    raises(RuntimeError, r"channel_size \(2\) to divide input.numel\(\)", dropout_forward, x, torch.tensor(1), 0.5, 2)
+    raises(RuntimeError, "one-element int64 CPU tensor", dropout_forward, x, torch.tensor(1.0),
+           0.5, 1)
+    raises(RuntimeError, r"channel_size \(2\) to divide input.numel\(\)", dropout_forward, x,
+           torch.tensor(1), 0.5, 2)
 
 
 # ---------------------------------------------------------------------------- CUDA (real GPU)

@@ -68,7 +68,8 @@ def test_noncontiguous_inputs(activation):
 def test_zero_in_features_gives_the_bias_like_torch(batch):
     # nn.Linear(0, 3): the output is the bias (zeros without one), and every gradient is defined
     x, w, b = make(batch, 0, 3, True)
-    assert_same_forward_backward(lambda *a: F.linear_relu(*a), lambda *a: reference(*a, "relu"), [x, w, b])
+    assert_same_forward_backward(lambda *a: F.linear_relu(*a), lambda *a: reference(*a, "relu"),
+                                 [x, w, b])
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
@@ -84,7 +85,8 @@ def test_large_float32_products(onednn, contiguous, monkeypatch):
                                  [x, w, b], scale=1 + 515 / 32)
 
 
-@pytest.mark.parametrize("requires", [(True, False, False), (False, True, True), (False, False, True)])
+@pytest.mark.parametrize("requires", [(True, False, False), (False, True, True),
+                                      (False, False, True)])
 def test_only_requested_gradients(requires):
     x, w, b = make((4,), 5, 3, True)
     for t, r in zip((x, w, b), requires, strict=True):
@@ -141,7 +143,8 @@ def test_autocast_cpu_runs_in_bfloat16_like_nn_linear():
 @pytest.mark.parametrize("activation", [None, "relu"])
 def test_module_compile_fullgraph(activation):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(fastops.nn.Linear(6, 5, activation=activation), fastops.nn.Linear(5, 2))
+    model = torch.nn.Sequential(fastops.nn.Linear(6, 5, activation=activation),
+                                fastops.nn.Linear(5, 2))
     x = torch.randn(3, 6, requires_grad=True)
     compiled = compile_fullgraph(model)
     assert_same_forward_backward(compiled, model, [x])
@@ -160,26 +163,33 @@ def test_module_matches_nn_linear_and_state_dict_loads_both_ways():
     x = torch.randn(2, 7)
     assert_close(ours(x), torch.relu(theirs(x)))
     assert "activation='relu'" in repr(ours)
-    assert repr(fastops.nn.Linear(7, 3, bias=False)) == "Linear(in_features=7, out_features=3, bias=False)"
+    assert (repr(fastops.nn.Linear(7, 3, bias=False))
+            == "Linear(in_features=7, out_features=3, bias=False)")
 
 
 def test_bad_input_raises_clear_errors_and_changes_nothing():
     x, w, b = make((4,), 5, 3, True)
     state = (x, w, b)
-    raises(RuntimeError, r"input.shape\[-1\] is 6.*in_features = 5", F.linear, torch.randn(4, 6), w, b, state=state)
-    raises(RuntimeError, "weight to have the dtype of input", F.linear, x, w.double(), b, state=state)
+    raises(RuntimeError, r"input.shape\[-1\] is 6.*in_features = 5", F.linear, torch.randn(4, 6),
+           w, b, state=state)
+    raises(RuntimeError, "weight to have the dtype of input", F.linear, x, w.double(), b,
+           state=state)
     raises(RuntimeError, "bias to have the dtype of input", F.linear, x, w, b.double(), state=state)
     raises(RuntimeError, r"bias of shape \[3\]", F.linear, x, w, torch.randn(4), state=state)
     raises(RuntimeError, "a bias needs a 2-D weight", F.linear, x, w[0], b[0], state=state)
     raises(RuntimeError, "weight on the device of input", F.linear, x, w.to("meta"), b, state=state)
     raises(RuntimeError, "floating-point dtype", F.linear, x.long(), w.long(), state=state)
     raises(RuntimeError, "0-D", F.linear, torch.tensor(1.0), w, state=state)
-    raises(ValueError, "activation must be None or one of", F.linear, x, w, b, activation="gelu", state=state)
-    raises(ValueError, "activation must be None or one of", fastops.nn.Linear, 5, 3, activation="tanh")
+    raises(ValueError, "activation must be None or one of", F.linear, x, w, b, activation="gelu",
+           state=state)
+    raises(ValueError, "activation must be None or one of", fastops.nn.Linear, 5, 3,
+           activation="tanh")
     raises(TypeError, "expected input to be a Tensor", F.linear, [1.0], w)
     # the op itself validates too (direct calls bypass fastops.functional)
-    raises(RuntimeError, "activation must be 'none' or 'relu'", fastops.ops.linear, x, w, b, "gelu", state=state)
-    raises(RuntimeError, r"expected input.shape\[-1\] == 5", fastops.ops.linear, torch.randn(2, 4), w, b, "none")
+    raises(RuntimeError, "activation must be 'none' or 'relu'", fastops.ops.linear, x, w, b, "gelu",
+           state=state)
+    raises(RuntimeError, r"expected input.shape\[-1\] == 5", fastops.ops.linear, torch.randn(2, 4),
+           w, b, "none")
 
 
 # ------------------------------------------------------ fused dropout: Linear -> ReLU -> Dropout
@@ -192,15 +202,15 @@ P = 0.3  # the dropout probability of the fused tests
                          [((5,), 33, 17), ((0,), 6, 4), ((3, 4), 13, 65), ((1,), 1, 1)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("activation", [None, "relu"])
-def test_fused_dropout_matches_torch_with_the_same_mask(device, dtype, batch, in_features, out_features,
-                                                        bias, activation):
+def test_fused_dropout_matches_torch_with_the_same_mask(device, dtype, batch, in_features,
+                                                        out_features, bias, activation):
     inputs = make(batch, in_features, out_features, bias, device, dtype)
     # the mask fastops' dropout draws for the output after the same manual_seed: the fused op's
     keep = seeded(F.dropout, 4)(torch.ones(*batch, out_features, device=device), P) != 0
     assert_same_forward_backward(
         seeded(lambda x, w, b: F.linear(x, w, b, activation=activation, dropout=P), 4),
-        lambda x, w, b: dropout_reference(reference(x, w, b, activation), keep, P), list(inputs), dtype,
-        scale=1 + in_features / 32)
+        lambda x, w, b: dropout_reference(reference(x, w, b, activation), keep, P), list(inputs),
+        dtype, scale=1 + in_features / 32)
 
 
 def test_fused_dropout_equals_unfused_fastops_exactly_and_saves_no_mask():
@@ -227,7 +237,8 @@ def test_fused_dropout_module_follows_train_and_eval():
     assert_close(out[~dropped], plain[~dropped] * 2)
     layer.eval()
     assert torch.equal(layer(x), plain)
-    assert repr(layer) == "Linear(in_features=8, out_features=64, bias=True, activation='relu', dropout=0.5)"
+    assert repr(layer) == ("Linear(in_features=8, out_features=64, bias=True, activation='relu', "
+                           "dropout=0.5)")
     assert "dropout=0.2" in repr(fastops.nn.LinearReLU(3, 2, dropout=0.2))
     assert layer.state_dict().keys() == torch.nn.Linear(8, 64).state_dict().keys()
     assert torch.equal(F.linear(x, layer.weight, layer.bias, dropout=0.5, training=False),
@@ -238,7 +249,8 @@ def test_fused_dropout_module_follows_train_and_eval():
 def test_fused_dropout_gradcheck_and_opcheck(activation):
     x, w, b = make((3, 2), 5, 4, True, dtype=torch.float64)
     seed = torch.tensor(987654321)
-    assert torch.autograd.gradcheck(lambda *a: fastops.ops.linear(*a, activation, seed, 0.4), (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: fastops.ops.linear(*a, activation, seed, 0.4),
+                                    (x, w, b))
     x, w, b = make((3, 2), 5, 4, True)
     torch.library.opcheck(fastops.ops.linear.default, (x, w, b, activation, seed, 0.4))
     torch.library.opcheck(fastops.ops.linear.default, (x, w, None, activation, seed, 1.0))
@@ -254,12 +266,12 @@ def test_fused_dropout_module_compile_fullgraph():
 
 def test_fused_dropout_bad_input():
     x, w, b = make((4,), 5, 3, True)
-    raises(ValueError, "dropout probability has to be between 0 and 1, but got 1.5", F.linear, x, w, b,
-           dropout=1.5, state=(x, w, b))
-    raises(ValueError, "dropout probability has to be between 0 and 1, but got -1", fastops.nn.Linear, 5, 3,
-           dropout=-1)
-    raises(RuntimeError, "expected seed to be a one-element int64 CPU tensor", fastops.ops.linear, x, w, b,
-           "relu", torch.tensor(1.0), 0.5, state=(x, w, b))
+    raises(ValueError, "dropout probability has to be between 0 and 1, but got 1.5", F.linear, x, w,
+           b, dropout=1.5, state=(x, w, b))
+    raises(ValueError, "dropout probability has to be between 0 and 1, but got -1",
+           fastops.nn.Linear, 5, 3, dropout=-1)
+    raises(RuntimeError, "expected seed to be a one-element int64 CPU tensor", fastops.ops.linear,
+           x, w, b, "relu", torch.tensor(1.0), 0.5, state=(x, w, b))
     raises(RuntimeError, "between 0 and 1, but got 2", fastops.ops.linear, x, w, b, "relu",
            torch.tensor(1), 2.0)
 
@@ -268,7 +280,8 @@ def test_fused_dropout_bad_input():
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("activation", ["none", "relu"])
-@pytest.mark.parametrize("batch,in_features,out_features", [((5,), 33, 17), ((2, 3), 20, 40), ((0,), 4, 3)])
+@pytest.mark.parametrize("batch,in_features,out_features",
+                         [((5,), 33, 17), ((2, 3), 20, 40), ((0,), 4, 3)])
 def test_triton_launchers_match_torch(bias, activation, batch, in_features, out_features):
     from fastops.triton_kernels.linear import linear_backward, linear_forward
 
@@ -282,7 +295,8 @@ def test_triton_launchers_match_torch(bias, activation, batch, in_features, out_
     grad = torch.randn_like(ref)
     want = torch.autograd.grad(ref, [w, b] if bias else [w], grad)
     x.requires_grad_()
-    want_x = torch.autograd.grad(reference(x, w, b, "relu" if activation == "relu" else None), x, grad)[0]
+    want_x = torch.autograd.grad(reference(x, w, b, "relu" if activation == "relu" else None), x,
+                                 grad)[0]
     gx, gw, gb = linear_backward(grad, x.detach(), w.detach(), out, activation, [True, True, bias])
     assert_close(gx, want_x, scale=3)
     assert_close(gw, want[0], scale=3)
@@ -318,13 +332,15 @@ def test_triton_launchers_with_dropout_match_the_cpu_op(activation, bias, out_fe
     x, w, b = (t.detach() if t is not None else None for t in make((6, 3), 20, out_features, bias))
     seed = torch.tensor(2**33 + 9)
     want = fastops.ops.linear(x, w, b, activation, seed, 0.4)
-    got = linear_forward(x.to(device), w.to(device), b.to(device) if bias else None, activation, seed, 0.4)
+    got = linear_forward(x.to(device), w.to(device), b.to(device) if bias else None, activation,
+                         seed, 0.4)
     assert torch.equal(got.cpu() == 0, want == 0)  # the CPU kernel's mask
     assert_close(got.cpu(), want, scale=3)
     grad = torch.randn_like(want)
-    want_grads = fastops.ops.linear_backward(grad, x, w, want, activation, [True, True, bias], seed, 0.4)
-    got_grads = linear_backward(grad.to(device), x.to(device), w.to(device), got, activation, [True, True, bias],
-                                seed, 0.4)
+    want_grads = fastops.ops.linear_backward(grad, x, w, want, activation, [True, True, bias], seed,
+                                             0.4)
+    got_grads = linear_backward(grad.to(device), x.to(device), w.to(device), got, activation,
+                                [True, True, bias], seed, 0.4)
     for g, expected in zip(got_grads, want_grads, strict=True):
         assert g.shape == expected.shape
         assert_close(g.cpu(), expected, scale=3)
@@ -349,4 +365,5 @@ def test_cuda_float32_follows_matmul_precision(precision, scale):
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 def test_large_batch_matches(device):
     inputs = make((257,), 300, 130, True, device)
-    assert_same_forward_backward(F.linear_relu, lambda *a: reference(*a, "relu"), list(inputs), scale=10)
+    assert_same_forward_backward(F.linear_relu, lambda *a: reference(*a, "relu"), list(inputs),
+                                 scale=10)

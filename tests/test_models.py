@@ -53,7 +53,8 @@ def test_both_builds_train_step_by_step_alike(name):
     actual = train_losses(ours, name, "fastops", steps)
     # lr 1.0 (lenet_bn) or 0.5 (mlp) amplify float32 rounding step after step
     assert_close(actual, expected, scale=100)
-    for (key, want), got in zip(reference.state_dict().items(), ours.state_dict().values(), strict=True):
+    for (key, want), got in zip(reference.state_dict().items(), ours.state_dict().values(),
+                                strict=True):
         if want.is_floating_point():
             assert_close(got, want, scale=1000, msg=key)
         else:  # num_batches_tracked

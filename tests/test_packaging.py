@@ -9,8 +9,8 @@ import fastops
 
 
 def run(*args):
-    result = subprocess.run([sys.executable, "-m", "fastops", *args], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, "-m", "fastops", *args], capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -135,7 +135,8 @@ def test_batch_norm_grad_sums_keeps_clear_of_a_triton_compiler_crash():
         if channels_last:
             g = g.contiguous(memory_format=torch.channels_last)
         g = g.view(shape[0], shape[1], -1)
-        strides = {f"stride_{t}{d}": s for t in "gxy" for d, s in zip("ncs", g.stride(), strict=True)}
+        strides = {f"stride_{t}{d}": s
+                   for t in "gxy" for d, s in zip("ncs", g.stride(), strict=True)}
         return dict(strides, HAS_X=True, RELU=relu)
 
     def widths(named):

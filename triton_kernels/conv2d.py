@@ -63,7 +63,8 @@ def _span(tensor):
     """1 + the offset of a tensor's last element: what an index into it must reach."""
     if tensor.numel() == 0:
         return 0
-    return 1 + sum((size - 1) * abs(stride) for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+    return 1 + sum((size - 1) * abs(stride)
+                   for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
 
 
 def _needs_int64(pixels, *tensors):

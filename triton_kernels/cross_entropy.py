@@ -89,7 +89,8 @@ def cross_entropy_forward_kernel(
         new_max = tl.maximum(running_max, tl.max(x, axis=1))
         # While a row holds only -inf its sum stays 0 (exp(-inf - -inf) would be NaN).
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(x - shift[:, None]), axis=1)
+        running_sum = (running_sum * tl.exp(running_max - shift)
+                       + tl.sum(tl.exp(x - shift[:, None]), axis=1))
         running_max = new_max
         if PROB_TARGET or SMOOTHING:
             if HAS_WEIGHT:
@@ -116,9 +117,11 @@ def cross_entropy_forward_kernel(
         counted = row_in & (target != ignore_index)
         in_range = (target >= 0) & (target < C)
         safe_target = tl.where(in_range, target, 0)
-        x_target = tl.load(x_rows + safe_target * stride_xc, mask=counted & in_range, other=0.0).to(tl.float32)
+        x_target = tl.load(x_rows + safe_target * stride_xc, mask=counted & in_range,
+                           other=0.0).to(tl.float32)
         if HAS_WEIGHT:
-            w_target = tl.load(weight_ptr + safe_target, mask=counted & in_range, other=0.0).to(tl.float32)
+            w_target = tl.load(weight_ptr + safe_target, mask=counted & in_range,
+                               other=0.0).to(tl.float32)
         else:
             w_target = tl.where(counted, 1.0, 0.0)
         loss = -(x_target - lse) * w_target
@@ -179,7 +182,8 @@ def cross_entropy_backward_kernel(
         counted = row_in & (target != ignore_index)
         in_range = (target >= 0) & (target < C)
         if HAS_WEIGHT:
-            w_target = tl.load(weight_ptr + tl.where(in_range, target, 0), mask=counted & in_range, other=0.0)
+            w_target = tl.load(weight_ptr + tl.where(in_range, target, 0), mask=counted & in_range,
+                               other=0.0)
             w_target = w_target.to(tl.float32)
         else:
             w_target = tl.where(counted, 1.0, 0.0)
@@ -200,7 +204,8 @@ def cross_entropy_backward_kernel(
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         inside = row_in[:, None] & (cols < C)[None, :]
-        x = tl.load(x_rows[:, None] + cols[None, :] * stride_xc, mask=inside, other=0.0).to(tl.float32)
+        x = tl.load(x_rows[:, None] + cols[None, :] * stride_xc, mask=inside,
+                    other=0.0).to(tl.float32)
         log_softmax = x - lse[:, None]
         if HAS_WEIGHT:
             w = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
@@ -219,7 +224,8 @@ def cross_entropy_backward_kernel(
             tl.store(grad_x_ptr + out, grad.to(grad_x_ptr.dtype.element_ty), mask=inside)
         if NEED_TARGET:
             grad_y = -scale[:, None] * w * keep * log_softmax
-            tl.store(grad_target_ptr + out, grad_y.to(grad_target_ptr.dtype.element_ty), mask=inside)
+            tl.store(grad_target_ptr + out, grad_y.to(grad_target_ptr.dtype.element_ty),
+                     mask=inside)
 
 
 _REDUCE_BLOCK = 1024
@@ -322,8 +328,10 @@ def _loss_grads(input, target, weight, lse, grad_loss, total_weight, reduction, 
     (x, x_strides, t, t_strides, prob_target, rows, classes, smoothing,
      weight) = _rows_view(input, target, weight, label_smoothing)
     grad_loss = grad_loss.reshape(-1)
-    grad_input = torch.empty((rows, classes), device=x.device, dtype=x.dtype) if need_input else None
-    grad_target = torch.empty((rows, classes), device=x.device, dtype=x.dtype) if need_target else None
+    grad_input = (torch.empty((rows, classes), device=x.device, dtype=x.dtype) if need_input
+                  else None)
+    grad_target = (torch.empty((rows, classes), device=x.device, dtype=x.dtype) if need_target
+                   else None)
     if rows > 0 and classes > 0:
         cross_entropy_backward_kernel[lambda meta: (cdiv(rows, meta["BLOCK_ROWS"]),)](
             x, t, weight, lse.reshape(-1), grad_loss, total_weight, grad_input, grad_target,
@@ -356,8 +364,9 @@ def cross_entropy_forward(input, target, weight, reduction, ignore_index, label_
 def cross_entropy_backward(grad_loss, input, target, weight, logsumexp, total_weight, reduction,
                            ignore_index, label_smoothing, output_mask):
     """(grad_input, grad_target) of cross_entropy_forward, each of input's shape (or empty)."""
-    placeholders = checked_outputs("cross_entropy_backward", grad_loss, input, target, weight, logsumexp,
-                    total_weight, reduction, ignore_index, label_smoothing, output_mask)
+    placeholders = checked_outputs("cross_entropy_backward", grad_loss, input, target, weight,
+                                   logsumexp, total_weight, reduction, ignore_index,
+                                   label_smoothing, output_mask)
     need_input, need_target = output_mask
     grad_input, grad_target = _loss_grads(input, target, weight, logsumexp, grad_loss,
                                           total_weight, reduction, ignore_index, label_smoothing,
@@ -409,17 +418,19 @@ def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target,
     are recomputed (the price of keeping only the lse for backward), their gradient computed
     and fed to the GEMMs. With several chunks the parameter gradients add up in fp32 (float64
     for float64); one chunk writes them directly."""
-    placeholders = checked_outputs("linear_cross_entropy_backward", grad_loss, input, linear_weight, bias, target,
-                    weight, logsumexp, total_weight, reduction, ignore_index, label_smoothing,
-                    output_mask)
+    placeholders = checked_outputs("linear_cross_entropy_backward", grad_loss, input,
+                                   linear_weight, bias, target, weight, logsumexp, total_weight,
+                                   reduction, ignore_index, label_smoothing, output_mask)
     need_input, need_linear_weight, need_bias, need_target = output_mask
     rows, classes = input.shape[0], linear_weight.shape[0]
     per_row = grad_loss.numel() > 1 or reduction == "none"
-    grad_input = torch.empty_like(input, memory_format=torch.contiguous_format) if need_input else None
+    grad_input = (torch.empty_like(input, memory_format=torch.contiguous_format) if need_input
+                  else None)
     chunks = _chunks(rows, classes)
     acc = input.dtype if len(chunks) == 1 else accumulate_dtype(input.dtype)
     grad_linear_weight = grad_bias = None
-    grad_target = torch.empty((rows, classes), device=input.device, dtype=input.dtype) if need_target else None
+    grad_target = (torch.empty((rows, classes), device=input.device, dtype=input.dtype)
+                   if need_target else None)
     need_logits = need_input or need_linear_weight or need_bias
     for r0, m in chunks:
         logits = _chunk_logits(input, linear_weight, bias, r0, m)

@@ -52,7 +52,8 @@ def tile_uniforms(seed, offs_m, first_n, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
     rows offs_m and the columns first_n .. first_n + BLOCK_N - 1. ALIGNED (N and first_n
     multiples of 4): one Philox call per 4 units, as _block_uniforms; else one per unit."""
     if ALIGNED:
-        counters = (offs_m[:, None] * N + first_n) // 4 + tl.arange(0, BLOCK_N // 4).to(tl.int64)[None, :]
+        counters = ((offs_m[:, None] * N + first_n) // 4
+                    + tl.arange(0, BLOCK_N // 4).to(tl.int64)[None, :])
         u0, u1, u2, u3 = _philox_uniforms(seed, counters)
         return tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), (BLOCK_M, BLOCK_N))
     else:
@@ -62,7 +63,8 @@ def tile_uniforms(seed, offs_m, first_n, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
 
 @triton.jit
 def noise_scale(scale_bits, COMPUTE: tl.constexpr):
-    """The scale 1 / (1 - p), passed as the bits of a float64 (a float argument would be float32)."""
+    """The scale 1 / (1 - p), passed as the bits of a float64 (a float argument would be
+    float32)."""
     return scale_bits.to(tl.float64, bitcast=True).to(COMPUTE)
 
 

@@ -26,20 +26,33 @@ from ._utils import (
 from .dropout import dropout_inplace, noise_args, noise_scale, tile_uniforms
 
 _MATMUL_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=5, num_warps=2),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=5, num_warps=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8},
+                  num_stages=3, num_warps=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8},
+                  num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8},
+                  num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8},
+                  num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8},
+                  num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8},
+                  num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8},
+                  num_stages=5, num_warps=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8},
+                  num_stages=5, num_warps=2),
     # fewer accumulator elements per thread (see _acc_per_thread_limit)
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8},
+                  num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8},
+                  num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8},
+                  num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8},
+                  num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8},
+                  num_stages=3, num_warps=8),
 ]
 
 
@@ -149,10 +162,12 @@ def matmul_kernel(
                                  DROPOUT_ALIGNED)
         acc = acc * tl.where(uniforms >= p, noise_scale(scale_bits, tl.float32), 0.0)
     c_ptrs = c_ptr + rows * stride_cm + cols * stride_cn
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
     if ROW_SUM_A:
         if pid_n == 0:
-            tl.store(row_sum_ptr + offs_m, row_sum.to(row_sum_ptr.dtype.element_ty), mask=offs_m < M)
+            tl.store(row_sum_ptr + offs_m, row_sum.to(row_sum_ptr.dtype.element_ty),
+                     mask=offs_m < M)
 
 
 @triton.jit
@@ -170,10 +185,12 @@ def column_sum_kernel(
     for m0 in range(0, M, BLOCK_M):
         offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
         inside = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-        g = tl.load(g_ptr + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn, mask=inside, other=0.0)
+        g = tl.load(g_ptr + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn, mask=inside,
+                    other=0.0)
         g = g.to(tl.float32)
         if MASK_G:
-            drop = tl.load(mask_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn, mask=inside, other=0.0) <= 0
+            drop = tl.load(mask_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn,
+                           mask=inside, other=0.0) <= 0
             g = tl.where(drop, 0.0, g)
         acc += g
     tl.store(out_ptr + offs_n, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=offs_n < N)
@@ -183,8 +200,8 @@ def column_sum_kernel(
 # 3.9) and at 16 (Triton 3.6), as tests/sm90.py shows
 @autotune([triton.Config({"BLOCK_M": 16, "BLOCK_N": 128}, num_warps=8),
            triton.Config({"BLOCK_M": 8, "BLOCK_N": 256}, num_warps=8),
-           triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=16)], key=["M", "N", "RELU", "ALIGNED"],
-          bucket=["M"])
+           triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=16)],
+          key=["M", "N", "RELU", "ALIGNED"], bucket=["M"])
 @triton.jit(do_not_specialize=["seed"])
 def dropout_grad_kernel(
     g_ptr, out_ptr, res_ptr,
@@ -239,7 +256,8 @@ def _matmul(a, b, out, bias=None, relu=False, a_mask=None, dropout=None, row_sum
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         mask_strides[0], mask_strides[1],
         seed, p, scale_bits,
-        HAS_BIAS=bias is not None, RELU=relu, MASK_A=a_mask is not None, DROPOUT=dropout is not None,
+        HAS_BIAS=bias is not None, RELU=relu, MASK_A=a_mask is not None,
+        DROPOUT=dropout is not None,
         DROPOUT_ALIGNED=N % 4 == 0, ROW_SUM_A=row_sum is not None,
         INPUT_PRECISION=fp32_dot_precision(a.dtype),
     )
@@ -271,7 +289,8 @@ def _dropout_relu_grad(g, relu_mask, dropout):
     mask_strides = relu_mask.stride() if relu_mask is not None else (0, 0)
     dropout_grad_kernel[lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(N, meta["BLOCK_N"]))](
         g, relu_mask, res, M, N, g.stride(0), g.stride(1), mask_strides[0], mask_strides[1],
-        seed, p, scale_bits, RELU=relu_mask is not None, ALIGNED=N % 4 == 0, COMPUTE=tl_accumulate_dtype(g.dtype))
+        seed, p, scale_bits, RELU=relu_mask is not None, ALIGNED=N % 4 == 0,
+        COMPUTE=tl_accumulate_dtype(g.dtype))
     return res
 
 

@@ -195,7 +195,8 @@ def _index_64(total, input_size, output_size, kernel_size, stride, padding, dila
     padding and the dilated window around it, or an output row times the stride) can pass
     int32. Memory offsets are int64 either way."""
     coordinate = max(max(size, out * s) + 2 * p + d * k + s for size, out, k, s, p, d
-                     in zip(input_size, output_size, kernel_size, stride, padding, dilation, strict=True))
+                     in zip(input_size, output_size, kernel_size, stride, padding, dilation,
+                            strict=True))
     return max(total + _MAX_BLOCK, coordinate) >= 2**31
 
 

@@ -22,10 +22,12 @@ def _batch_norm_channels(tensor, name, input, channels, fn, flat):
         return None
     check_tensor(tensor, name, fn)
     if tensor.numel() != channels or (not flat and tensor.dim() != 1):
-        fail(fn, f"expected {name} of shape [{channels}] (the channels of input), got {list(tensor.shape)}")
+        fail(fn, f"expected {name} of shape [{channels}] (the channels of input), got "
+                 f"{list(tensor.shape)}")
     if tensor.device != input.device:
         fail(fn, f"expected {name} on the device of input ({input.device}), got {tensor.device}")
-    if tensor.dtype != input.dtype and not (input.dtype in _REDUCED and tensor.dtype == torch.float32):
+    if tensor.dtype != input.dtype and not (input.dtype in _REDUCED
+                                            and tensor.dtype == torch.float32):
         fail(fn, f"expected {name} to have the dtype of input ({input.dtype})"
                  f"{' or float32' if input.dtype in _REDUCED else ''}, got {tensor.dtype}")
     return tensor if tensor.dim() == 1 else tensor.reshape(-1)
@@ -47,17 +49,19 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     check_tensor(input, "input", fn)
     if input.dtype not in SUPPORTED_DTYPES:
         fail(fn, f'"batch_norm" not implemented for {input.dtype}: expected input to have a '
-                 "floating-point dtype (float16, bfloat16, float32 or float64)", NotImplementedError)
+                 "floating-point dtype (float16, bfloat16, float32 or float64)",
+             NotImplementedError)
     if input.dim() < 2:
         fail(fn, f"expected input of shape [N, C, *] (at least 2-D), got {list(input.shape)}")
     if training:
         if input.shape[0] * math.prod(input.shape[2:]) == 1:
-            fail(fn, f"Expected more than 1 value per channel when training, got input size {input.size()}",
-                 ValueError)
+            fail(fn, "Expected more than 1 value per channel when training, got input size "
+                     f"{input.size()}", ValueError)
         if not eps > 0.0:
             fail(fn, f"batch_norm eps must be positive during training, but got {eps}", ValueError)
         if (running_mean is None) != (running_var is None):
-            fail(fn, "running_mean and running_var must either both be None or neither be None", ValueError)
+            fail(fn, "running_mean and running_var must either both be None or neither be None",
+                 ValueError)
     else:
         if not eps >= 0.0:
             fail(fn, f"batch_norm eps must be non-negative, but got {eps}", ValueError)
@@ -69,7 +73,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         fail(fn, f"expected momentum to be a float, got {type(momentum).__name__}", TypeError)
     channels = input.shape[1]
     # torch's order: the running statistics, then the parameters.
-    running_mean = _batch_norm_channels(running_mean, "running_mean", input, channels, fn, flat=False)
+    running_mean = _batch_norm_channels(running_mean, "running_mean", input, channels, fn,
+                                        flat=False)
     running_var = _batch_norm_channels(running_var, "running_var", input, channels, fn, flat=False)
     weight = _batch_norm_channels(weight, "weight", input, channels, fn, flat=True)
     bias = _batch_norm_channels(bias, "bias", input, channels, fn, flat=True)

@@ -15,7 +15,8 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 
 def _reduction(size_average, reduce, reduction):
-    """torch's reduction: the deprecated size_average / reduce override it (with torch's warning)."""
+    """torch's reduction: the deprecated size_average / reduce override it (with torch's
+    warning)."""
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
     if reduction not in _REDUCTIONS:

@@ -134,9 +134,11 @@ _MNIST_SHAPE = (1, 28, 28)
 _CIFAR_SHAPE = (3, 32, 32)
 RECIPES = {
     "linear_regression": Recipe("mse", "sgd", 0.03, 10, 3, "linear_regression", (3,)),
-    "logistic_regression": Recipe("bce", "sgd", 0.01, 10, 10, "logistic_clouds", (2,), momentum=0.9),
+    "logistic_regression": Recipe("bce", "sgd", 0.01, 10, 10, "logistic_clouds", (2,),
+                                  momentum=0.9),
     "multi_feature_logistic": Recipe("bce", "sgd", 0.1, 32, 20, "table", (8,)),
-    "softmax_regression": Recipe("cross_entropy", "sgd", 0.1, 256, 5, "fashion_mnist", _MNIST_SHAPE),
+    "softmax_regression": Recipe("cross_entropy", "sgd", 0.1, 256, 5, "fashion_mnist",
+                                 _MNIST_SHAPE),
     "mlp": Recipe("cross_entropy", "sgd", 0.5, 256, 10, "fashion_mnist", _MNIST_SHAPE),
     "mnist_cnn": Recipe("cross_entropy", "sgd", 0.01, 64, 10, "mnist", _MNIST_SHAPE, momentum=0.5),
     "cifar_net": Recipe("cross_entropy", "sgd", 0.001, 4, 2, "cifar10", _CIFAR_SHAPE, momentum=0.9),

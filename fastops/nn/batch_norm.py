@@ -19,7 +19,8 @@ class _BatchNormForward:
 
     def forward(self, input):
         self._check_input_dim(input)
-        tracking = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        tracking = (self.training and self.track_running_stats
+                    and self.num_batches_tracked is not None)
         if self.momentum is not None:
             momentum = self.momentum
         elif tracking:  # cumulative moving average over the batches seen, this one included
