@@ -10,9 +10,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION := 2.13.0
-SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.inc') setup.py
+CXX_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.inc')
+SOURCES := $(CXX_SOURCES) setup.py
 
-.PHONY: test bench bench-quick build test-installed bench-installed gpu-check gpu-check-dry aot clean
+.PHONY: test lint format bench bench-quick build test-installed bench-installed gpu-check gpu-check-dry aot clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +22,7 @@ $(PY):
 $(VENV)/.deps: $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
 	$(PIP) install setuptools wheel ninja pybind11 numpy triton \
-		pytest pytest-benchmark expecttest matplotlib tqdm scikit-learn
+		pytest pytest-benchmark expecttest matplotlib tqdm scikit-learn ruff clang-format
 	touch $@
 
 # The first time, an editable install (it compiles fastops._C into fastops/); afterwards a
@@ -35,6 +36,15 @@ build: $(VENV)/.built
 
 test: build
 	$(PY) -m pytest tests -q
+
+# ruff (rules and line length in pyproject.toml) and clang-format (.clang-format): both must be
+# clean; CI runs this before the tests. `make format` applies clang-format.
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/clang-format --style=file --dry-run -Werror $(CXX_SOURCES)
+
+format: $(VENV)/.deps
+	$(VENV)/bin/clang-format --style=file -i $(CXX_SOURCES)
 
 bench: build
 	$(PY) -m fastops bench

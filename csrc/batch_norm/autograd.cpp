@@ -6,8 +6,8 @@
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
-#include "shared/autograd.h"
 #include "batch_norm/batch_norm.h"
+#include "shared/autograd.h"
 
 namespace fastops {
 namespace {
@@ -35,9 +35,10 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     }
     const bool relu = activation == "relu";
     const bool weight_grad = weight.has_value() && weight->requires_grad();
-    ctx->save_for_backward({weight_grad || (training && input.requires_grad()) ? input : at::Tensor(),
-                            input.requires_grad() && weight.has_value() ? *weight : at::Tensor(),
-                            relu ? output : at::Tensor(), save_mean, save_invstd});
+    ctx->save_for_backward(
+        {weight_grad || (training && input.requires_grad()) ? input : at::Tensor(),
+         input.requires_grad() && weight.has_value() ? *weight : at::Tensor(),
+         relu ? output : at::Tensor(), save_mean, save_invstd});
     ctx->mark_non_differentiable({save_mean, save_invstd});
     ctx->saved_data["activation"] = std::string(activation);
     ctx->saved_data["training"] = training;
@@ -52,11 +53,18 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
         ctx, {true, ctx->saved_data["has_weight"].toBool(), ctx->saved_data["has_bias"].toBool()});
     const auto [grad_input, grad_weight, grad_bias] = fastops::batch_norm_backward(
         grad_outputs[0], optional_tensor(saved[0]), optional_tensor(saved[1]),
-        optional_tensor(saved[2]), saved[3], saved[4],
-        ctx->saved_data["training"].toBool(), ctx->saved_data["activation"].toStringRef(), mask);
+        optional_tensor(saved[2]), saved[3], saved[4], ctx->saved_data["training"].toBool(),
+        ctx->saved_data["activation"].toStringRef(), mask);
     const torch::autograd::Variable none;
-    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_weight),
-            grad_or_undefined(mask[2], grad_bias), none, none, none, none, none, none};
+    return {grad_or_undefined(mask[0], grad_input),
+            grad_or_undefined(mask[1], grad_weight),
+            grad_or_undefined(mask[2], grad_bias),
+            none,
+            none,
+            none,
+            none,
+            none,
+            none};
   }
 };
 

@@ -39,14 +39,17 @@ Activation batch_norm_rules(const at::Tensor& input, const std::optional<at::Ten
   constexpr const char* op = "batch_norm";
   const Activation act = parse_activation(activation, op);
   check_floating(input, "input", op);
-  TORCH_CHECK(input.dim() >= 2, "fastops::batch_norm: expected input of shape [N, C, *] (at least "
-              "2-D), got a ", input.dim(), "-D tensor of shape ", input.sym_sizes());
+  TORCH_CHECK(input.dim() >= 2,
+              "fastops::batch_norm: expected input of shape [N, C, *] (at least "
+              "2-D), got a ",
+              input.dim(), "-D tensor of shape ", input.sym_sizes());
   check_channels(running_mean, "running_mean", input, "input", op);
   check_channels(running_var, "running_var", input, "input", op);
   check_channels(weight, "weight", input, "input", op);
   check_channels(bias, "bias", input, "input", op);
-  TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
-              "fastops::batch_norm: running_mean and running_var must both be given or both be None");
+  TORCH_CHECK(
+      running_mean.has_value() == running_var.has_value(),
+      "fastops::batch_norm: running_mean and running_var must both be given or both be None");
   TORCH_CHECK(training || running_mean.has_value(),
               "fastops::batch_norm: running_mean and running_var must be given in evaluation mode");
   TORCH_CHECK_VALUE(training ? eps > 0 : eps >= 0, "fastops::batch_norm: expected eps ",
@@ -54,8 +57,10 @@ Activation batch_norm_rules(const at::Tensor& input, const std::optional<at::Ten
   if (training) {
     c10::SymInt count = input.sym_size(0);
     for (int64_t d = 2; d < input.dim(); ++d) count = count * input.sym_size(d);
-    TORCH_CHECK_VALUE(count != 1, "Expected more than 1 value per channel when training, got "
-                      "input size ", input.sym_sizes());
+    TORCH_CHECK_VALUE(count != 1,
+                      "Expected more than 1 value per channel when training, got "
+                      "input size ",
+                      input.sym_sizes());
   }
   return act;
 }
@@ -76,17 +81,22 @@ Activation batch_norm_backward_rules(const at::Tensor& grad_output,
   TORCH_CHECK(!need_x || input.has_value(),
               "fastops::batch_norm_backward: grad_weight and the training grad_input need input");
   check_floating(grad_output, "grad_output", op);
-  TORCH_CHECK(grad_output.dim() >= 2, "fastops::batch_norm_backward: expected grad_output of "
-              "shape [N, C, *], got ", grad_output.sym_sizes());
+  TORCH_CHECK(grad_output.dim() >= 2,
+              "fastops::batch_norm_backward: expected grad_output of "
+              "shape [N, C, *], got ",
+              grad_output.sym_sizes());
   for (const auto& [t, name] : {std::pair{input, "input"}, std::pair{output, "output"}}) {
     if (!t.has_value()) continue;
     check_same_dtype(*t, name, grad_output, "grad_output", op);
     check_same_device(*t, name, grad_output, "grad_output", op);
-    TORCH_CHECK(t->sym_sizes() == grad_output.sym_sizes(), "fastops::batch_norm_backward: "
-                "expected ", name, " of the shape of grad_output ", grad_output.sym_sizes(),
-                ", got ", t->sym_sizes());
+    TORCH_CHECK(t->sym_sizes() == grad_output.sym_sizes(),
+                "fastops::batch_norm_backward: "
+                "expected ",
+                name, " of the shape of grad_output ", grad_output.sym_sizes(), ", got ",
+                t->sym_sizes());
   }
-  for (const auto& [t, name] : {std::pair{&save_mean, "save_mean"}, std::pair{&save_invstd, "save_invstd"}}) {
+  for (const auto& [t, name] :
+       {std::pair{&save_mean, "save_mean"}, std::pair{&save_invstd, "save_invstd"}}) {
     check_floating(*t, name, op);
     check_same_device(*t, name, grad_output, "grad_output", op);
     TORCH_CHECK(t->dim() == 1 && t->sym_size(0) == grad_output.sym_size(1),
@@ -126,7 +136,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_meta(
   batch_norm_backward_rules(grad_output, input, weight, output, save_mean, save_invstd, training,
                             activation, output_mask);
   // The layout of the forward: input, else output, else grad_output.
-  const at::Tensor& reference = input.has_value() ? *input : output.has_value() ? *output : grad_output;
+  const at::Tensor& reference = input.has_value()    ? *input
+                                : output.has_value() ? *output
+                                                     : grad_output;
   const auto params = weight.has_value() ? weight->options() : grad_output.options();
   const auto channels = grad_output.sym_size(1);
   const auto empty = at::empty({0}, grad_output.options());
@@ -143,7 +155,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm(
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     c10::string_view activation) {
   static auto op = op_handle<decltype(batch_norm)>("fastops::batch_norm");
-  return op.call(input, weight, bias, running_mean, running_var, training, momentum, eps, activation);
+  return op.call(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                 activation);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(

@@ -69,7 +69,7 @@ at::Tensor to_layout(const at::Tensor& t, Layout layout) {
 }
 
 struct Geometry {
-  int64_t batch, channels, spatial;  // input viewed as [N, C, S]
+  int64_t batch, channels, spatial;                  // input viewed as [N, C, S]
   int64_t count() const { return batch * spatial; }  // elements per channel
 };
 
@@ -147,8 +147,8 @@ void gradient_moments(const scalar_t* g, const scalar_t* x, const scalar_t* y, i
 
 // Adds g' and g' * (x - mean) of one channels-last row [C] to per-channel accumulators.
 template <bool kMask, typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
-void gradient_row_sums(const scalar_t* g, const scalar_t* x, const scalar_t* y, const opmath_t* mean,
-                       int64_t C, opmath_t* sum_g, opmath_t* sum_gx) {
+void gradient_row_sums(const scalar_t* g, const scalar_t* x, const scalar_t* y,
+                       const opmath_t* mean, int64_t C, opmath_t* sum_g, opmath_t* sum_gx) {
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) {
     opmath_t gv = static_cast<opmath_t>(g[c]);
@@ -185,7 +185,8 @@ std::pair<std::vector<double>, std::vector<double>> channel_sums(Layout layout, 
   }
   // Rows: blocks of rows, each summed in opmath and stored as a double partial per channel.
   const int64_t rows = geo.count();
-  const int64_t rows_per_block = std::max<int64_t>(1, std::min(kFlushBlock, kFlushBlock * 8 / std::max<int64_t>(1, C)));
+  const int64_t rows_per_block =
+      std::max<int64_t>(1, std::min(kFlushBlock, kFlushBlock * 8 / std::max<int64_t>(1, C)));
   const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
   std::vector<double> block_first(blocks * C), block_second(blocks * C);
   at::parallel_for(0, blocks, grain_for(rows_per_block * C), [&](int64_t begin, int64_t end) {
@@ -250,8 +251,8 @@ std::pair<std::vector<double>, std::vector<double>> mean_and_variance(const scal
 
 // y = act((x - mean) * scale + shift) over `len` elements of one row; act = ReLU when kReLU.
 template <bool kReLU, typename scalar_t, typename Coef>
-void normalize_span(const scalar_t* x, scalar_t* y, int64_t len, const Coef& mean, const Coef& scale,
-                    const Coef& shift) {
+void normalize_span(const scalar_t* x, scalar_t* y, int64_t len, const Coef& mean,
+                    const Coef& scale, const Coef& shift) {
   using opmath_t = at::opmath_type<scalar_t>;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
@@ -286,13 +287,15 @@ void for_each_span(Layout layout, const Geometry& geo, const SpanFn& span) {
   if (layout == Layout::Planes) {
     at::parallel_for(0, geo.batch * C, grain_for(S), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
-        span(p * S, S, [c = p % C](const std::vector<opmath_t>& v) { return Broadcast<opmath_t>{v[c]}; });
+        span(p * S, S,
+             [c = p % C](const std::vector<opmath_t>& v) { return Broadcast<opmath_t>{v[c]}; });
       }
     });
   } else {
     at::parallel_for(0, geo.count(), grain_for(C), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        span(r * C, C, [](const std::vector<opmath_t>& v) { return PerChannel<opmath_t>{v.data()}; });
+        span(r * C, C,
+             [](const std::vector<opmath_t>& v) { return PerChannel<opmath_t>{v.data()}; });
       }
     });
   }
@@ -309,21 +312,25 @@ std::vector<T> cast_vector(const std::vector<double>& v) {
 std::vector<double> read_channels(const std::optional<at::Tensor>& t, int64_t C, double fill) {
   std::vector<double> out(C, fill);
   if (!t.has_value()) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t->scalar_type(), "batch_norm_read", [&] {
-    const scalar_t* p = t->const_data_ptr<scalar_t>();
-    const int64_t stride = t->stride(0);
-    for (int64_t c = 0; c < C; ++c) out[c] = static_cast<double>(p[c * stride]);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t->scalar_type(), "batch_norm_read",
+                                  [&] {
+                                    const scalar_t* p = t->const_data_ptr<scalar_t>();
+                                    const int64_t stride = t->stride(0);
+                                    for (int64_t c = 0; c < C; ++c)
+                                      out[c] = static_cast<double>(p[c * stride]);
+                                  });
   return out;
 }
 
 // Writes doubles into a 1-D tensor of any floating dtype and stride, in place.
 void write_channels(at::Tensor& t, const std::vector<double>& values) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "batch_norm_write", [&] {
-    scalar_t* p = t.data_ptr<scalar_t>();
-    const int64_t stride = t.stride(0);
-    for (size_t c = 0; c < values.size(); ++c) p[c * stride] = static_cast<scalar_t>(values[c]);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "batch_norm_write",
+                                  [&] {
+                                    scalar_t* p = t.data_ptr<scalar_t>();
+                                    const int64_t stride = t.stride(0);
+                                    for (size_t c = 0; c < values.size(); ++c)
+                                      p[c * stride] = static_cast<scalar_t>(values[c]);
+                                  });
 }
 
 at::Tensor channels_tensor(const std::vector<double>& values, const at::TensorOptions& options) {
@@ -338,7 +345,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     c10::string_view activation) {
   const bool relu = batch_norm_rules(input, weight, bias, running_mean, running_var, training,
-                                    momentum, eps, activation) == Activation::ReLU;
+                                     momentum, eps, activation) == Activation::ReLU;
   const int64_t C = input.size(1);
 
   const Layout layout = layout_of(input);
@@ -350,9 +357,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
   if (training) {
     std::vector<double> var;
     if (count > 0) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_stats", [&] {
-        std::tie(mean, var) = mean_and_variance<scalar_t>(x.const_data_ptr<scalar_t>(), layout, geo);
-      });
+      AT_DISPATCH_FLOATING_TYPES_AND2(
+          at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_stats", [&] {
+            std::tie(mean, var) =
+                mean_and_variance<scalar_t>(x.const_data_ptr<scalar_t>(), layout, geo);
+          });
     } else {  // an empty batch: nothing to normalise, running statistics stay as they are
       mean.assign(C, 0.0);
       var.assign(C, 0.0);
@@ -386,19 +395,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
   }
   at::Tensor output = on_huge_pages(at::empty_like(x));
   if (x.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_normalize", [&] {
-      using opmath_t = at::opmath_type<scalar_t>;
-      const auto mean_o = cast_vector<opmath_t>(mean), scale_o = cast_vector<opmath_t>(scale),
-                 shift_o = cast_vector<opmath_t>(shift);
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      scalar_t* yp = output.data_ptr<scalar_t>();
-      with_flag(relu, [&](auto relu_flag) {
-        for_each_span<opmath_t>(layout, geo, [&](int64_t offset, int64_t len, const auto& coef) {
-          normalize_span<decltype(relu_flag)::value>(xp + offset, yp + offset, len, coef(mean_o),
-                                                     coef(scale_o), coef(shift_o));
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_normalize", [&] {
+          using opmath_t = at::opmath_type<scalar_t>;
+          const auto mean_o = cast_vector<opmath_t>(mean), scale_o = cast_vector<opmath_t>(scale),
+                     shift_o = cast_vector<opmath_t>(shift);
+          const scalar_t* xp = x.const_data_ptr<scalar_t>();
+          scalar_t* yp = output.data_ptr<scalar_t>();
+          with_flag(relu, [&](auto relu_flag) {
+            for_each_span<opmath_t>(
+                layout, geo, [&](int64_t offset, int64_t len, const auto& coef) {
+                  normalize_span<decltype(relu_flag)::value>(
+                      xp + offset, yp + offset, len, coef(mean_o), coef(scale_o), coef(shift_o));
+                });
+          });
         });
-      });
-    });
   }
   const auto stats = input.options().dtype(accumulate_type(input.scalar_type()));
   return {output, channels_tensor(mean, stats), channels_tensor(invstd, stats)};
@@ -409,15 +420,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& output,
     const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
     c10::string_view activation, std::array<bool, 3> output_mask) {
-  const bool relu = batch_norm_backward_rules(grad_output, input, weight, output, save_mean,
-                                             save_invstd, training, activation,
-                                             output_mask) == Activation::ReLU;
+  const bool relu =
+      batch_norm_backward_rules(grad_output, input, weight, output, save_mean, save_invstd,
+                                training, activation, output_mask) == Activation::ReLU;
   const auto [need_input, need_weight, need_bias] = output_mask;
   const bool need_x = need_weight || (training && need_input);
   const int64_t C = grad_output.size(1);
 
   // Walk every tensor in the layout of the forward (input, else output, else grad_output).
-  const at::Tensor& reference = input.has_value() ? *input : output.has_value() ? *output : grad_output;
+  const at::Tensor& reference = input.has_value()    ? *input
+                                : output.has_value() ? *output
+                                                     : grad_output;
   const Layout layout = layout_of(reference);
   const at::Tensor dense_reference = to_layout(reference, layout);
   const at::Tensor g = to_layout(grad_output, layout);
@@ -432,32 +445,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   std::vector<double> sum_g(C, 0.0), sum_gx(C, 0.0);  // sums of g' and g' * (x - mean)
   const bool need_sums = need_weight || need_bias || (training && need_input);
   if (need_sums && g.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "batch_norm_backward_sums", [&] {
-      using opmath_t = at::opmath_type<scalar_t>;
-      const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
-      // Without x (only grad_bias asked for), the second sum reads g in its place and is unused.
-      const scalar_t* xp = need_x ? x.const_data_ptr<scalar_t>() : gp;
-      const auto mean_o = cast_vector<opmath_t>(mean);
-      const opmath_t* mean_c = mean_o.data();
-      const int64_t S = geo.spatial;
-      with_flag(relu, [&](auto relu_flag) {
-        constexpr bool kMask = decltype(relu_flag)::value;
-        auto plane = [&](int64_t p, int64_t c, double& sg, double& sgx) {
-          gradient_moments<kMask>(gp + p * S, xp + p * S, kMask ? yp + p * S : nullptr, S, mean_c[c], sg, sgx);
-        };
-        auto row = [&](int64_t r, opmath_t* sg, opmath_t* sgx) {
-          gradient_row_sums<kMask>(gp + r * C, xp + r * C, kMask ? yp + r * C : nullptr, mean_c, C, sg, sgx);
-        };
-        std::tie(sum_g, sum_gx) = channel_sums<scalar_t>(layout, geo, plane, row);
-      });
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, g.scalar_type(), "batch_norm_backward_sums", [&] {
+          using opmath_t = at::opmath_type<scalar_t>;
+          const scalar_t* gp = g.const_data_ptr<scalar_t>();
+          const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
+          // Without x (only grad_bias asked for), the second sum reads g in its place and is
+          // unused.
+          const scalar_t* xp = need_x ? x.const_data_ptr<scalar_t>() : gp;
+          const auto mean_o = cast_vector<opmath_t>(mean);
+          const opmath_t* mean_c = mean_o.data();
+          const int64_t S = geo.spatial;
+          with_flag(relu, [&](auto relu_flag) {
+            constexpr bool kMask = decltype(relu_flag)::value;
+            auto plane = [&](int64_t p, int64_t c, double& sg, double& sgx) {
+              gradient_moments<kMask>(gp + p * S, xp + p * S, kMask ? yp + p * S : nullptr, S,
+                                      mean_c[c], sg, sgx);
+            };
+            auto row = [&](int64_t r, opmath_t* sg, opmath_t* sgx) {
+              gradient_row_sums<kMask>(gp + r * C, xp + r * C, kMask ? yp + r * C : nullptr, mean_c,
+                                       C, sg, sgx);
+            };
+            std::tie(sum_g, sum_gx) = channel_sums<scalar_t>(layout, geo, plane, row);
+          });
+        });
   }
 
   at::Tensor grad_input = empty;
   if (need_input) {
-    // Training: gx = gamma * invstd * (g' - mean(g') - (x - mean) * invstd^2 * mean(g' * (x - mean)));
-    // evaluation: gx = gamma * invstd * g'.
+    // Training: gx = gamma * invstd * (g' - mean(g') - (x - mean) * invstd^2 * mean(g' * (x -
+    // mean))); evaluation: gx = gamma * invstd * g'.
     const double n = static_cast<double>(std::max<int64_t>(1, geo.count()));
     std::vector<double> g_scale(C), x_scale(C, 0.0), offset(C, 0.0);
     for (int64_t c = 0; c < C; ++c) {
@@ -469,25 +486,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
     }
     grad_input = on_huge_pages(at::empty_like(dense_reference));
     if (g.numel() > 0) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "batch_norm_backward_input", [&] {
-        using opmath_t = at::opmath_type<scalar_t>;
-        const auto mean_o = cast_vector<opmath_t>(mean), g_scale_o = cast_vector<opmath_t>(g_scale),
-                   x_scale_o = cast_vector<opmath_t>(x_scale), offset_o = cast_vector<opmath_t>(offset);
-        const scalar_t* gp = g.const_data_ptr<scalar_t>();
-        const scalar_t* xp = training ? x.const_data_ptr<scalar_t>() : nullptr;
-        const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
-        scalar_t* gxp = grad_input.data_ptr<scalar_t>();
-        with_flag(relu, [&](auto relu_flag) {
-          with_flag(training, [&](auto training_flag) {
-            constexpr bool kMask = decltype(relu_flag)::value, kTraining = decltype(training_flag)::value;
-            for_each_span<opmath_t>(layout, geo, [&](int64_t off, int64_t len, const auto& coef) {
-              input_gradient_span<kMask, kTraining>(
-                  gp + off, kTraining ? xp + off : nullptr, kMask ? yp + off : nullptr, gxp + off, len,
-                  coef(mean_o), coef(g_scale_o), coef(x_scale_o), coef(offset_o));
+      AT_DISPATCH_FLOATING_TYPES_AND2(
+          at::kBFloat16, at::kHalf, g.scalar_type(), "batch_norm_backward_input", [&] {
+            using opmath_t = at::opmath_type<scalar_t>;
+            const auto mean_o = cast_vector<opmath_t>(mean),
+                       g_scale_o = cast_vector<opmath_t>(g_scale),
+                       x_scale_o = cast_vector<opmath_t>(x_scale),
+                       offset_o = cast_vector<opmath_t>(offset);
+            const scalar_t* gp = g.const_data_ptr<scalar_t>();
+            const scalar_t* xp = training ? x.const_data_ptr<scalar_t>() : nullptr;
+            const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
+            scalar_t* gxp = grad_input.data_ptr<scalar_t>();
+            with_flag(relu, [&](auto relu_flag) {
+              with_flag(training, [&](auto training_flag) {
+                constexpr bool kMask = decltype(relu_flag)::value,
+                               kTraining = decltype(training_flag)::value;
+                for_each_span<opmath_t>(
+                    layout, geo, [&](int64_t off, int64_t len, const auto& coef) {
+                      input_gradient_span<kMask, kTraining>(
+                          gp + off, kTraining ? xp + off : nullptr, kMask ? yp + off : nullptr,
+                          gxp + off, len, coef(mean_o), coef(g_scale_o), coef(x_scale_o),
+                          coef(offset_o));
+                    });
+              });
             });
           });
-        });
-      });
     }
   }
   // Parameter gradients in the parameters' dtype (float32 for a reduced-precision input with

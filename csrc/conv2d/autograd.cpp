@@ -4,8 +4,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "shared/autograd.h"
 #include "conv2d/conv2d.h"
+#include "shared/autograd.h"
 
 namespace fastops {
 namespace {
@@ -25,8 +25,8 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
       output = fastops::conv2d(input, weight, bias, stride, padding, dilation, groups, activation);
     }
     const bool relu = activation == "relu";
-    ctx->save_for_backward({weight.requires_grad() ? input : at::Tensor(), weight,
-                            relu ? output : at::Tensor()});
+    ctx->save_for_backward(
+        {weight.requires_grad() ? input : at::Tensor(), weight, relu ? output : at::Tensor()});
     ctx->saved_data["input_size"] = input.sym_sizes();
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
@@ -47,8 +47,14 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
         ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt(),
         ctx->saved_data["activation"].toStringRef(), mask);
     const auto none = torch::autograd::Variable();
-    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_weight),
-            grad_or_undefined(mask[2], grad_bias), none, none, none, none, none};
+    return {grad_or_undefined(mask[0], grad_input),
+            grad_or_undefined(mask[1], grad_weight),
+            grad_or_undefined(mask[2], grad_bias),
+            none,
+            none,
+            none,
+            none,
+            none};
   }
 };
 

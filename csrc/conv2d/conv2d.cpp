@@ -28,7 +28,8 @@ std::vector<c10::SymInt> output_size(c10::SymIntArrayRef input_size, const at::T
   check_pair(stride, "stride", op);
   check_pair(padding, "padding", op);
   check_pair(dilation, "dilation", op);
-  TORCH_CHECK(groups > 0, "fastops::", op, ": non-positive groups is not supported, got groups=", groups);
+  TORCH_CHECK(groups > 0, "fastops::", op,
+              ": non-positive groups is not supported, got groups=", groups);
   TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "fastops::", op,
               ": non-positive stride is not supported, got stride=", stride);
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "fastops::", op,
@@ -39,8 +40,9 @@ std::vector<c10::SymInt> output_size(c10::SymIntArrayRef input_size, const at::T
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   TORCH_CHECK(stride[0] <= kMax && stride[1] <= kMax && padding[0] <= kMax && padding[1] <= kMax &&
                   dilation[0] <= kMax && dilation[1] <= kMax,
-              "fastops::", op, ": expected stride, padding and dilation below 2**31, got stride=",
-              stride, ", padding=", padding, ", dilation=", dilation);
+              "fastops::", op,
+              ": expected stride, padding and dilation below 2**31, got stride=", stride,
+              ", padding=", padding, ", dilation=", dilation);
   const auto& w = weight.sym_sizes();
   TORCH_CHECK(w[0] > 0 && w[0] % groups == 0, "fastops::", op,
               ": expected weight.shape[0] (out_channels) to be a positive multiple of groups=",
@@ -57,7 +59,8 @@ std::vector<c10::SymInt> output_size(c10::SymIntArrayRef input_size, const at::T
     TORCH_CHECK(padded >= extent, "fastops::", op, ": calculated padded input size per channel: (",
                 input_size[2] + 2 * padding[0], " x ", input_size[3] + 2 * padding[1],
                 "). Kernel size (dilated): (", (w[2] - 1) * dilation[0] + 1, " x ",
-                (w[3] - 1) * dilation[1] + 1, "). Kernel size can't be greater than actual input size");
+                (w[3] - 1) * dilation[1] + 1,
+                "). Kernel size can't be greater than actual input size");
     size[2 + d] = (padded - extent) / stride[d] + 1;
   }
   return size;
@@ -79,8 +82,10 @@ Conv2dRules conv2d_rules(const at::Tensor& input, const at::Tensor& weight,
   if (bias.has_value()) {
     check_same_dtype(*bias, "bias", input, "input", op);
     check_same_device(*bias, "bias", input, "input", op);
-    TORCH_CHECK(bias->dim() == 1 && bias->sym_size(0) == size[1], "fastops::conv2d: expected bias "
-                "of shape [", size[1], "] (weight.shape[0]), got ", bias->sym_sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->sym_size(0) == size[1],
+                "fastops::conv2d: expected bias "
+                "of shape [",
+                size[1], "] (weight.shape[0]), got ", bias->sym_sizes());
   }
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                              weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
@@ -98,25 +103,31 @@ Conv2dBackwardRules conv2d_backward_rules(
   const bool need_weight = output_mask[1];
   TORCH_CHECK(act == Activation::None || output.has_value(),
               "fastops::conv2d_backward: activation 'relu' needs the forward output");
-  TORCH_CHECK(!need_weight || input.has_value(), "fastops::conv2d_backward: grad_weight needs input");
+  TORCH_CHECK(!need_weight || input.has_value(),
+              "fastops::conv2d_backward: grad_weight needs input");
   check_floating(grad_output, "grad_output", op);
   check_same_dtype(weight, "weight", grad_output, "grad_output", op);
   check_same_device(weight, "weight", grad_output, "grad_output", op);
   const auto out_size = output_size(input_size, weight, stride, padding, dilation, groups, op);
-  TORCH_CHECK(grad_output.sym_sizes() == c10::SymIntArrayRef(out_size), "fastops::conv2d_backward: "
-              "expected grad_output of shape ", c10::SymIntArrayRef(out_size), ", got ",
-              grad_output.sym_sizes());
+  TORCH_CHECK(grad_output.sym_sizes() == c10::SymIntArrayRef(out_size),
+              "fastops::conv2d_backward: "
+              "expected grad_output of shape ",
+              c10::SymIntArrayRef(out_size), ", got ", grad_output.sym_sizes());
   if (input.has_value()) {
     check_same_dtype(*input, "input", grad_output, "grad_output", op);
     check_same_device(*input, "input", grad_output, "grad_output", op);
-    TORCH_CHECK(input->sym_sizes() == input_size, "fastops::conv2d_backward: expected input of "
-                "shape ", input_size, ", got ", input->sym_sizes());
+    TORCH_CHECK(input->sym_sizes() == input_size,
+                "fastops::conv2d_backward: expected input of "
+                "shape ",
+                input_size, ", got ", input->sym_sizes());
   }
   if (output.has_value()) {
     check_same_dtype(*output, "output", grad_output, "grad_output", op);
     check_same_device(*output, "output", grad_output, "grad_output", op);
-    TORCH_CHECK(output->sym_sizes() == grad_output.sym_sizes(), "fastops::conv2d_backward: "
-                "expected output of shape ", grad_output.sym_sizes(), ", got ", output->sym_sizes());
+    TORCH_CHECK(output->sym_sizes() == grad_output.sym_sizes(),
+                "fastops::conv2d_backward: "
+                "expected output of shape ",
+                grad_output.sym_sizes(), ", got ", output->sym_sizes());
   }
   return {act, grad_output.suggest_memory_format()};
 }
@@ -141,7 +152,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_meta(
                                            padding, dilation, groups, activation, output_mask);
   const auto options = grad_output.options();
   const auto empty = at::empty({0}, options);
-  return {output_mask[0] ? at::empty_symint(input_size, options.memory_format(rules.grad_input_format)) : empty,
+  return {output_mask[0]
+              ? at::empty_symint(input_size, options.memory_format(rules.grad_input_format))
+              : empty,
           output_mask[1] ? at::empty_symint(weight.sym_sizes(), options) : empty,
           output_mask[2] ? at::empty_symint({weight.sym_size(0)}, options) : empty};
 }

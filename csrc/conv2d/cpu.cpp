@@ -33,8 +33,9 @@ inline acc_t activate(acc_t v, bool relu) {
 // out[first + i, o0 + oc, oh, ow] = act(gemm[oc, (i, oh, ow)] + bias[o0 + oc]): the one pass
 // that writes the output, in the order of the output's memory layout.
 template <typename scalar_t, typename acc_t>
-void write_output(const acc_t* gemm, const acc_t* bias, bool relu, scalar_t* out, const Strides4& os,
-                  const Conv2dShape& s, int64_t first, int64_t images, int64_t o0) {
+void write_output(const acc_t* gemm, const acc_t* bias, bool relu, scalar_t* out,
+                  const Strides4& os, const Conv2dShape& s, int64_t first, int64_t images,
+                  int64_t o0) {
   const int64_t ld = images * s.image_columns();
   const int64_t channels = s.out_per_group();
   if (os.c == 1 && channels > 1) {  // channels-last: channels innermost
@@ -59,7 +60,8 @@ void write_output(const acc_t* gemm, const acc_t* bias, bool relu, scalar_t* out
         const acc_t* src = gemm + oc * ld + i * s.image_columns() + oh * s.row_columns();
         scalar_t* dst = out + (first + i) * os.n + (o0 + oc) * os.c + oh * os.h;
         if (os.w == 1) {
-          for (int64_t ow = 0; ow < s.out_w; ++ow) dst[ow] = static_cast<scalar_t>(activate(src[ow] + b, relu));
+          for (int64_t ow = 0; ow < s.out_w; ++ow)
+            dst[ow] = static_cast<scalar_t>(activate(src[ow] + b, relu));
         } else {
           for (int64_t ow = 0; ow < s.out_w; ++ow) {
             dst[ow * os.w] = static_cast<scalar_t>(activate(src[ow] + b, relu));
@@ -76,7 +78,8 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       c10::string_view activation) {
-  const auto rules = conv2d_rules(input, weight, bias, stride, padding, dilation, groups, activation);
+  const auto rules =
+      conv2d_rules(input, weight, bias, stride, padding, dilation, groups, activation);
   const bool relu = rules.activation == Activation::ReLU;
   const Conv2dShape s = conv2d_shape(input.sizes(), weight, stride, padding, dilation, groups,
                                      C10_AS_INTARRAYREF_SLOW(rules.output_size));
@@ -109,17 +112,19 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                      on_huge_pages(at::empty({s.patch() * columns}, options)),
                      on_huge_pages(at::empty({s.out_per_group() * columns}, options))};
     };
-    for_each_task(s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, Buffers& buffers) {
-      const int64_t cols = count * s.image_columns();
-      at::Tensor col = matrix(buffers.col, s.patch(), cols);
-      at::Tensor gemm = matrix(buffers.gemm, s.out_per_group(), cols);
-      gather_columns(in_ptr, in_strides, s, first, count, g * s.in_per_group(),
-                     buffers.planes.mutable_data_ptr<acc_t>(), col.mutable_data_ptr<acc_t>());
-      // oneDNN for the large ones (cpu_matmul; benchmarks/NOTES.md).
-      gemm = cpu_matmul(weight_acc.narrow(0, g * s.out_per_group(), s.out_per_group()), col, gemm);
-      write_output(gemm.const_data_ptr<acc_t>(), bias_ptr, relu, out_ptr, out_strides, s, first, count,
-                   g * s.out_per_group());
-    });
+    for_each_task(
+        s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, Buffers& buffers) {
+          const int64_t cols = count * s.image_columns();
+          at::Tensor col = matrix(buffers.col, s.patch(), cols);
+          at::Tensor gemm = matrix(buffers.gemm, s.out_per_group(), cols);
+          gather_columns(in_ptr, in_strides, s, first, count, g * s.in_per_group(),
+                         buffers.planes.mutable_data_ptr<acc_t>(), col.mutable_data_ptr<acc_t>());
+          // oneDNN for the large ones (cpu_matmul; benchmarks/NOTES.md).
+          gemm =
+              cpu_matmul(weight_acc.narrow(0, g * s.out_per_group(), s.out_per_group()), col, gemm);
+          write_output(gemm.const_data_ptr<acc_t>(), bias_ptr, relu, out_ptr, out_strides, s, first,
+                       count, g * s.out_per_group());
+        });
   });
   return out;
 }

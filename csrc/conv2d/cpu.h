@@ -42,7 +42,8 @@ struct Conv2dShape {
   // it saves do not: worth it while (discarded fraction) x out_per_group <= 8 (the LeNet and
   // ResNet measurements are in benchmarks/NOTES.md).
   bool padded_planes() const {
-    return stride_h == 1 && stride_w == 1 && (width + 2 * pad_w - out_w) * out_per_group() <= 8 * out_w;
+    return stride_h == 1 && stride_w == 1 &&
+           (width + 2 * pad_w - out_w) * out_per_group() <= 8 * out_w;
   }
   int64_t padded_h() const { return height + 2 * pad_h; }
   int64_t padded_w() const { return width + 2 * pad_w; }
@@ -58,12 +59,15 @@ struct Strides4 {
   int64_t n, c, h, w;
 };
 
-inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+inline Strides4 strides_of(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
 
 // The sizes of a convolution whose arguments conv2d_rules / conv2d_backward_rules checked.
 // output_size is the rules' [N, O, H_out, W_out].
-inline Conv2dShape conv2d_shape(at::IntArrayRef input_size, const at::Tensor& weight, at::IntArrayRef stride,
-                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+inline Conv2dShape conv2d_shape(at::IntArrayRef input_size, const at::Tensor& weight,
+                                at::IntArrayRef stride, at::IntArrayRef padding,
+                                at::IntArrayRef dilation, int64_t groups,
                                 at::IntArrayRef output_size) {
   Conv2dShape s{};
   s.batch = input_size[0];
@@ -88,7 +92,8 @@ inline Conv2dShape conv2d_shape(at::IntArrayRef input_size, const at::Tensor& we
 // dst[j * dst_step] = src[j * src_step] for j < count, converting the type.
 template <typename src_t, typename dst_t>
 void copy_strided(const src_t* src, int64_t src_step, dst_t* dst, int64_t dst_step, int64_t count) {
-  if (src_step == 1 && dst_step == 1) {  // the common case, kept separate so the compiler vectorises it
+  if (src_step == 1 &&
+      dst_step == 1) {  // the common case, kept separate so the compiler vectorises it
     for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<dst_t>(src[j]);
   } else {
     for (int64_t j = 0; j < count; ++j) dst[j * dst_step] = static_cast<dst_t>(src[j * src_step]);
@@ -124,13 +129,15 @@ void pad_planes(const scalar_t* input, const Strides4& in, const Conv2dShape& s,
 // The direct kernels (cpu_direct.cpp): float32 only, called only where their direct_*_supported
 // predicate (which checks cpu_has_avx512()) is true.
 bool direct_supported(const at::Tensor& input, const Conv2dShape& s);
-void conv2d_direct(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                   const Conv2dShape& s, bool relu, at::Tensor& out);
+void conv2d_direct(const at::Tensor& input, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias, const Conv2dShape& s, bool relu,
+                   at::Tensor& out);
 bool direct_weight_grad_supported(const at::Tensor& grad_output, const Conv2dShape& s);
 void conv2d_direct_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
                                const std::optional<at::Tensor>& output, const Conv2dShape& s,
                                at::Tensor& grad_weight, at::Tensor* grad_bias);
-bool direct_input_grad_supported(const at::Tensor& grad_output, const at::Tensor& grad_input, const Conv2dShape& s);
+bool direct_input_grad_supported(const at::Tensor& grad_output, const at::Tensor& grad_input,
+                                 const Conv2dShape& s);
 void conv2d_direct_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
                               const std::optional<at::Tensor>& output, const Conv2dShape& s,
                               at::Tensor& grad_input);

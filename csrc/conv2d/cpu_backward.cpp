@@ -31,9 +31,9 @@ namespace {
 // is given (torch's threshold_backward: a NaN output passes the gradient), and zero in the
 // discarded columns past out_w; bias_sum[o0 + oc] accumulates the row sums when given.
 template <typename scalar_t, typename acc_t>
-void gather_grad(const scalar_t* grad, const Strides4& gs, const scalar_t* output, const Strides4& os,
-                 const Conv2dShape& s, int64_t first, int64_t images, int64_t o0, acc_t* gemm,
-                 acc_t* bias_sum) {
+void gather_grad(const scalar_t* grad, const Strides4& gs, const scalar_t* output,
+                 const Strides4& os, const Conv2dShape& s, int64_t first, int64_t images,
+                 int64_t o0, acc_t* gemm, acc_t* bias_sum) {
   const int64_t ld = images * s.image_columns();
   for (int64_t oc = 0; oc < s.out_per_group(); ++oc) {
     acc_t sum(0);
@@ -45,7 +45,8 @@ void gather_grad(const scalar_t* grad, const Strides4& gs, const scalar_t* outpu
         if (output != nullptr) {
           const scalar_t* o = output + (first + i) * os.n + (o0 + oc) * os.c + oh * os.h;
           for (int64_t ow = 0; ow < s.out_w; ++ow) {
-            const acc_t v = relu_masked(static_cast<acc_t>(g[ow * gs.w]), static_cast<acc_t>(o[ow * os.w]));
+            const acc_t v =
+                relu_masked(static_cast<acc_t>(g[ow * gs.w]), static_cast<acc_t>(o[ow * os.w]));
             dst[ow] = v;
             sum += v;
           }
@@ -80,10 +81,13 @@ void col2im(const acc_t* col, const Conv2dShape& s, int64_t first, int64_t image
           if (shifted < 0 || shifted % s.stride_h != 0 || shifted / s.stride_h >= s.out_h) continue;
           const int64_t oh = shifted / s.stride_h;
           for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-            const acc_t* src = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * ld + i * pixels + oh * s.out_w;
-            const Span ows = valid_outputs(s.width, s.out_w, s.stride_w, s.pad_w, kw * s.dilation_w);
+            const acc_t* src =
+                col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * ld + i * pixels + oh * s.out_w;
+            const Span ows =
+                valid_outputs(s.width, s.out_w, s.stride_w, s.pad_w, kw * s.dilation_w);
             const int64_t offset = kw * s.dilation_w - s.pad_w;
-            for (int64_t ow = ows.begin; ow < ows.end; ++ow) row[ow * s.stride_w + offset] += src[ow];
+            for (int64_t ow = ows.begin; ow < ows.end; ++ow)
+              row[ow * s.stride_w + offset] += src[ow];
           }
         }
         copy_strided(row, 1, grad_input + (first + i) * gs.n + (c0 + c) * gs.c + ih * gs.h, gs.w,
@@ -118,9 +122,11 @@ void columns_to_grad_input(const acc_t* col, const Conv2dShape& s, int64_t first
   }
   for (int64_t i = 0; i < images; ++i) {
     for (int64_t c = 0; c < s.in_per_group(); ++c) {
-      const acc_t* plane = planes + (i * s.in_per_group() + c) * plane_size + s.pad_h * wp + s.pad_w;
+      const acc_t* plane =
+          planes + (i * s.in_per_group() + c) * plane_size + s.pad_h * wp + s.pad_w;
       scalar_t* dst = grad_input + (first + i) * gs.n + (c0 + c) * gs.c;
-      for (int64_t ih = 0; ih < s.height; ++ih) copy_strided(plane + ih * wp, 1, dst + ih * gs.h, gs.w, s.width);
+      for (int64_t ih = 0; ih < s.height; ++ih)
+        copy_strided(plane + ih * wp, 1, dst + ih * gs.h, gs.w, s.width);
     }
   }
 }
@@ -141,9 +147,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
                                      dilation, groups, grad_output.sizes());
 
   const auto empty = grad_output.new_empty({0});
-  at::Tensor grad_input = need_input ? on_huge_pages(at::empty({s.batch, s.in_channels, s.height, s.width},
-                                                               grad_output.options().memory_format(rules.grad_input_format)))
-                                     : empty;
+  at::Tensor grad_input =
+      need_input
+          ? on_huge_pages(at::empty({s.batch, s.in_channels, s.height, s.width},
+                                    grad_output.options().memory_format(rules.grad_input_format)))
+          : empty;
   at::Tensor grad_weight = need_weight ? at::empty(weight.sizes(), grad_output.options()) : empty;
   at::Tensor grad_bias = need_bias ? at::empty({s.out_channels}, grad_output.options()) : empty;
   if (!need_input && !need_weight && !need_bias) return {grad_input, grad_weight, grad_bias};
@@ -158,92 +166,102 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   }
 #ifdef FASTOPS_AVX512_KERNELS
   if (need_weight && direct_weight_grad_supported(grad_output, s)) {
-    conv2d_direct_weight_grad(grad_output, *input, relu ? output : std::optional<at::Tensor>(), s, grad_weight,
-                              need_bias ? &grad_bias : nullptr);
+    conv2d_direct_weight_grad(grad_output, *input, relu ? output : std::optional<at::Tensor>(), s,
+                              grad_weight, need_bias ? &grad_bias : nullptr);
     need_weight = need_bias = false;
     if (!need_input) return {grad_input, grad_weight, grad_bias};
   }
-  if (need_input && !need_weight && !need_bias && direct_input_grad_supported(grad_output, grad_input, s)) {
-    conv2d_direct_input_grad(grad_output, weight, relu ? output : std::optional<at::Tensor>(), s, grad_input);
+  if (need_input && !need_weight && !need_bias &&
+      direct_input_grad_supported(grad_output, grad_input, s)) {
+    conv2d_direct_input_grad(grad_output, weight, relu ? output : std::optional<at::Tensor>(), s,
+                             grad_input);
     return {grad_input, grad_weight, grad_bias};
   }
 #endif
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "conv2d_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor weight_acc = need_input ? gemm_weight(weight, acc_type) : at::Tensor();
-    const auto options = grad_output.options().dtype(acc_type);
-    // Per-thread partial sums of the weight and bias gradients, reduced below.
-    const int64_t threads = at::get_num_threads();
-    at::Tensor weight_partial = need_weight ? at::zeros({threads, s.out_channels, s.patch()}, options) : at::Tensor();
-    at::Tensor bias_partial = need_bias ? at::zeros({threads, s.out_channels}, options) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, grad_output.scalar_type(), "conv2d_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+        const at::Tensor weight_acc = need_input ? gemm_weight(weight, acc_type) : at::Tensor();
+        const auto options = grad_output.options().dtype(acc_type);
+        // Per-thread partial sums of the weight and bias gradients, reduced below.
+        const int64_t threads = at::get_num_threads();
+        at::Tensor weight_partial =
+            need_weight ? at::zeros({threads, s.out_channels, s.patch()}, options) : at::Tensor();
+        at::Tensor bias_partial =
+            need_bias ? at::zeros({threads, s.out_channels}, options) : at::Tensor();
 
-    const scalar_t* grad_ptr = grad_output.const_data_ptr<scalar_t>();
-    const scalar_t* output_ptr = relu ? output->const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* input_ptr = need_weight ? input->const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* grad_input_ptr = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-    const Strides4 grad_strides = strides_of(grad_output);
-    const Strides4 output_strides = relu ? strides_of(*output) : Strides4{};
-    const Strides4 input_strides = need_weight ? strides_of(*input) : Strides4{};
-    const Strides4 grad_input_strides = need_input ? strides_of(grad_input) : Strides4{};
-    const int64_t images = images_per_task(s);
-    const int64_t columns = images * s.image_columns();
-    struct Buffers {
-      at::Tensor grad, col, planes, row;
-    };
-    auto make_buffers = [&] {
-      const bool col_needed = need_input || need_weight;
-      return Buffers{on_huge_pages(at::empty({s.out_per_group() * columns}, options)),
-                     on_huge_pages(at::empty({col_needed ? s.patch() * columns : 0}, options)),
-                     on_huge_pages(at::empty({col_needed ? plane_buffer_size(s, images) : 0}, options)),
-                     at::empty({need_input ? s.width : 0}, options)};
-    };
-    for_each_task(s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, Buffers& buffers) {
-      const int64_t cols = count * s.image_columns();
-      const int64_t o0 = g * s.out_per_group();
-      const int64_t c0 = g * s.in_per_group();
-      const int64_t thread = at::get_thread_num();
-      at::Tensor grad = matrix(buffers.grad, s.out_per_group(), cols);
-      gather_grad(grad_ptr, grad_strides, output_ptr, output_strides, s, first, count, o0,
-                  grad.mutable_data_ptr<acc_t>(),
-                  need_bias ? bias_partial[thread].mutable_data_ptr<acc_t>() : nullptr);
-      if (need_weight) {
-        at::Tensor col = matrix(buffers.col, s.patch(), cols);
-        gather_columns(input_ptr, input_strides, s, first, count, c0, buffers.planes.mutable_data_ptr<acc_t>(),
-                       col.mutable_data_ptr<acc_t>());
-        // ATen's addmm_: oneDNN is no faster here (benchmarks/NOTES.md).
-        weight_partial[thread].narrow(0, o0, s.out_per_group()).addmm_(grad, col.t());
-      }
-      if (need_input) {
-        at::Tensor col = matrix(buffers.col, s.patch(), cols);
-        // ATen's mm, not cpu_matmul: oneDNN measured slower on these products (it reorders the
-        // large grad operand; benchmarks/NOTES.md).
-        at::mm_out(col, weight_acc.narrow(0, o0, s.out_per_group()).t(), grad);
-        if (s.padded_planes()) {
-          columns_to_grad_input(col.const_data_ptr<acc_t>(), s, first, count, c0,
-                                buffers.planes.mutable_data_ptr<acc_t>(), grad_input_ptr, grad_input_strides);
-        } else {
-          col2im(col.const_data_ptr<acc_t>(), s, first, count, c0, grad_input_ptr, grad_input_strides,
-                 buffers.row.mutable_data_ptr<acc_t>());
-        }
-      }
-    });
-    auto reduce_threads = [&](const at::Tensor& partial, at::Tensor& result) {
-      const acc_t* src = partial.const_data_ptr<acc_t>();
-      scalar_t* dst = result.mutable_data_ptr<scalar_t>();
-      const int64_t size = result.numel();
-      at::parallel_for(0, size, grain_for(threads), [&](int64_t begin, int64_t end) {
-        for (int64_t j = begin; j < end; ++j) {
-          acc_t sum(0);
-          for (int64_t t = 0; t < threads; ++t) sum += src[t * size + j];
-          dst[j] = static_cast<scalar_t>(sum);
-        }
+        const scalar_t* grad_ptr = grad_output.const_data_ptr<scalar_t>();
+        const scalar_t* output_ptr = relu ? output->const_data_ptr<scalar_t>() : nullptr;
+        const scalar_t* input_ptr = need_weight ? input->const_data_ptr<scalar_t>() : nullptr;
+        scalar_t* grad_input_ptr = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
+        const Strides4 grad_strides = strides_of(grad_output);
+        const Strides4 output_strides = relu ? strides_of(*output) : Strides4{};
+        const Strides4 input_strides = need_weight ? strides_of(*input) : Strides4{};
+        const Strides4 grad_input_strides = need_input ? strides_of(grad_input) : Strides4{};
+        const int64_t images = images_per_task(s);
+        const int64_t columns = images * s.image_columns();
+        struct Buffers {
+          at::Tensor grad, col, planes, row;
+        };
+        auto make_buffers = [&] {
+          const bool col_needed = need_input || need_weight;
+          return Buffers{
+              on_huge_pages(at::empty({s.out_per_group() * columns}, options)),
+              on_huge_pages(at::empty({col_needed ? s.patch() * columns : 0}, options)),
+              on_huge_pages(at::empty({col_needed ? plane_buffer_size(s, images) : 0}, options)),
+              at::empty({need_input ? s.width : 0}, options)};
+        };
+        for_each_task(
+            s, images, make_buffers,
+            [&](int64_t g, int64_t first, int64_t count, Buffers& buffers) {
+              const int64_t cols = count * s.image_columns();
+              const int64_t o0 = g * s.out_per_group();
+              const int64_t c0 = g * s.in_per_group();
+              const int64_t thread = at::get_thread_num();
+              at::Tensor grad = matrix(buffers.grad, s.out_per_group(), cols);
+              gather_grad(grad_ptr, grad_strides, output_ptr, output_strides, s, first, count, o0,
+                          grad.mutable_data_ptr<acc_t>(),
+                          need_bias ? bias_partial[thread].mutable_data_ptr<acc_t>() : nullptr);
+              if (need_weight) {
+                at::Tensor col = matrix(buffers.col, s.patch(), cols);
+                gather_columns(input_ptr, input_strides, s, first, count, c0,
+                               buffers.planes.mutable_data_ptr<acc_t>(),
+                               col.mutable_data_ptr<acc_t>());
+                // ATen's addmm_: oneDNN is no faster here (benchmarks/NOTES.md).
+                weight_partial[thread].narrow(0, o0, s.out_per_group()).addmm_(grad, col.t());
+              }
+              if (need_input) {
+                at::Tensor col = matrix(buffers.col, s.patch(), cols);
+                // ATen's mm, not cpu_matmul: oneDNN measured slower on these products (it reorders
+                // the large grad operand; benchmarks/NOTES.md).
+                at::mm_out(col, weight_acc.narrow(0, o0, s.out_per_group()).t(), grad);
+                if (s.padded_planes()) {
+                  columns_to_grad_input(col.const_data_ptr<acc_t>(), s, first, count, c0,
+                                        buffers.planes.mutable_data_ptr<acc_t>(), grad_input_ptr,
+                                        grad_input_strides);
+                } else {
+                  col2im(col.const_data_ptr<acc_t>(), s, first, count, c0, grad_input_ptr,
+                         grad_input_strides, buffers.row.mutable_data_ptr<acc_t>());
+                }
+              }
+            });
+        auto reduce_threads = [&](const at::Tensor& partial, at::Tensor& result) {
+          const acc_t* src = partial.const_data_ptr<acc_t>();
+          scalar_t* dst = result.mutable_data_ptr<scalar_t>();
+          const int64_t size = result.numel();
+          at::parallel_for(0, size, grain_for(threads), [&](int64_t begin, int64_t end) {
+            for (int64_t j = begin; j < end; ++j) {
+              acc_t sum(0);
+              for (int64_t t = 0; t < threads; ++t) sum += src[t * size + j];
+              dst[j] = static_cast<scalar_t>(sum);
+            }
+          });
+        };
+        if (need_weight) reduce_threads(weight_partial, grad_weight);
+        if (need_bias) reduce_threads(bias_partial, grad_bias);
       });
-    };
-    if (need_weight) reduce_threads(weight_partial, grad_weight);
-    if (need_bias) reduce_threads(bias_partial, grad_bias);
-  });
   return {grad_input, grad_weight, grad_bias};
 }
 

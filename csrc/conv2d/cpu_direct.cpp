@@ -33,14 +33,14 @@
 
 namespace fastops::conv2d_cpu_internal {
 
-constexpr int64_t kLanes = 16;       // output channels per accumulator
-constexpr int kMaxPixels = 24;       // accumulators of one call (of the 32 vector registers)
+constexpr int64_t kLanes = 16;  // output channels per accumulator
+constexpr int kMaxPixels = 24;  // accumulators of one call (of the 32 vector registers)
 using LaneVector = float __attribute__((vector_size(kLanes * sizeof(float))));
 
 bool direct_supported(const at::Tensor& input, const Conv2dShape& s) {
   // Faster than the GEMM path up to 32 output channels (benchmarks/NOTES.md).
-  return cpu_has_avx512() && input.scalar_type() == at::kFloat && s.groups == 1 && s.stride_w == 1 &&
-         s.out_channels <= 2 * kLanes;
+  return cpu_has_avx512() && input.scalar_type() == at::kFloat && s.groups == 1 &&
+         s.stride_w == 1 && s.out_channels <= 2 * kLanes;
 }
 
 namespace {
@@ -63,9 +63,9 @@ at::Tensor pack_weight_lanes(const at::Tensor& weight) {
 // output rows, sharing each weight vector load) and r < kPixels: act(bias + sum over (c, kh, kw)
 // of weight * planes[c, (oh + q) * sh + kh * dh, ow0 + r + kw * dw]) (stride_w is 1).
 template <int kRows, int kPixels>
-FASTOPS_AVX512_FN void direct_row_block(
-    const float* planes, const float* packed, const float* bias, const Conv2dShape& s, int64_t block,
-    int64_t oh, int64_t ow0, bool relu, float* tile) {
+FASTOPS_AVX512_FN void direct_row_block(const float* planes, const float* packed, const float* bias,
+                                        const Conv2dShape& s, int64_t block, int64_t oh,
+                                        int64_t ow0, bool relu, float* tile) {
   LaneVector acc[kRows][kPixels];
   LaneVector b;
   std::memcpy(&b, bias + block * kLanes, sizeof(b));
@@ -77,7 +77,8 @@ FASTOPS_AVX512_FN void direct_row_block(
   const int64_t row_step = s.stride_h * wp;  // from output row oh to oh + 1 in the planes
   for (int64_t c = 0; c < s.in_channels; ++c) {
     for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      const float* row = planes + (c * s.padded_h() + oh * s.stride_h + kh * s.dilation_h) * wp + ow0;
+      const float* row =
+          planes + (c * s.padded_h() + oh * s.stride_h + kh * s.dilation_h) * wp + ow0;
       for (int64_t kw = 0; kw < s.kernel_w; ++kw, w += kLanes) {
         LaneVector wv;
         std::memcpy(&wv, w, sizeof(wv));
@@ -93,7 +94,8 @@ FASTOPS_AVX512_FN void direct_row_block(
   for (int q = 0; q < kRows; ++q) {
     float* dst = tile + ((oh + q) * s.out_w + ow0) * kLanes;
     for (int r = 0; r < kPixels; ++r) {
-      const LaneVector v = relu ? (acc[q][r] < 0.0f ? LaneVector{} : acc[q][r]) : acc[q][r];  // keeps NaN
+      const LaneVector v =
+          relu ? (acc[q][r] < 0.0f ? LaneVector{} : acc[q][r]) : acc[q][r];  // keeps NaN
       std::memcpy(dst + r * kLanes, &v, sizeof(v));
     }
   }
@@ -104,19 +106,21 @@ using RowBlockFn = void (*)(const float*, const float*, const float*, const Conv
 
 // table[pixels - 1]: the row block of `pixels` pixels, for kRows output rows.
 template <int kRows, int... kPixels>
-constexpr std::array<RowBlockFn, sizeof...(kPixels)> row_block_table(std::integer_sequence<int, kPixels...>) {
+constexpr std::array<RowBlockFn, sizeof...(kPixels)> row_block_table(
+    std::integer_sequence<int, kPixels...>) {
   return {&direct_row_block<kRows, kPixels + 1>...};
 }
 
 // out[block * 16 + l, p] = tile[p, l] for the channels of lane block `block` that exist: the
 // pixel-major tile of one image and block written in the output's layout.
-FASTOPS_AVX512_FN void store_tile(const float* tile, const Conv2dShape& s,
-                                                   int64_t block, float* out, const Strides4& os) {
+FASTOPS_AVX512_FN void store_tile(const float* tile, const Conv2dShape& s, int64_t block,
+                                  float* out, const Strides4& os) {
   const int64_t channels = std::min(kLanes, s.out_channels - block * kLanes);
   if (os.c == 1) {  // channels-last: each pixel's channels are contiguous
     for (int64_t oh = 0; oh < s.out_h; ++oh) {
       for (int64_t ow = 0; ow < s.out_w; ++ow) {
-        std::copy(tile + (oh * s.out_w + ow) * kLanes, tile + (oh * s.out_w + ow) * kLanes + channels,
+        std::copy(tile + (oh * s.out_w + ow) * kLanes,
+                  tile + (oh * s.out_w + ow) * kLanes + channels,
                   out + block * kLanes + oh * os.h + ow * os.w);
       }
     }
@@ -145,8 +149,8 @@ template <typename Body>
 void for_each_direct_image(const at::Tensor& input, const Conv2dShape& s, const Body& body) {
   const Strides4 in = strides_of(input);
   const float* in_ptr = input.const_data_ptr<float>();
-  const bool unpadded = s.pad_h == 0 && s.pad_w == 0 && in.w == 1 && in.h == s.width &&
-                        in.c == s.height * s.width;
+  const bool unpadded =
+      s.pad_h == 0 && s.pad_w == 0 && in.w == 1 && in.h == s.width && in.c == s.height * s.width;
   const int64_t work = s.out_channels * s.patch() * s.pixels();
   at::parallel_for(0, s.batch, grain_for(work), [&](int64_t begin, int64_t end) {
     std::vector<float> planes(unpadded ? 0 : direct_plane_buffer(s), 0.0f);  // the tail stays zero
@@ -165,11 +169,13 @@ void for_each_direct_image(const at::Tensor& input, const Conv2dShape& s, const 
 }  // namespace
 
 // The forward of whole images, in parallel over images.
-void conv2d_direct(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                   const Conv2dShape& s, bool relu, at::Tensor& out) {
+void conv2d_direct(const at::Tensor& input, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias, const Conv2dShape& s, bool relu,
+                   at::Tensor& out) {
   // Two rows at once need 2 * pixels accumulators: rows of up to kMaxPixels / 2 pixels.
   static constexpr auto one_row = row_block_table<1>(std::make_integer_sequence<int, kMaxPixels>{});
-  static constexpr auto two_rows = row_block_table<2>(std::make_integer_sequence<int, kMaxPixels / 2>{});
+  static constexpr auto two_rows =
+      row_block_table<2>(std::make_integer_sequence<int, kMaxPixels / 2>{});
   const bool paired = s.out_w <= kMaxPixels / 2;
   // Single rows in equal blocks of at most kMaxPixels pixels (28 = 14 + 14, not 24 + 4).
   const int64_t row_block = (s.out_w + (s.out_w + kMaxPixels - 1) / kMaxPixels - 1) /
@@ -213,9 +219,9 @@ namespace {
 
 // tile[p * 16 + l] = grad_output[n, block * 16 + l, p] through the ReLU mask (0 for channels
 // past out_channels); bias_sum[l] += its sum over p.
-FASTOPS_AVX512_FN void gather_grad_tile(
-    const float* grad, const Strides4& gs, const float* output, const Strides4& os, const Conv2dShape& s,
-    int64_t n, int64_t block, float* tile, float* bias_sum) {
+FASTOPS_AVX512_FN void gather_grad_tile(const float* grad, const Strides4& gs, const float* output,
+                                        const Strides4& os, const Conv2dShape& s, int64_t n,
+                                        int64_t block, float* tile, float* bias_sum) {
   const int64_t channels = std::min(kLanes, s.out_channels - block * kLanes);
   std::fill(tile, tile + s.pixels() * kLanes, 0.0f);
   for (int64_t l = 0; l < channels; ++l) {
@@ -238,8 +244,8 @@ FASTOPS_AVX512_FN void gather_grad_tile(
 // grad[(kh * kKernelW + kw) * 16 + l] += the weight gradient of channel `plane`'s taps; two
 // pixels at a time in separate accumulators so that kKernelW >= 2 keeps enough FMAs in flight.
 template <int kKernelW>
-FASTOPS_AVX512_FN void weight_grad_taps(const float* plane, const float* tile,
-                                                        const Conv2dShape& s, float* grad) {
+FASTOPS_AVX512_FN void weight_grad_taps(const float* plane, const float* tile, const Conv2dShape& s,
+                                        float* grad) {
   const int64_t wp = s.padded_w();
   for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
     LaneVector acc[2][kKernelW] = {};
@@ -275,7 +281,8 @@ FASTOPS_AVX512_FN void weight_grad_taps(const float* plane, const float* tile,
 using WeightGradFn = void (*)(const float*, const float*, const Conv2dShape&, float*);
 
 template <int... kWidths>
-constexpr std::array<WeightGradFn, sizeof...(kWidths)> weight_grad_table(std::integer_sequence<int, kWidths...>) {
+constexpr std::array<WeightGradFn, sizeof...(kWidths)> weight_grad_table(
+    std::integer_sequence<int, kWidths...>) {
   return {&weight_grad_taps<kWidths + 1>...};
 }
 
@@ -286,7 +293,8 @@ constexpr std::array<WeightGradFn, sizeof...(kWidths)> weight_grad_table(std::in
 void conv2d_direct_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
                                const std::optional<at::Tensor>& output, const Conv2dShape& s,
                                at::Tensor& grad_weight, at::Tensor* grad_bias) {
-  static constexpr auto taps = weight_grad_table(std::make_integer_sequence<int, kMaxWeightGradWidth>{});
+  static constexpr auto taps =
+      weight_grad_table(std::make_integer_sequence<int, kMaxWeightGradWidth>{});
   const int64_t blocks = (s.out_channels + kLanes - 1) / kLanes;
   const int64_t threads = at::get_num_threads();
   // [threads][blocks][patch + 1][16]: the weight taps, then the bias.
@@ -301,14 +309,18 @@ void conv2d_direct_weight_grad(const at::Tensor& grad_output, const at::Tensor& 
     float* thread_partial = partial_ptr + at::get_thread_num() * blocks * (s.patch() + 1) * kLanes;
     for (int64_t block = 0; block < blocks; ++block) {
       float* block_partial = thread_partial + block * (s.patch() + 1) * kLanes;
-      gather_grad_tile(grad_ptr, gs, out_ptr, os, s, n, block, tile, block_partial + s.patch() * kLanes);
+      gather_grad_tile(grad_ptr, gs, out_ptr, os, s, n, block, tile,
+                       block_partial + s.patch() * kLanes);
       for (int64_t c = 0; c < s.in_channels; ++c) {
-        taps[s.kernel_w - 1](image + c * plane_size, tile, s, block_partial + c * s.kernel_h * s.kernel_w * kLanes);
+        taps[s.kernel_w - 1](image + c * plane_size, tile, s,
+                             block_partial + c * s.kernel_h * s.kernel_w * kLanes);
       }
     }
   });
   // [blocks, patch + 1, 16] summed over threads -> [blocks * 16, patch + 1] -> the real channels.
-  const at::Tensor per_channel = partial.sum(0).transpose(1, 2).reshape({blocks * kLanes, s.patch() + 1})
+  const at::Tensor per_channel = partial.sum(0)
+                                     .transpose(1, 2)
+                                     .reshape({blocks * kLanes, s.patch() + 1})
                                      .narrow(0, 0, s.out_channels);
   grad_weight.view({s.out_channels, s.patch()}).copy_(per_channel.narrow(1, 0, s.patch()));
   if (grad_bias != nullptr) grad_bias->copy_(per_channel.select(1, s.patch()));
@@ -322,10 +334,11 @@ void conv2d_direct_weight_grad(const at::Tensor& grad_output, const at::Tensor& 
 // kChannels weight broadcasts feed kChannels x kRows FMAs.
 constexpr int kMaxInputGradChannels = 8;
 
-bool direct_input_grad_supported(const at::Tensor& grad_output, const at::Tensor& grad_input, const Conv2dShape& s) {
-  return direct_supported(grad_output, s) && s.stride_h == 1 && s.dilation_h == 1 && s.dilation_w == 1 &&
-         s.in_channels <= kMaxInputGradChannels && s.pad_h < s.kernel_h && s.pad_w < s.kernel_w &&
-         grad_input.is_contiguous();
+bool direct_input_grad_supported(const at::Tensor& grad_output, const at::Tensor& grad_input,
+                                 const Conv2dShape& s) {
+  return direct_supported(grad_output, s) && s.stride_h == 1 && s.dilation_h == 1 &&
+         s.dilation_w == 1 && s.in_channels <= kMaxInputGradChannels && s.pad_h < s.kernel_h &&
+         s.pad_w < s.kernel_w && grad_input.is_contiguous();
 }
 
 namespace {
@@ -334,8 +347,8 @@ namespace {
 // kChannels input channels; `flipped` is the weight as [O][kh'][kw'][kChannels].
 template <int kChannels, int kRows>
 FASTOPS_AVX512_FN void input_grad_block(const float* planes, const float* flipped,
-                                                        const Conv2dShape& s, int64_t ih0, int64_t iw0,
-                                                        float* grad_input) {
+                                        const Conv2dShape& s, int64_t ih0, int64_t iw0,
+                                        float* grad_input) {
   const int64_t gw = s.out_w + 2 * (s.kernel_w - 1);
   const int64_t plane_size = (s.out_h + 2 * (s.kernel_h - 1)) * gw;
   __m512 acc[kChannels][kRows];
@@ -372,11 +385,14 @@ FASTOPS_AVX512_FN void input_grad_block(const float* planes, const float* flippe
   }
 }
 
-using InputGradFn = void (*)(const float*, const float*, const Conv2dShape&, int64_t, int64_t, float*);
+using InputGradFn = void (*)(const float*, const float*, const Conv2dShape&, int64_t, int64_t,
+                             float*);
 
 template <int... kChannels>
-constexpr std::array<std::array<InputGradFn, 2>, sizeof...(kChannels)> input_grad_table(std::integer_sequence<int, kChannels...>) {
-  return {std::array<InputGradFn, 2>{&input_grad_block<kChannels + 1, 1>, &input_grad_block<kChannels + 1, 2>}...};
+constexpr std::array<std::array<InputGradFn, 2>, sizeof...(kChannels)> input_grad_table(
+    std::integer_sequence<int, kChannels...>) {
+  return {std::array<InputGradFn, 2>{&input_grad_block<kChannels + 1, 1>,
+                                     &input_grad_block<kChannels + 1, 2>}...};
 }
 
 }  // namespace
@@ -385,7 +401,8 @@ constexpr std::array<std::array<InputGradFn, 2>, sizeof...(kChannels)> input_gra
 void conv2d_direct_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
                               const std::optional<at::Tensor>& output, const Conv2dShape& s,
                               at::Tensor& grad_input) {
-  static constexpr auto blocks = input_grad_table(std::make_integer_sequence<int, kMaxInputGradChannels>{});
+  static constexpr auto blocks =
+      input_grad_table(std::make_integer_sequence<int, kMaxInputGradChannels>{});
   // [O][kh'][kw'][C] with kh' = K - 1 - kh: each tap's weights for all input channels together.
   const at::Tensor flipped = weight.flip({2, 3}).permute({0, 2, 3, 1}).contiguous();
   const float* flipped_ptr = flipped.const_data_ptr<float>();
@@ -404,7 +421,8 @@ void conv2d_direct_input_grad(const at::Tensor& grad_output, const at::Tensor& w
       for (int64_t o = 0; o < s.out_channels; ++o) {
         for (int64_t oh = 0; oh < s.out_h; ++oh) {
           const float* g = grad_ptr + n * gs.n + o * gs.c + oh * gs.h;
-          const float* out = out_ptr != nullptr ? out_ptr + n * os.n + o * os.c + oh * os.h : nullptr;
+          const float* out =
+              out_ptr != nullptr ? out_ptr + n * os.n + o * os.c + oh * os.h : nullptr;
           float* dst = planes.data() + (o * gh + oh + s.kernel_h - 1) * gw + s.kernel_w - 1;
           for (int64_t ow = 0; ow < s.out_w; ++ow) {
             dst[ow] = out != nullptr ? relu_masked(g[ow * gs.w], out[ow * os.w]) : g[ow * gs.w];

@@ -24,7 +24,8 @@ struct Span {
   int64_t begin, end;
 };
 
-inline Span valid_outputs(int64_t size, int64_t out_size, int64_t stride, int64_t pad, int64_t offset) {
+inline Span valid_outputs(int64_t size, int64_t out_size, int64_t stride, int64_t pad,
+                          int64_t offset) {
   const int64_t shift = pad - offset;  // input position = o * stride - shift
   const int64_t begin = shift <= 0 ? 0 : std::min(out_size, (shift + stride - 1) / stride);
   const int64_t limit = size + shift;
@@ -42,9 +43,10 @@ inline int64_t images_per_task(const Conv2dShape& s) {
   constexpr int64_t kMinColumns = 256;
   constexpr int64_t kColumnBufferElements = int64_t{1} << 17;
   const int64_t columns = std::max<int64_t>(1, s.image_columns());
-  int64_t images = std::min(kTargetColumns / columns,
-                            std::max(kMinColumns / columns,
-                                     kColumnBufferElements / std::max<int64_t>(1, s.patch() * columns)));
+  int64_t images =
+      std::min(kTargetColumns / columns,
+               std::max(kMinColumns / columns,
+                        kColumnBufferElements / std::max<int64_t>(1, s.patch() * columns)));
   const int64_t chunks_per_group = (at::get_num_threads() + s.groups - 1) / s.groups;
   images = std::min(images, (s.batch + chunks_per_group - 1) / chunks_per_group);
   return std::max<int64_t>(1, images);
@@ -57,7 +59,8 @@ template <typename MakeBuffers, typename Task>
 void for_each_task(const Conv2dShape& s, int64_t images_per_chunk, const MakeBuffers& make_buffers,
                    const Task& task) {
   const int64_t chunks = (s.batch + images_per_chunk - 1) / images_per_chunk;
-  const int64_t gemm_work = s.out_per_group() * std::max<int64_t>(1, s.patch()) * images_per_chunk * s.image_columns();
+  const int64_t gemm_work =
+      s.out_per_group() * std::max<int64_t>(1, s.patch()) * images_per_chunk * s.image_columns();
   at::parallel_for(0, s.groups * chunks, grain_for(gemm_work), [&](int64_t begin, int64_t end) {
     auto buffers = make_buffers();
     for (int64_t t = begin; t < end; ++t) {
@@ -129,7 +132,9 @@ void planes_to_columns(const acc_t* planes, const Conv2dShape& s, int64_t images
 
 // Buffer elements for the padded planes of `images` images of one group.
 inline int64_t plane_buffer_size(const Conv2dShape& s, int64_t images) {
-  return s.padded_planes() ? images * s.in_per_group() * s.padded_h() * s.padded_w() + s.plane_tail() : 0;
+  return s.padded_planes()
+             ? images * s.in_per_group() * s.padded_h() * s.padded_w() + s.plane_tail()
+             : 0;
 }
 
 // col = the im2col matrix of images [first, first + images) of the group starting at channel c0.

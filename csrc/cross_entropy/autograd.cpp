@@ -4,8 +4,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "shared/autograd.h"
 #include "cross_entropy/cross_entropy.h"
+#include "shared/autograd.h"
 
 namespace fastops {
 namespace {
@@ -16,7 +16,8 @@ using torch::autograd::variable_list;
 // Class weights get no gradient (as torch's nll_loss); torch refuses them at the forward.
 void check_weight_not_differentiable(const std::optional<at::Tensor>& weight, const char* op) {
   TORCH_CHECK(!(at::GradMode::is_enabled() && weight.has_value() && weight->requires_grad()),
-              "fastops::", op, " is not differentiable with respect to argument 'weight' (the "
+              "fastops::", op,
+              " is not differentiable with respect to argument 'weight' (the "
               "class weights, as torch's nll_loss): it cannot have requires_grad=True");
 }
 
@@ -29,16 +30,18 @@ void save_options(AutogradContext* ctx, c10::string_view reduction, int64_t igno
 
 // logsumexp and total_weight are outputs for the backward op, not for autograd: no gradient
 // flows through them, and none is materialised as zeros for them (two allocations per call).
-void mark_statistics(AutogradContext* ctx, const at::Tensor& logsumexp, const at::Tensor& total_weight) {
+void mark_statistics(AutogradContext* ctx, const at::Tensor& logsumexp,
+                     const at::Tensor& total_weight) {
   ctx->mark_non_differentiable({logsumexp, total_weight});
   ctx->set_materialize_grads(false);
 }
 
 class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& target,
-                               const std::optional<at::Tensor>& weight, c10::string_view reduction,
-                               int64_t ignore_index, double label_smoothing) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                               c10::string_view reduction, int64_t ignore_index,
+                               double label_smoothing) {
     at::Tensor loss, logsumexp, total_weight;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -60,18 +63,22 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
         ctx->saved_data["reduction"].toStringRef(), ctx->saved_data["ignore_index"].toInt(),
         ctx->saved_data["label_smoothing"].toDouble(), mask);
     const torch::autograd::Variable none;
-    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_target),
-            none, none, none, none};
+    return {grad_or_undefined(mask[0], grad_input),
+            grad_or_undefined(mask[1], grad_target),
+            none,
+            none,
+            none,
+            none};
   }
 };
 
 class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossEntropyFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
-                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                               c10::string_view reduction, int64_t ignore_index,
-                               double label_smoothing) {
+                               const at::Tensor& linear_weight,
+                               const std::optional<at::Tensor>& bias, const at::Tensor& target,
+                               const std::optional<at::Tensor>& weight, c10::string_view reduction,
+                               int64_t ignore_index, double label_smoothing) {
     at::Tensor loss, logsumexp, total_weight;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -93,14 +100,19 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
         input_grad_mask<4>(ctx, {true, true, ctx->saved_data["has_bias"].toBool(), true});
     const auto [grad_input, grad_linear_weight, grad_bias, grad_target] =
         fastops::linear_cross_entropy_backward(
-            grad_outputs[0], saved[0], saved[1], optional_tensor(saved[2]), saved[3], optional_tensor(saved[4]),
-            saved[5], saved[6], ctx->saved_data["reduction"].toStringRef(),
-            ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["label_smoothing"].toDouble(),
-            mask);
+            grad_outputs[0], saved[0], saved[1], optional_tensor(saved[2]), saved[3],
+            optional_tensor(saved[4]), saved[5], saved[6],
+            ctx->saved_data["reduction"].toStringRef(), ctx->saved_data["ignore_index"].toInt(),
+            ctx->saved_data["label_smoothing"].toDouble(), mask);
     const torch::autograd::Variable none;
-    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_linear_weight),
-            grad_or_undefined(mask[2], grad_bias), grad_or_undefined(mask[3], grad_target),
-            none, none, none, none};
+    return {grad_or_undefined(mask[0], grad_input),
+            grad_or_undefined(mask[1], grad_linear_weight),
+            grad_or_undefined(mask[2], grad_bias),
+            grad_or_undefined(mask[3], grad_target),
+            none,
+            none,
+            none,
+            none};
   }
 };
 
@@ -112,8 +124,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_autograd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
   check_weight_not_differentiable(weight, "cross_entropy");
-  return as_tuple(CrossEntropyFunction::apply(input, target, weight, reduction, ignore_index,
-                                              label_smoothing));
+  return as_tuple(
+      CrossEntropyFunction::apply(input, target, weight, reduction, ignore_index, label_smoothing));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_autograd(

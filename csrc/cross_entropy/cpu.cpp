@@ -83,11 +83,11 @@ template <typename acc_t>
 struct LossSpec {
   int64_t classes;
   int64_t ignore_index;
-  acc_t smoothing;    // label_smoothing when > 0, else 0 (torch ignores a negative value)
+  acc_t smoothing;  // label_smoothing when > 0, else 0 (torch ignores a negative value)
   // [classes]: the class weights, or ones when there are none (a branch-free inner loop
   // vectorises; a C-float array stays in cache)
   const acc_t* weight;
-  acc_t weight_sum;   // sum of the class weights
+  acc_t weight_sum;  // sum of the class weights
 
   acc_t class_weight(int64_t c) const { return weight[c]; }
   // Coefficient of logit c in the smoothed target distribution (times the class weight) for a
@@ -100,7 +100,7 @@ struct LossSpec {
 template <typename acc_t>
 struct RowForward {
   acc_t logsumexp;
-  acc_t dot;           // sum_c coefficient_c * x_c
+  acc_t dot;  // sum_c coefficient_c * x_c
   acc_t coefficient_sum;
 };
 
@@ -139,7 +139,6 @@ void with_row_kernels(const Call& call) {
 #endif
   call(baseline::Isa{});
 }
-
 
 // ------------------------------------------------------------------------- arguments, layout
 
@@ -183,15 +182,17 @@ struct Spec {
     }
     acc_t weight_sum = 0;
     for (const acc_t w : weight) weight_sum += w;
-    spec = {classes, ignore_index, static_cast<acc_t>(label_smoothing > 0.0 ? label_smoothing : 0.0),
-            weight.data(), weight_sum};
+    spec = {classes, ignore_index,
+            static_cast<acc_t>(label_smoothing > 0.0 ? label_smoothing : 0.0), weight.data(),
+            weight_sum};
   }
 };
 
 // The class-index target as contiguous int64 in row order (Byte targets widened: N values).
 at::Tensor index_rows(const at::Tensor& target) {
-  return target.scalar_type() == at::kLong && target.is_contiguous() ? target
-                                                                     : target.to(at::kLong).contiguous();
+  return target.scalar_type() == at::kLong && target.is_contiguous()
+             ? target
+             : target.to(at::kLong).contiguous();
 }
 
 // Per-row results of a forward, in the accumulation type: the log-sum-exp (an output), the
@@ -212,7 +213,7 @@ struct RowResults {
 // without logits, as torch's mean over an empty input is NaN). Sums in double.
 template <typename scalar_t, typename acc_t>
 std::tuple<at::Tensor, at::Tensor> finish_loss(const RowResults<acc_t>& rows, Reduction reduction,
-                                              at::IntArrayRef shape, bool no_logits) {
+                                               at::IntArrayRef shape, bool no_logits) {
   double total_weight = 0;
   for (const acc_t w : rows.weight) total_weight += w;
   if (no_logits) total_weight = 0;
@@ -221,7 +222,8 @@ std::tuple<at::Tensor, at::Tensor> finish_loss(const RowResults<acc_t>& rows, Re
   const auto options = rows.logsumexp.options().dtype(c10::CppTypeToScalarType<scalar_t>::value);
   if (reduction == Reduction::None) {
     at::Tensor loss = at::empty(shape, options);
-    store_chunk(rows.loss.data(), static_cast<int64_t>(rows.loss.size()), loss.data_ptr<scalar_t>());
+    store_chunk(rows.loss.data(), static_cast<int64_t>(rows.loss.size()),
+                loss.data_ptr<scalar_t>());
     return {loss, total_weight_out};
   }
   double total = 0;
@@ -244,7 +246,9 @@ struct RowScale {
     const auto acc = c10::CppTypeToScalarType<acc_t>::value;
     values = grad_loss.to(acc).contiguous();
     stride = reduction == Reduction::None ? 1 : 0;
-    multiplier = reduction == Reduction::Mean ? acc_t(1) / total_weight.to(acc).template item<acc_t>() : acc_t(1);
+    multiplier = reduction == Reduction::Mean
+                     ? acc_t(1) / total_weight.to(acc).template item<acc_t>()
+                     : acc_t(1);
   }
   // The scales of rows r0, r0 + 1, ...
   ScaleView<acc_t> shifted(int64_t r0) const {
@@ -278,25 +282,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
   const int64_t rows = logits.size(0);
   const auto shape = row_shape(input.sizes());
   at::Tensor loss, lse, total_weight;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
-    RowResults<acc_t> results(rows, input);
-    const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
-                            index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
-                            prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
-    if (classes == 0) {
-      without_classes(index, ignore_index, results.logsumexp);
-    } else {
-      with_row_kernels([&](auto isa) {
-        forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>(), results.loss.data(),
-                     results.weight.data());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+        RowResults<acc_t> results(rows, input);
+        const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
+                                index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
+                                prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
+        if (classes == 0) {
+          without_classes(index, ignore_index, results.logsumexp);
+        } else {
+          with_row_kernels([&](auto isa) {
+            forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>(),
+                         results.loss.data(), results.weight.data());
+          });
+        }
+        std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
+            results, args.reduction, shape, args.prob_target && classes == 0);
+        lse = results.logsumexp.view(shape);
       });
-    }
-    std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
-        results, args.reduction, shape, args.prob_target && classes == 0);
-    lse = results.logsumexp.view(shape);
-  });
   return {loss, lse, total_weight};
 }
 
@@ -317,19 +322,21 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_cpu(
   const at::Tensor lse = logsumexp.to(accumulate_type(input.scalar_type())).contiguous();
   at::Tensor grad_input = need_input ? on_huge_pages(at::empty_like(logits)) : at::Tensor();
   at::Tensor grad_target = need_target ? on_huge_pages(at::empty_like(logits)) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
-    const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction);
-    const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
-                            index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
-                            prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
-    if (classes > 0) with_row_kernels([&](auto isa) {
-      backward_rows(isa, in, spec.spec, lse.const_data_ptr<acc_t>(), scale.shifted(0),
-                    need_input ? grad_input.data_ptr<scalar_t>() : nullptr,
-                    need_target ? grad_target.data_ptr<scalar_t>() : nullptr);
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy_backward", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+        const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction);
+        const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
+                                index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
+                                prob.defined() ? prob.const_data_ptr<scalar_t>() : nullptr, rows};
+        if (classes > 0)
+          with_row_kernels([&](auto isa) {
+            backward_rows(isa, in, spec.spec, lse.const_data_ptr<acc_t>(), scale.shifted(0),
+                          need_input ? grad_input.data_ptr<scalar_t>() : nullptr,
+                          need_target ? grad_target.data_ptr<scalar_t>() : nullptr);
+          });
+      });
   const auto empty = input.new_empty({0});
   return {need_input ? rows_as_logits(grad_input, input.sizes()) : empty,
           need_target ? rows_as_logits(grad_target, input.sizes()) : empty};
@@ -353,8 +360,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
     int64_t ignore_index, double label_smoothing) {
-  const auto args = linear_cross_entropy_rules(input, linear_weight, bias, target, weight, reduction,
-                                               label_smoothing, kLinearOp);
+  const auto args = linear_cross_entropy_rules(input, linear_weight, bias, target, weight,
+                                               reduction, label_smoothing, kLinearOp);
   const int64_t rows = input.size(0);
   const int64_t classes = linear_weight.size(0);
   const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
@@ -362,26 +369,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
   const int64_t chunk = linear_chunk_rows(rows, classes);
   at::Tensor buffer = on_huge_pages(at::empty({chunk, classes}, input.options()));
   at::Tensor loss, lse, total_weight;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
-    RowResults<acc_t> results(rows, input);
-    if (classes == 0) without_classes(index, ignore_index, results.logsumexp);
-    for (int64_t r0 = 0; classes > 0 && r0 < rows; r0 += chunk) {
-      const int64_t m = std::min(chunk, rows - r0);
-      const at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
-      const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
-                              index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
-                              prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
-      with_row_kernels([&](auto isa) {
-        forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>() + r0,
-                     results.loss.data() + r0, results.weight.data() + r0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+        RowResults<acc_t> results(rows, input);
+        if (classes == 0) without_classes(index, ignore_index, results.logsumexp);
+        for (int64_t r0 = 0; classes > 0 && r0 < rows; r0 += chunk) {
+          const int64_t m = std::min(chunk, rows - r0);
+          const at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
+          const Rows<scalar_t> in{
+              logits.const_data_ptr<scalar_t>(),
+              index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
+              prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
+          with_row_kernels([&](auto isa) {
+            forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>() + r0,
+                         results.loss.data() + r0, results.weight.data() + r0);
+          });
+        }
+        std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
+            results, args.reduction, {rows}, args.prob_target && classes == 0);
+        lse = results.logsumexp;
       });
-    }
-    std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
-        results, args.reduction, {rows}, args.prob_target && classes == 0);
-    lse = results.logsumexp;
-  });
   return {loss, lse, total_weight};
 }
 
@@ -392,8 +401,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
     const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
     double label_smoothing, std::array<bool, 4> output_mask) {
   const char* op = "linear_cross_entropy_backward";
-  const auto args = linear_cross_entropy_rules(input, linear_weight, bias, target, weight, reduction,
-                                               label_smoothing, op);
+  const auto args = linear_cross_entropy_rules(input, linear_weight, bias, target, weight,
+                                               reduction, label_smoothing, op);
   const auto [need_input, need_linear_weight, need_bias, need_target] = output_mask;
   check_loss_backward(args, input, grad_loss, logsumexp, total_weight, need_target, op);
   const int64_t rows = input.size(0);
@@ -402,38 +411,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
   const at::Tensor lse = logsumexp.to(accumulate_type(input.scalar_type())).contiguous();
   const auto empty = input.new_empty({0});
-  at::Tensor grad_input = need_input ? on_huge_pages(at::empty_like(input, at::MemoryFormat::Contiguous)) : empty;
-  at::Tensor grad_linear_weight = need_linear_weight ? at::zeros_like(linear_weight, at::MemoryFormat::Contiguous) : empty;
+  at::Tensor grad_input =
+      need_input ? on_huge_pages(at::empty_like(input, at::MemoryFormat::Contiguous)) : empty;
+  at::Tensor grad_linear_weight =
+      need_linear_weight ? at::zeros_like(linear_weight, at::MemoryFormat::Contiguous) : empty;
   at::Tensor grad_bias = need_bias ? at::zeros({classes}, input.options()) : empty;
-  at::Tensor grad_target = need_target ? on_huge_pages(at::empty({rows, classes}, input.options())) : empty;
+  at::Tensor grad_target =
+      need_target ? on_huge_pages(at::empty({rows, classes}, input.options())) : empty;
   const bool need_grad_logits = need_input || need_linear_weight || need_bias;
   const int64_t chunk = linear_chunk_rows(rows, classes);
   at::Tensor buffer = on_huge_pages(at::empty({chunk, classes}, input.options()));
   const at::Tensor ones = need_bias ? at::ones({chunk}, input.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
-    const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction);
-    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-      const int64_t m = std::min(chunk, rows - r0);
-      at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
-      const Rows<scalar_t> in{logits.const_data_ptr<scalar_t>(),
-                              index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
-                              prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
-      // The gradient of the logits overwrites them in place.
-      if (classes > 0) with_row_kernels([&](auto isa) {
-        backward_rows(isa, in, spec.spec, lse.const_data_ptr<acc_t>() + r0, scale.shifted(r0),
-                      need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
-                      need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy_backward", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+        const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction);
+        for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+          const int64_t m = std::min(chunk, rows - r0);
+          at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
+          const Rows<scalar_t> in{
+              logits.const_data_ptr<scalar_t>(),
+              index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
+              prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
+          // The gradient of the logits overwrites them in place.
+          if (classes > 0)
+            with_row_kernels([&](auto isa) {
+              backward_rows(
+                  isa, in, spec.spec, lse.const_data_ptr<acc_t>() + r0, scale.shifted(r0),
+                  need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
+                  need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
+            });
+          if (need_input) {
+            at::Tensor grad_input_rows = grad_input.narrow(0, r0, m);
+            grad_input_rows.copy_(cpu_matmul(logits, linear_weight, grad_input_rows));
+          }
+          if (need_linear_weight)
+            cpu_addmm_(grad_linear_weight, logits.t(), input.narrow(0, r0, m));
+          if (need_bias) grad_bias.addmv_(logits.t(), ones.narrow(0, 0, m));
+        }
       });
-      if (need_input) {
-        at::Tensor grad_input_rows = grad_input.narrow(0, r0, m);
-        grad_input_rows.copy_(cpu_matmul(logits, linear_weight, grad_input_rows));
-      }
-      if (need_linear_weight) cpu_addmm_(grad_linear_weight, logits.t(), input.narrow(0, r0, m));
-      if (need_bias) grad_bias.addmv_(logits.t(), ones.narrow(0, 0, m));
-    }
-  });
   return {grad_input, grad_linear_weight, grad_bias, grad_target};
 }
 

@@ -70,7 +70,8 @@ LossRules cross_entropy_rules(const at::Tensor& input, const at::Tensor& target,
 }
 
 LossRules linear_cross_entropy_rules(const at::Tensor& input, const at::Tensor& linear_weight,
-                                     const std::optional<at::Tensor>& bias, const at::Tensor& target,
+                                     const std::optional<at::Tensor>& bias,
+                                     const at::Tensor& target,
                                      const std::optional<at::Tensor>& weight,
                                      c10::string_view reduction, double label_smoothing,
                                      const char* op) {
@@ -153,9 +154,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_meta(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
     int64_t ignore_index, double label_smoothing) {
-  return loss_outputs(linear_cross_entropy_rules(input, linear_weight, bias, target, weight,
-                                                 reduction, label_smoothing, "linear_cross_entropy"),
-                      input);
+  return loss_outputs(
+      linear_cross_entropy_rules(input, linear_weight, bias, target, weight, reduction,
+                                 label_smoothing, "linear_cross_entropy"),
+      input);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_meta(
@@ -193,8 +195,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(
     const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
     double label_smoothing, std::array<bool, 2> output_mask) {
   static auto op = op_handle<decltype(cross_entropy_backward)>("fastops::cross_entropy_backward");
-  return op.call(grad_loss, input, target, weight, logsumexp, total_weight, reduction,
-                 ignore_index, label_smoothing, output_mask);
+  return op.call(grad_loss, input, target, weight, logsumexp, total_weight, reduction, ignore_index,
+                 label_smoothing, output_mask);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy(

@@ -44,7 +44,8 @@ LossRules cross_entropy_rules(const at::Tensor& input, const at::Tensor& target,
                               const std::optional<at::Tensor>& weight, c10::string_view reduction,
                               double label_smoothing, const char* op);
 LossRules linear_cross_entropy_rules(const at::Tensor& input, const at::Tensor& linear_weight,
-                                     const std::optional<at::Tensor>& bias, const at::Tensor& target,
+                                     const std::optional<at::Tensor>& bias,
+                                     const at::Tensor& target,
                                      const std::optional<at::Tensor>& weight,
                                      c10::string_view reduction, double label_smoothing,
                                      const char* op);

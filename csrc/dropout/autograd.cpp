@@ -5,8 +5,8 @@
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
-#include "shared/autograd.h"
 #include "dropout/dropout.h"
+#include "shared/autograd.h"
 
 namespace fastops {
 namespace {

@@ -33,7 +33,8 @@ constexpr int kNarrowBatch = 16;
 // bits[4 * l + q] = output q of Philox4x32-10(counter = first + l, key = seed) for l < kLanes,
 // the state being (c0, c1, c2, c3) = (low 32 bits of the counter, high 32 bits, 0, 0).
 template <int kLanes>
-__attribute__((always_inline)) inline void philox_batch(uint64_t first, uint32_t key_lo, uint32_t key_hi, uint32_t* bits) {
+__attribute__((always_inline)) inline void philox_batch(uint64_t first, uint32_t key_lo,
+                                                        uint32_t key_hi, uint32_t* bits) {
   uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
   for (int l = 0; l < kLanes; ++l) {
     const uint64_t counter = first + static_cast<uint64_t>(l);
@@ -108,13 +109,15 @@ void dropout_contiguous(const DropoutNoise& noise, int64_t channel_size, const s
 void dropout_into(const at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size,
                   at::Tensor& out) {
   const DropoutNoise noise = dropout_noise(seed, p);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "dropout_cpu", [&] {
-    dropout_contiguous<scalar_t>(noise, channel_size, input.const_data_ptr<scalar_t>(),
-                                 out.data_ptr<scalar_t>(), input.numel());
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, input.scalar_type(), "dropout_cpu", [&] {
+        dropout_contiguous<scalar_t>(noise, channel_size, input.const_data_ptr<scalar_t>(),
+                                     out.data_ptr<scalar_t>(), input.numel());
+      });
 }
 
-at::Tensor dropout_cpu(const at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size) {
+at::Tensor dropout_cpu(const at::Tensor& input, const at::Tensor& seed, double p,
+                       int64_t channel_size) {
   dropout_rules(input, seed, p, channel_size, "dropout");
   const at::Tensor x = input.contiguous();
   at::Tensor out = on_huge_pages(at::empty_like(x, at::MemoryFormat::Contiguous));
@@ -122,7 +125,8 @@ at::Tensor dropout_cpu(const at::Tensor& input, const at::Tensor& seed, double p
   return out;
 }
 
-void dropout_inplace_cpu(at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size) {
+void dropout_inplace_cpu(at::Tensor& input, const at::Tensor& seed, double p,
+                         int64_t channel_size) {
   dropout_rules(input, seed, p, channel_size, "dropout_");
   if (input.is_contiguous()) {
     dropout_into(input, seed, p, channel_size, input);

@@ -44,7 +44,8 @@ void dropout_inplace_meta(at::Tensor& input, const at::Tensor& seed, double p,
 
 }  // namespace
 
-at::Tensor dropout(const at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size) {
+at::Tensor dropout(const at::Tensor& input, const at::Tensor& seed, double p,
+                   int64_t channel_size) {
   static auto op = op_handle<decltype(dropout)>("fastops::dropout");
   return op.call(input, seed, p, channel_size);
 }

@@ -4,9 +4,9 @@
 //
 // Unit u (an element, or a whole channel for channel dropout) takes output u % 4 of
 // tl.philox(seed, c, c >> 32, 0, 0) with c = u // 4 (tl.randint4x(seed, c) for an int32 c),
-// turned into a float in [0, 1) by tl.uint_to_uniform_float; it is kept when that uniform is >= p (so p = 0
-// keeps everything and p = 1 drops everything). A kept unit is multiplied by 1 / (1 - p), a
-// dropped one by 0 (a multiplication, as torch's input * noise, so NaN and inf stay NaN).
+// turned into a float in [0, 1) by tl.uint_to_uniform_float; it is kept when that uniform is >= p
+// (so p = 0 keeps everything and p = 1 drops everything). A kept unit is multiplied by 1 / (1 - p),
+// a dropped one by 0 (a multiplication, as torch's input * noise, so NaN and inf stay NaN).
 #pragma once
 
 #include <ATen/ATen.h>

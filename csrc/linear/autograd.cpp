@@ -4,8 +4,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "shared/autograd.h"
 #include "linear/linear.h"
+#include "shared/autograd.h"
 
 namespace fastops {
 namespace {
@@ -39,13 +39,15 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     const auto mask = input_grad_mask<3>(ctx, {true, true, ctx->saved_data["has_bias"].toBool()});
     const auto [grad_input, grad_weight, grad_bias] = fastops::linear_backward(
         grad_outputs[0].contiguous(), optional_tensor(saved[0]), optional_tensor(saved[1]),
-        optional_tensor(saved[2]),
-        ctx->saved_data["activation"].toStringRef(), mask,
+        optional_tensor(saved[2]), ctx->saved_data["activation"].toStringRef(), mask,
         ctx->saved_data["dropout_seed"].toOptional<at::Tensor>(),
         ctx->saved_data["dropout_p"].toDouble());
-    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_weight),
-            grad_or_undefined(mask[2], grad_bias), torch::autograd::Variable(),
-            torch::autograd::Variable(), torch::autograd::Variable()};
+    return {grad_or_undefined(mask[0], grad_input),
+            grad_or_undefined(mask[1], grad_weight),
+            grad_or_undefined(mask[2], grad_bias),
+            torch::autograd::Variable(),
+            torch::autograd::Variable(),
+            torch::autograd::Variable()};
   }
 };
 

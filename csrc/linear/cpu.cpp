@@ -133,11 +133,13 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor out = cpu_linear(input_2d, weight, bias_in_gemm ? bias : std::nullopt);
   if ((bias.has_value() && !bias_in_gemm) || relu || dropout) {
     const at::Tensor bias_c = bias.has_value() && !bias_in_gemm ? bias->contiguous() : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "linear_epilogue", [&] {
-      bias_activation_inplace<scalar_t>(out.data_ptr<scalar_t>(),
-                                        bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-                                        rows, out_features, relu, dropout);
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, out.scalar_type(), "linear_epilogue", [&] {
+          bias_activation_inplace<scalar_t>(
+              out.data_ptr<scalar_t>(),
+              bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr, rows, out_features,
+              relu, dropout);
+        });
   }
   std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
   out_shape.back() = out_features;
@@ -166,13 +168,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   if (masked) grad_pre = on_huge_pages(at::empty_like(grad_2d));
   if (masked || need_bias) {
     const at::Tensor output_2d = relu ? as_rows(*output).contiguous() : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_2d.scalar_type(), "linear_backward_mask", [&] {
-      mask_and_column_sum<scalar_t>(grad_2d.const_data_ptr<scalar_t>(),
-                                    relu ? output_2d.const_data_ptr<scalar_t>() : nullptr, dropout,
-                                    masked ? grad_pre.data_ptr<scalar_t>() : nullptr,
-                                    need_bias ? grad_bias.data_ptr<scalar_t>() : nullptr, rows,
-                                    out_features);
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, grad_2d.scalar_type(), "linear_backward_mask", [&] {
+          mask_and_column_sum<scalar_t>(grad_2d.const_data_ptr<scalar_t>(),
+                                        relu ? output_2d.const_data_ptr<scalar_t>() : nullptr,
+                                        dropout, masked ? grad_pre.data_ptr<scalar_t>() : nullptr,
+                                        need_bias ? grad_bias.data_ptr<scalar_t>() : nullptr, rows,
+                                        out_features);
+        });
   }
 
   at::Tensor grad_input = empty;

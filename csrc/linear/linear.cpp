@@ -19,11 +19,13 @@ LinearRules linear_rules(const at::Tensor& input, const at::Tensor& weight,
   check_dim(weight, 2, "weight", op);
   check_same_dtype(weight, "weight", input, "input", op);
   check_same_device(weight, "weight", input, "input", op);
-  TORCH_CHECK(input.dim() >= 1, "fastops::linear: expected input to have at least 1 dimension, got 0");
+  TORCH_CHECK(input.dim() >= 1,
+              "fastops::linear: expected input to have at least 1 dimension, got 0");
   const c10::SymInt& in_features = weight.sym_size(1);
   const c10::SymInt& out_features = weight.sym_size(0);
-  TORCH_CHECK(input.sym_size(-1) == in_features, "fastops::linear: expected input.shape[-1] == ",
-              in_features, " (weight.shape[1]), got ", input.sym_size(-1));
+  TORCH_CHECK(input.sym_size(-1) == in_features,
+              "fastops::linear: expected input.shape[-1] == ", in_features,
+              " (weight.shape[1]), got ", input.sym_size(-1));
   if (bias.has_value()) {
     check_same_dtype(*bias, "bias", input, "input", op);
     check_same_device(*bias, "bias", input, "input", op);
@@ -52,23 +54,27 @@ LinearBackwardRules linear_backward_rules(
   const c10::SymInt& out_features = grad_output.sym_size(-1);
   TORCH_CHECK(act == Activation::None || output.has_value(),
               "fastops::linear_backward: activation 'relu' needs the forward output");
-  TORCH_CHECK(!need_input || weight.has_value(), "fastops::linear_backward: grad_input needs weight");
-  TORCH_CHECK(!need_weight || input.has_value(), "fastops::linear_backward: grad_weight needs input");
+  TORCH_CHECK(!need_input || weight.has_value(),
+              "fastops::linear_backward: grad_input needs weight");
+  TORCH_CHECK(!need_weight || input.has_value(),
+              "fastops::linear_backward: grad_weight needs input");
   if (weight.has_value()) {
     check_dim(*weight, 2, "weight", op);
     check_same_dtype(*weight, "weight", grad_output, "grad_output", op);
     check_same_device(*weight, "weight", grad_output, "grad_output", op);
-    TORCH_CHECK(weight->sym_size(0) == out_features, "fastops::linear_backward: expected weight "
-                "of shape [", out_features, ", in_features] (grad_output.shape[-1] rows), got ",
+    TORCH_CHECK(weight->sym_size(0) == out_features,
+                "fastops::linear_backward: expected weight "
+                "of shape [",
+                out_features, ", in_features] (grad_output.shape[-1] rows), got ",
                 weight->sym_sizes());
   }
   if (input.has_value()) {
     check_same_dtype(*input, "input", grad_output, "grad_output", op);
     check_same_device(*input, "input", grad_output, "grad_output", op);
-    TORCH_CHECK(input->dim() == grad_output.dim() &&
-                    input->sym_sizes().slice(0, input->dim() - 1) == rows,
-                "fastops::linear_backward: expected input of grad_output's leading sizes ", rows,
-                " and in_features last, got ", input->sym_sizes());
+    TORCH_CHECK(
+        input->dim() == grad_output.dim() && input->sym_sizes().slice(0, input->dim() - 1) == rows,
+        "fastops::linear_backward: expected input of grad_output's leading sizes ", rows,
+        " and in_features last, got ", input->sym_sizes());
     TORCH_CHECK(!weight.has_value() || input->sym_size(-1) == weight->sym_size(1),
                 "fastops::linear_backward: expected input.shape[-1] == ", weight->sym_size(1),
                 " (weight.shape[1]), got ", input->sym_size(-1));
@@ -76,9 +82,10 @@ LinearBackwardRules linear_backward_rules(
   if (output.has_value()) {
     check_same_dtype(*output, "output", grad_output, "grad_output", op);
     check_same_device(*output, "output", grad_output, "grad_output", op);
-    TORCH_CHECK(output->sym_sizes() == grad_output.sym_sizes(), "fastops::linear_backward: "
-                "expected output of grad_output's shape ", grad_output.sym_sizes(), ", got ",
-                output->sym_sizes());
+    TORCH_CHECK(output->sym_sizes() == grad_output.sym_sizes(),
+                "fastops::linear_backward: "
+                "expected output of grad_output's shape ",
+                grad_output.sym_sizes(), ", got ", output->sym_sizes());
   }
   if (dropout_seed.has_value()) check_dropout_seed(*dropout_seed, dropout_p, grad_output, op);
 

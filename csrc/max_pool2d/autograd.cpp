@@ -3,8 +3,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "shared/autograd.h"
 #include "max_pool2d/max_pool2d.h"
+#include "shared/autograd.h"
 
 namespace fastops {
 namespace {

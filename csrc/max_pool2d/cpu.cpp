@@ -28,7 +28,9 @@ constexpr int64_t kBlockElements = 1024;
 // Channels a channels-last backward task owns when the batch alone cannot keep the threads busy.
 constexpr int64_t kChannelSlice = 16;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 // The first window position inside the input along one dimension, for a window starting at
 // `start` (negative inside the padding): torch reports it for a window that holds only -inf.
@@ -55,10 +57,10 @@ void dispatch_argmax_type(at::ScalarType dtype, const Fn& fn) {
 // The type the forward compares in (exact for every input value), and the type of the running
 // argmax beside it: the same width, so the compiler vectorizes both in the same lanes.
 template <typename scalar_t>
-using compare_type = std::conditional_t<
-    std::is_floating_point_v<at::opmath_type<scalar_t>>,
-    std::conditional_t<std::is_same_v<scalar_t, double>, double, float>,
-    std::conditional_t<std::is_same_v<scalar_t, int64_t>, int64_t, int32_t>>;
+using compare_type =
+    std::conditional_t<std::is_floating_point_v<at::opmath_type<scalar_t>>,
+                       std::conditional_t<std::is_same_v<scalar_t, double>, double, float>,
+                       std::conditional_t<std::is_same_v<scalar_t, int64_t>, int64_t, int32_t>>;
 template <typename compare_t>
 using position_type = std::conditional_t<sizeof(compare_t) == 8, int64_t, int32_t>;
 
@@ -145,71 +147,76 @@ void forward_nchw(const scalar_t* input, scalar_t* output, index_t* argmax, int6
   for (int64_t ow = 0; ow < out_w; ++ow) {
     first_col[ow] = first_inside(ow * w.stride_w - w.pad_w, w.dilation_w);
   }
-  at::parallel_for(0, planes * blocks_per_plane, grain_for(rows_per_block * out_w * w.elements()),
-                   [&](int64_t begin, int64_t end) {
-    std::vector<compare_t> padded(max_rows * padded_w), best(out_w);
-    std::vector<position_t> arg(out_w);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t plane = task / blocks_per_plane;
-      const int64_t oh_begin = (task % blocks_per_plane) * rows_per_block;
-      const int64_t rows = std::min(rows_per_block, out_h - oh_begin);
-      pad_rows(input + plane * height * width, padded.data(), oh_begin * w.stride_h - w.pad_h,
-               padded_extent(rows, w.kernel_h, w.stride_h, w.dilation_h), padded_w, height, width,
-               w.pad_w, outside);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t oh = oh_begin + r;
-        const position_t first_row = first_inside(oh * w.stride_h - w.pad_h, w.dilation_h) * w.kernel_w;
-        std::fill(best.begin(), best.end(), outside);
-        for (int64_t ow = 0; ow < out_w; ++ow) arg[ow] = first_row + first_col[ow];
-        for (int64_t kh = 0; kh < w.kernel_h; ++kh) {
-          const compare_t* row = padded.data() + (r * w.stride_h + kh * w.dilation_h) * padded_w;
-          for (int64_t kw = 0; kw < w.kernel_w; ++kw) {
-            fold_max(best.data(), arg.data(), row + kw * w.dilation_w, out_w, w.stride_w,
-                     static_cast<position_t>(kh * w.kernel_w + kw));
+  at::parallel_for(
+      0, planes * blocks_per_plane, grain_for(rows_per_block * out_w * w.elements()),
+      [&](int64_t begin, int64_t end) {
+        std::vector<compare_t> padded(max_rows * padded_w), best(out_w);
+        std::vector<position_t> arg(out_w);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t plane = task / blocks_per_plane;
+          const int64_t oh_begin = (task % blocks_per_plane) * rows_per_block;
+          const int64_t rows = std::min(rows_per_block, out_h - oh_begin);
+          pad_rows(input + plane * height * width, padded.data(), oh_begin * w.stride_h - w.pad_h,
+                   padded_extent(rows, w.kernel_h, w.stride_h, w.dilation_h), padded_w, height,
+                   width, w.pad_w, outside);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t oh = oh_begin + r;
+            const position_t first_row =
+                first_inside(oh * w.stride_h - w.pad_h, w.dilation_h) * w.kernel_w;
+            std::fill(best.begin(), best.end(), outside);
+            for (int64_t ow = 0; ow < out_w; ++ow) arg[ow] = first_row + first_col[ow];
+            for (int64_t kh = 0; kh < w.kernel_h; ++kh) {
+              const compare_t* row =
+                  padded.data() + (r * w.stride_h + kh * w.dilation_h) * padded_w;
+              for (int64_t kw = 0; kw < w.kernel_w; ++kw) {
+                fold_max(best.data(), arg.data(), row + kw * w.dilation_w, out_w, w.stride_w,
+                         static_cast<position_t>(kh * w.kernel_w + kw));
+              }
+            }
+            const int64_t out_offset = (plane * out_h + oh) * out_w;
+            write_max(output + out_offset, argmax + out_offset, best.data(), arg.data(), out_w);
           }
         }
-        const int64_t out_offset = (plane * out_h + oh) * out_w;
-        write_max(output + out_offset, argmax + out_offset, best.data(), arg.data(), out_w);
-      }
-    }
-  });
+      });
 }
 
 // Channels-last: a task owns output pixels; the fold runs across the contiguous channels.
 template <typename scalar_t, typename compare_t, typename index_t>
-void forward_channels_last(const scalar_t* input, scalar_t* output, index_t* argmax,
-                           int64_t batch, int64_t channels, int64_t height, int64_t width,
-                           int64_t out_h, int64_t out_w, const Window& w) {
+void forward_channels_last(const scalar_t* input, scalar_t* output, index_t* argmax, int64_t batch,
+                           int64_t channels, int64_t height, int64_t width, int64_t out_h,
+                           int64_t out_w, const Window& w) {
   using position_t = position_type<compare_t>;
   const compare_t outside = static_cast<compare_t>(lowest<scalar_t>());
   at::parallel_for(0, batch * out_h * out_w, grain_for(channels * w.elements()),
                    [&](int64_t begin, int64_t end) {
-    std::vector<compare_t> best(channels);
-    std::vector<position_t> arg(channels);
-    for (int64_t pixel = begin; pixel < end; ++pixel) {
-      const int64_t ow = pixel % out_w;
-      const int64_t oh = (pixel / out_w) % out_h;
-      const int64_t n = pixel / (out_w * out_h);
-      const int64_t ih0 = oh * w.stride_h - w.pad_h;
-      const int64_t iw0 = ow * w.stride_w - w.pad_w;
-      std::fill(best.begin(), best.end(), outside);
-      std::fill(arg.begin(), arg.end(), static_cast<position_t>(
-          first_inside(ih0, w.dilation_h) * w.kernel_w + first_inside(iw0, w.dilation_w)));
-      const scalar_t* image = input + n * height * width * channels;
-      for (int64_t kh = 0; kh < w.kernel_h; ++kh) {
-        const int64_t ih = ih0 + kh * w.dilation_h;
-        if (ih < 0 || ih >= height) continue;
-        for (int64_t kw = 0; kw < w.kernel_w; ++kw) {
-          const int64_t iw = iw0 + kw * w.dilation_w;
-          if (iw < 0 || iw >= width) continue;
-          fold_max(best.data(), arg.data(), image + (ih * width + iw) * channels, channels, 1,
-                   static_cast<position_t>(kh * w.kernel_w + kw));
-        }
-      }
-      write_max(output + pixel * channels, argmax + pixel * channels, best.data(), arg.data(),
-                channels);
-    }
-  });
+                     std::vector<compare_t> best(channels);
+                     std::vector<position_t> arg(channels);
+                     for (int64_t pixel = begin; pixel < end; ++pixel) {
+                       const int64_t ow = pixel % out_w;
+                       const int64_t oh = (pixel / out_w) % out_h;
+                       const int64_t n = pixel / (out_w * out_h);
+                       const int64_t ih0 = oh * w.stride_h - w.pad_h;
+                       const int64_t iw0 = ow * w.stride_w - w.pad_w;
+                       std::fill(best.begin(), best.end(), outside);
+                       std::fill(
+                           arg.begin(), arg.end(),
+                           static_cast<position_t>(first_inside(ih0, w.dilation_h) * w.kernel_w +
+                                                   first_inside(iw0, w.dilation_w)));
+                       const scalar_t* image = input + n * height * width * channels;
+                       for (int64_t kh = 0; kh < w.kernel_h; ++kh) {
+                         const int64_t ih = ih0 + kh * w.dilation_h;
+                         if (ih < 0 || ih >= height) continue;
+                         for (int64_t kw = 0; kw < w.kernel_w; ++kw) {
+                           const int64_t iw = iw0 + kw * w.dilation_w;
+                           if (iw < 0 || iw >= width) continue;
+                           fold_max(best.data(), arg.data(), image + (ih * width + iw) * channels,
+                                    channels, 1, static_cast<position_t>(kh * w.kernel_w + kw));
+                         }
+                       }
+                       write_max(output + pixel * channels, argmax + pixel * channels, best.data(),
+                                 arg.data(), channels);
+                     }
+                   });
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
@@ -233,14 +240,13 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
     dispatch_argmax_type(argmax.scalar_type(), [&](auto index_tag) {
       using index_t = typename decltype(index_tag)::type;
       if (format == at::MemoryFormat::ChannelsLast) {
-        forward_channels_last<scalar_t, compare_t>(in.const_data_ptr<scalar_t>(),
-                                                   output.data_ptr<scalar_t>(),
-                                                   argmax.data_ptr<index_t>(), batch, channels,
-                                                   height, width, out_h, out_w, w);
+        forward_channels_last<scalar_t, compare_t>(
+            in.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), argmax.data_ptr<index_t>(),
+            batch, channels, height, width, out_h, out_w, w);
       } else {
-        forward_nchw<scalar_t, compare_t>(in.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
-                                          argmax.data_ptr<index_t>(), batch * channels, height,
-                                          width, out_h, out_w, w);
+        forward_nchw<scalar_t, compare_t>(in.const_data_ptr<scalar_t>(),
+                                          output.data_ptr<scalar_t>(), argmax.data_ptr<index_t>(),
+                                          batch * channels, height, width, out_h, out_w, w);
       }
     });
   });
@@ -264,15 +270,15 @@ struct WindowOffsets {
 // (ih0, iw0) holds, to acc[(ih * width + iw) * pixel_stride]. That pixel lies outside the
 // input only for a window of nothing but padding, whose -inf depends on no input: skipped.
 template <typename index_t, typename acc_t>
-void scatter_one(acc_t* acc, int64_t pixel_stride, index_t k, acc_t grad, int64_t ih0,
-                 int64_t iw0, int64_t height, int64_t width, const WindowOffsets& offsets,
-                 const Window& w) {
+void scatter_one(acc_t* acc, int64_t pixel_stride, index_t k, acc_t grad, int64_t ih0, int64_t iw0,
+                 int64_t height, int64_t width, const WindowOffsets& offsets, const Window& w) {
   // A corrupt argmax handed to the op directly must not index outside the tables.
   TORCH_CHECK(k >= 0 && k < w.elements(), "fastops::max_pool2d_backward: argmax holds ",
               static_cast<int64_t>(k), ", not a position of the ", w.elements(), "-element window");
   const int64_t ih = ih0 + offsets.rows[k];
   const int64_t iw = iw0 + offsets.cols[k];
-  if (ih >= 0 && ih < height && iw >= 0 && iw < width) acc[(ih * width + iw) * pixel_stride] += grad;
+  if (ih >= 0 && ih < height && iw >= 0 && iw < width)
+    acc[(ih * width + iw) * pixel_stride] += grad;
 }
 
 // NCHW: a task owns whole planes and scatters into the plane (float/double) or, for reduced
@@ -284,31 +290,33 @@ void backward_nchw(const scalar_t* grad_output, const index_t* argmax, scalar_t*
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool direct = std::is_same_v<acc_t, scalar_t>;
   const WindowOffsets offsets(w);
-  at::parallel_for(0, planes, grain_for(height * width + out_h * out_w), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buffer(direct ? 0 : height * width);
-    for (int64_t plane = begin; plane < end; ++plane) {
-      scalar_t* grad_plane = grad_input + plane * height * width;
-      acc_t* acc;
-      if constexpr (direct) {
-        acc = grad_plane;
-      } else {
-        acc = buffer.data();
-      }
-      std::fill(acc, acc + height * width, acc_t(0));
-      const scalar_t* grad = grad_output + plane * out_h * out_w;
-      const index_t* arg = argmax + plane * out_h * out_w;
-      for (int64_t oh = 0; oh < out_h; ++oh) {
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-          const int64_t i = oh * out_w + ow;
-          scatter_one(acc, 1, arg[i], static_cast<acc_t>(grad[i]), oh * w.stride_h - w.pad_h,
-                      ow * w.stride_w - w.pad_w, height, width, offsets, w);
+  at::parallel_for(
+      0, planes, grain_for(height * width + out_h * out_w), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> buffer(direct ? 0 : height * width);
+        for (int64_t plane = begin; plane < end; ++plane) {
+          scalar_t* grad_plane = grad_input + plane * height * width;
+          acc_t* acc;
+          if constexpr (direct) {
+            acc = grad_plane;
+          } else {
+            acc = buffer.data();
+          }
+          std::fill(acc, acc + height * width, acc_t(0));
+          const scalar_t* grad = grad_output + plane * out_h * out_w;
+          const index_t* arg = argmax + plane * out_h * out_w;
+          for (int64_t oh = 0; oh < out_h; ++oh) {
+            for (int64_t ow = 0; ow < out_w; ++ow) {
+              const int64_t i = oh * out_w + ow;
+              scatter_one(acc, 1, arg[i], static_cast<acc_t>(grad[i]), oh * w.stride_h - w.pad_h,
+                          ow * w.stride_w - w.pad_w, height, width, offsets, w);
+            }
+          }
+          if constexpr (!direct) {
+            for (int64_t i = 0; i < height * width; ++i)
+              grad_plane[i] = static_cast<scalar_t>(acc[i]);
+          }
         }
-      }
-      if constexpr (!direct) {
-        for (int64_t i = 0; i < height * width; ++i) grad_plane[i] = static_cast<scalar_t>(acc[i]);
-      }
-    }
-  });
+      });
 }
 
 // Channels-last: a task owns one image, or a slice of kChannelSlice channels of one when the
@@ -321,59 +329,63 @@ void backward_channels_last(const scalar_t* grad_output, const index_t* argmax,
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool direct = std::is_same_v<acc_t, scalar_t>;
   const WindowOffsets offsets(w);
-  const int64_t slice = batch >= at::get_num_threads() ? channels : std::min(channels, kChannelSlice);
+  const int64_t slice =
+      batch >= at::get_num_threads() ? channels : std::min(channels, kChannelSlice);
   const int64_t slices = ceil_div(channels, slice);
-  at::parallel_for(0, batch * slices, grain_for((height * width + out_h * out_w) * slice),
-                   [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buffer(direct ? 0 : height * width * slice);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / slices;
-      const int64_t c_begin = (task % slices) * slice;
-      const int64_t c_count = std::min(slice, channels - c_begin);
-      scalar_t* grad_image = grad_input + n * height * width * channels + c_begin;
-      acc_t* acc;
-      int64_t pixel_stride;  // between the accumulator's pixels
-      if constexpr (direct) {
-        acc = grad_image;
-        pixel_stride = channels;
-      } else {
-        acc = buffer.data();
-        pixel_stride = slice;
-      }
-      if (c_count == pixel_stride) {
-        std::fill(acc, acc + height * width * pixel_stride, acc_t(0));
-      } else {
-        for (int64_t p = 0; p < height * width; ++p) {
-          std::fill(acc + p * pixel_stride, acc + p * pixel_stride + c_count, acc_t(0));
-        }
-      }
-      for (int64_t oh = 0; oh < out_h; ++oh) {
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-          const int64_t out_offset = ((n * out_h + oh) * out_w + ow) * channels + c_begin;
-          for (int64_t c = 0; c < c_count; ++c) {
-            scatter_one(acc + c, pixel_stride, argmax[out_offset + c],
-                        static_cast<acc_t>(grad_output[out_offset + c]), oh * w.stride_h - w.pad_h,
-                        ow * w.stride_w - w.pad_w, height, width, offsets, w);
+  at::parallel_for(
+      0, batch * slices, grain_for((height * width + out_h * out_w) * slice),
+      [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> buffer(direct ? 0 : height * width * slice);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t n = task / slices;
+          const int64_t c_begin = (task % slices) * slice;
+          const int64_t c_count = std::min(slice, channels - c_begin);
+          scalar_t* grad_image = grad_input + n * height * width * channels + c_begin;
+          acc_t* acc;
+          int64_t pixel_stride;  // between the accumulator's pixels
+          if constexpr (direct) {
+            acc = grad_image;
+            pixel_stride = channels;
+          } else {
+            acc = buffer.data();
+            pixel_stride = slice;
+          }
+          if (c_count == pixel_stride) {
+            std::fill(acc, acc + height * width * pixel_stride, acc_t(0));
+          } else {
+            for (int64_t p = 0; p < height * width; ++p) {
+              std::fill(acc + p * pixel_stride, acc + p * pixel_stride + c_count, acc_t(0));
+            }
+          }
+          for (int64_t oh = 0; oh < out_h; ++oh) {
+            for (int64_t ow = 0; ow < out_w; ++ow) {
+              const int64_t out_offset = ((n * out_h + oh) * out_w + ow) * channels + c_begin;
+              for (int64_t c = 0; c < c_count; ++c) {
+                scatter_one(acc + c, pixel_stride, argmax[out_offset + c],
+                            static_cast<acc_t>(grad_output[out_offset + c]),
+                            oh * w.stride_h - w.pad_h, ow * w.stride_w - w.pad_w, height, width,
+                            offsets, w);
+              }
+            }
+          }
+          if constexpr (!direct) {
+            for (int64_t p = 0; p < height * width; ++p) {
+              for (int64_t c = 0; c < c_count; ++c) {
+                grad_image[p * channels + c] = static_cast<scalar_t>(acc[p * pixel_stride + c]);
+              }
+            }
           }
         }
-      }
-      if constexpr (!direct) {
-        for (int64_t p = 0; p < height * width; ++p) {
-          for (int64_t c = 0; c < c_count; ++c) {
-            grad_image[p * channels + c] = static_cast<scalar_t>(acc[p * pixel_stride + c]);
-          }
-        }
-      }
-    }
-  });
+      });
 }
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& argmax,
                                    at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                    at::IntArrayRef dilation) {
-  const auto rules = max_pool2d_backward_rules(grad_output, argmax, c10::fromIntArrayRefSlow(input_size), kernel_size,
-                                               stride, padding, dilation);
+  const auto rules =
+      max_pool2d_backward_rules(grad_output, argmax, c10::fromIntArrayRefSlow(input_size),
+                                kernel_size, stride, padding, dilation);
   const Window& w = rules.window;
   const int64_t batch = argmax.size(0), channels = argmax.size(1);
   const int64_t out_h = argmax.size(2), out_w = argmax.size(3);
@@ -385,20 +397,21 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   at::Tensor grad_input = on_huge_pages(at::empty(C10_AS_INTARRAYREF_SLOW(rules.output_size),
                                                   grad_output.options().memory_format(format)));
   if (grad_input.numel() == 0) return grad_input;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "max_pool2d_backward", [&] {
-    dispatch_argmax_type(arg.scalar_type(), [&](auto index_tag) {
-      using index_t = typename decltype(index_tag)::type;
-      if (format == at::MemoryFormat::ChannelsLast) {
-        backward_channels_last(grad.const_data_ptr<scalar_t>(), arg.const_data_ptr<index_t>(),
-                               grad_input.data_ptr<scalar_t>(), batch, channels, height, width,
-                               out_h, out_w, w);
-      } else {
-        backward_nchw(grad.const_data_ptr<scalar_t>(), arg.const_data_ptr<index_t>(),
-                      grad_input.data_ptr<scalar_t>(), batch * channels, height, width, out_h,
-                      out_w, w);
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, grad.scalar_type(), "max_pool2d_backward", [&] {
+        dispatch_argmax_type(arg.scalar_type(), [&](auto index_tag) {
+          using index_t = typename decltype(index_tag)::type;
+          if (format == at::MemoryFormat::ChannelsLast) {
+            backward_channels_last(grad.const_data_ptr<scalar_t>(), arg.const_data_ptr<index_t>(),
+                                   grad_input.data_ptr<scalar_t>(), batch, channels, height, width,
+                                   out_h, out_w, w);
+          } else {
+            backward_nchw(grad.const_data_ptr<scalar_t>(), arg.const_data_ptr<index_t>(),
+                          grad_input.data_ptr<scalar_t>(), batch * channels, height, width, out_h,
+                          out_w, w);
+          }
+        });
+      });
   return grad_input;
 }
 
@@ -410,7 +423,8 @@ at::Tensor max_pool2d_indices_cpu(const at::Tensor& argmax, int64_t input_width,
   const Window& w = rules.window;
   const auto format = rules.format;
   const at::Tensor arg = argmax.contiguous(format);
-  at::Tensor indices = on_huge_pages(at::empty(arg.sizes(), arg.options().dtype(at::kLong).memory_format(format)));
+  at::Tensor indices =
+      on_huge_pages(at::empty(arg.sizes(), arg.options().dtype(at::kLong).memory_format(format)));
   const int64_t channels = arg.size(1), out_h = arg.size(2), out_w = arg.size(3);
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   // Consecutive elements share a window origin: a pixel's channels (channels-last) or nothing.
@@ -423,7 +437,8 @@ at::Tensor max_pool2d_indices_cpu(const at::Tensor& argmax, int64_t input_width,
       for (int64_t pixel = begin; pixel < end; ++pixel) {
         const int64_t ow = pixel % out_w;
         const int64_t oh = (pixel / out_w) % out_h;
-        const int64_t origin = (oh * w.stride_h - w.pad_h) * input_width + ow * w.stride_w - w.pad_w;
+        const int64_t origin =
+            (oh * w.stride_h - w.pad_h) * input_width + ow * w.stride_w - w.pad_w;
         for (int64_t i = pixel * run; i < (pixel + 1) * run; ++i) {
           const int64_t k = positions[i];
           out[i] = origin + w.row_offset(k) * input_width + w.col_offset(k);

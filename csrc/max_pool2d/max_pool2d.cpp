@@ -17,8 +17,11 @@ namespace {
 // must start inside the input or the left padding.
 c10::SymInt pooled_size(const c10::SymInt& size, int64_t kernel, int64_t stride, int64_t pad,
                         int64_t dilation, bool ceil_mode) {
-  const c10::SymInt span = size + (2 * pad - dilation * (kernel - 1) - 1 + (ceil_mode ? stride - 1 : 0));
-  c10::SymInt out = (span >= 0 ? span / stride : c10::SymInt(0) - (c10::SymInt(0) - span + (stride - 1)) / stride) + 1;
+  const c10::SymInt span =
+      size + (2 * pad - dilation * (kernel - 1) - 1 + (ceil_mode ? stride - 1 : 0));
+  c10::SymInt out = (span >= 0 ? span / stride
+                               : c10::SymInt(0) - (c10::SymInt(0) - span + (stride - 1)) / stride) +
+                    1;
   if (ceil_mode && (out - 1) * stride >= size + pad) out = out - 1;
   return out;
 }
@@ -43,8 +46,8 @@ Window parse_window(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::Int
   }
   for (int d = 0; d < 2; ++d) {
     TORCH_CHECK(stride[d] != 0, "fastops::", op, ": stride should not be zero");
-    TORCH_CHECK(padding[d] >= 0, "fastops::", op, ": pad must be non-negative, but got pad: ",
-                padding[d]);
+    TORCH_CHECK(padding[d] >= 0, "fastops::", op,
+                ": pad must be non-negative, but got pad: ", padding[d]);
     TORCH_CHECK(padding[d] <= ((kernel_size[d] - 1) * dilation[d] + 1) / 2, "fastops::", op,
                 ": pad should be at most half of effective kernel size, but got pad=", padding[d],
                 ", kernel_size=", kernel_size[d], " and dilation=", dilation[d]);
@@ -57,13 +60,14 @@ Window parse_window(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::Int
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "fastops::", op,
               ": dilation should be greater than zero, but got dilationH: ", dilation[0],
               " dilationW: ", dilation[1]);
-  TORCH_CHECK(kernel_size[1] / 2 >= padding[1] && kernel_size[0] / 2 >= padding[0], "fastops::",
-              op, ": pad should be smaller than or equal to half of kernel size, but got padW = ",
-              padding[1], ", padH = ", padding[0], ", kW = ", kernel_size[1], ", kH = ",
-              kernel_size[0]);
-  TORCH_CHECK(kernel_size[0] * kernel_size[1] <= std::numeric_limits<int32_t>::max(), "fastops::",
-              op, ": the window must have fewer than 2**31 elements, got ", kernel_size);
-  return {kernel_size[0], kernel_size[1], stride[0],  stride[1],
+  TORCH_CHECK(
+      kernel_size[1] / 2 >= padding[1] && kernel_size[0] / 2 >= padding[0], "fastops::", op,
+      ": pad should be smaller than or equal to half of kernel size, but got padW = ", padding[1],
+      ", padH = ", padding[0], ", kW = ", kernel_size[1], ", kH = ", kernel_size[0]);
+  TORCH_CHECK(kernel_size[0] * kernel_size[1] <= std::numeric_limits<int32_t>::max(),
+              "fastops::", op, ": the window must have fewer than 2**31 elements, got ",
+              kernel_size);
+  return {kernel_size[0], kernel_size[1], stride[0],   stride[1],
           padding[0],     padding[1],     dilation[0], dilation[1]};
 }
 
@@ -94,14 +98,20 @@ MaxPool2dRules max_pool2d_rules(const at::Tensor& input, at::IntArrayRef kernel_
   TORCH_CHECK(input.scalar_type() != at::kBool && !at::isComplexType(input.scalar_type()),
               "fastops::max_pool2d: expected a real input, got ", input.scalar_type());
   const auto& sizes = input.sym_sizes();
-  TORCH_CHECK(sizes[1] != 0 && sizes[2] != 0 && sizes[3] != 0, "fastops::max_pool2d: Expected 3D "
-              "or 4D (batch mode) tensor with optional 0 dim batch size for input, but got: ", sizes);
-  const c10::SymInt out_h = pooled_size(sizes[2], w.kernel_h, w.stride_h, w.pad_h, w.dilation_h, ceil_mode);
-  const c10::SymInt out_w = pooled_size(sizes[3], w.kernel_w, w.stride_w, w.pad_w, w.dilation_w, ceil_mode);
+  TORCH_CHECK(sizes[1] != 0 && sizes[2] != 0 && sizes[3] != 0,
+              "fastops::max_pool2d: Expected 3D "
+              "or 4D (batch mode) tensor with optional 0 dim batch size for input, but got: ",
+              sizes);
+  const c10::SymInt out_h =
+      pooled_size(sizes[2], w.kernel_h, w.stride_h, w.pad_h, w.dilation_h, ceil_mode);
+  const c10::SymInt out_w =
+      pooled_size(sizes[3], w.kernel_w, w.stride_w, w.pad_w, w.dilation_w, ceil_mode);
   TORCH_CHECK(out_h >= 1 && out_w >= 1, "fastops::max_pool2d: Given input size: (", sizes[1], "x",
               sizes[2], "x", sizes[3], "). Calculated output size: (", sizes[1], "x", out_h, "x",
               out_w, "). Output size is too small");
-  return {w, {sizes[0], sizes[1], out_h, out_w}, compact_argmax_dtype(w),
+  return {w,
+          {sizes[0], sizes[1], out_h, out_w},
+          compact_argmax_dtype(w),
           input.suggest_memory_format()};
 }
 
@@ -113,26 +123,34 @@ MaxPool2dRules max_pool2d_backward_rules(const at::Tensor& grad_output, const at
   const Window w = parse_window(kernel_size, stride, padding, dilation, op);
   check_argmax(argmax, w, op);
   check_same_device(argmax, "argmax", grad_output, "grad_output", op);
-  TORCH_CHECK(grad_output.sym_sizes() == argmax.sym_sizes(), "fastops::max_pool2d_backward: "
-              "expected grad_output of the argmax shape ", argmax.sym_sizes(), ", got ",
-              grad_output.sym_sizes());
-  TORCH_CHECK(at::isFloatingType(grad_output.scalar_type()), "fastops::max_pool2d_backward: "
-              "expected a floating-point grad_output, got ", grad_output.scalar_type());
-  TORCH_CHECK(input_size.size() == 2, "fastops::max_pool2d_backward: expected input_size of 2 "
-              "ints (H, W), got ", input_size);
+  TORCH_CHECK(grad_output.sym_sizes() == argmax.sym_sizes(),
+              "fastops::max_pool2d_backward: "
+              "expected grad_output of the argmax shape ",
+              argmax.sym_sizes(), ", got ", grad_output.sym_sizes());
+  TORCH_CHECK(at::isFloatingType(grad_output.scalar_type()),
+              "fastops::max_pool2d_backward: "
+              "expected a floating-point grad_output, got ",
+              grad_output.scalar_type());
+  TORCH_CHECK(input_size.size() == 2,
+              "fastops::max_pool2d_backward: expected input_size of 2 "
+              "ints (H, W), got ",
+              input_size);
   // argmax must be the pooling of an input of input_size with this window (floor or ceil mode):
   // the scatter indexes the gradient through it.
   const auto& out = argmax.sym_sizes();
   for (int d = 0; d < 2; ++d) {
     const int64_t k = d ? w.kernel_w : w.kernel_h, s = d ? w.stride_w : w.stride_h;
     const int64_t p = d ? w.pad_w : w.pad_h, dil = d ? w.dilation_w : w.dilation_h;
-    TORCH_CHECK(input_size[d] >= 1 && (out[2 + d] == pooled_size(input_size[d], k, s, p, dil, false) ||
-                                       out[2 + d] == pooled_size(input_size[d], k, s, p, dil, true)),
-                "fastops::max_pool2d_backward: argmax of spatial size ", out.slice(2),
-                " is not the pooling of an input of size ", input_size, " with kernel_size=",
-                kernel_size, ", stride=", stride, ", padding=", padding, ", dilation=", dilation);
+    TORCH_CHECK(
+        input_size[d] >= 1 && (out[2 + d] == pooled_size(input_size[d], k, s, p, dil, false) ||
+                               out[2 + d] == pooled_size(input_size[d], k, s, p, dil, true)),
+        "fastops::max_pool2d_backward: argmax of spatial size ", out.slice(2),
+        " is not the pooling of an input of size ", input_size, " with kernel_size=", kernel_size,
+        ", stride=", stride, ", padding=", padding, ", dilation=", dilation);
   }
-  return {w, {out[0], out[1], input_size[0], input_size[1]}, grad_output.scalar_type(),
+  return {w,
+          {out[0], out[1], input_size[0], input_size[1]},
+          grad_output.scalar_type(),
           argmax.suggest_memory_format()};
 }
 
@@ -151,8 +169,10 @@ MaxPool2dRules max_pool2d_indices_rules(const at::Tensor& argmax, const c10::Sym
 
 namespace {
 
-at::Tensor empty_from_rules(const MaxPool2dRules& rules, const at::Tensor& like, at::ScalarType dtype) {
-  return at::empty_symint(rules.output_size, like.options().dtype(dtype).memory_format(rules.format));
+at::Tensor empty_from_rules(const MaxPool2dRules& rules, const at::Tensor& like,
+                            at::ScalarType dtype) {
+  return at::empty_symint(rules.output_size,
+                          like.options().dtype(dtype).memory_format(rules.format));
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_meta(const at::Tensor& input,
@@ -168,8 +188,8 @@ at::Tensor max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Ten
                                     c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
                                     at::IntArrayRef stride, at::IntArrayRef padding,
                                     at::IntArrayRef dilation) {
-  const auto rules = max_pool2d_backward_rules(grad_output, argmax, input_size, kernel_size,
-                                               stride, padding, dilation);
+  const auto rules = max_pool2d_backward_rules(grad_output, argmax, input_size, kernel_size, stride,
+                                               padding, dilation);
   return empty_from_rules(rules, grad_output, grad_output.scalar_type());
 }
 

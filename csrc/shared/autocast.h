@@ -32,9 +32,12 @@ void autocast_boxed(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 template <CastPolicy policy>
 void register_autocast(torch::Library& m, const char* name, c10::DeviceType device) {
   if (device == c10::DeviceType::CUDA) {
-    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&autocast_boxed<c10::DeviceType::CUDA, policy>>());
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<
+                     &autocast_boxed<c10::DeviceType::CUDA, policy>>());
   } else {
-    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&autocast_boxed<c10::DeviceType::CPU, policy>>());
+    m.impl(
+        name,
+        torch::CppFunction::makeFromBoxedFunction<&autocast_boxed<c10::DeviceType::CPU, policy>>());
   }
 }
 

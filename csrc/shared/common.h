@@ -8,8 +8,8 @@
 #include <c10/util/string_view.h>
 
 #include <bit>
-#include <optional>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -50,8 +50,8 @@ inline void check_device(const std::optional<at::Tensor>& t, const char* name,
 }
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* op) {
-  TORCH_CHECK(t.dim() == dim, "fastops::", op, ": expected ", name, " to be ", dim,
-              "-D, got a ", t.dim(), "-D tensor of shape ", t.sizes());
+  TORCH_CHECK(t.dim() == dim, "fastops::", op, ": expected ", name, " to be ", dim, "-D, got a ",
+              t.dim(), "-D tensor of shape ", t.sizes());
 }
 
 // The dtype kernels accumulate in and keep statistics in: float64 for float64, else float32.

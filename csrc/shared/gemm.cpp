@@ -22,8 +22,9 @@ namespace {
 // is in benchmarks/NOTES.md).
 constexpr int64_t kOneDnnMinWork = int64_t(1) << 25;
 
-using LinearPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                   c10::string_view, c10::List<std::optional<at::Scalar>>,
+using LinearPointwise = at::Tensor(const at::Tensor&, const at::Tensor&,
+                                   const std::optional<at::Tensor>&, c10::string_view,
+                                   c10::List<std::optional<at::Scalar>>,
                                    std::optional<c10::string_view>);
 
 // oneDNN's linear (x @ w^T + b) if this ATen build registers it for CPU with the schema used
@@ -31,7 +32,8 @@ using LinearPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const s
 const std::optional<c10::TypedOperatorHandle<LinearPointwise>>& onednn_linear() {
   static const auto op = []() -> std::optional<c10::TypedOperatorHandle<LinearPointwise>> {
     const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
-    if (!handle.has_value() || !handle->hasKernelForDispatchKey(c10::DispatchKey::CPU)) return std::nullopt;
+    if (!handle.has_value() || !handle->hasKernelForDispatchKey(c10::DispatchKey::CPU))
+      return std::nullopt;
     try {
       return handle->typed<LinearPointwise>();
     } catch (const c10::Error&) {
@@ -58,8 +60,9 @@ bool use_onednn(const at::Tensor& x, const at::Tensor& w) {
 #ifdef FASTOPS_AVX512_KERNELS
 constexpr int64_t kThin = 16;
 constexpr int64_t kLanes = 16;
-constexpr int kMaxRows = 8;    // rows per register block
-constexpr int kMaxChunks = 4;  // 16-column chunks per register block (kMaxRows * 2 accumulators at most)
+constexpr int kMaxRows = 8;  // rows per register block
+constexpr int kMaxChunks =
+    4;  // 16-column chunks per register block (kMaxRows * 2 accumulators at most)
 constexpr int64_t kPanelColumns = kMaxChunks * kLanes;
 
 // c = a @ b (+ c when accumulate, + bias[n] when bias): a [M, K] with any strides, b [K, N] and
@@ -77,7 +80,8 @@ struct ThinGemm {
 };
 
 FASTOPS_AVX512_FN inline __mmask16 column_mask(int64_t columns) {
-  return columns >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << std::max<int64_t>(columns, 0)) - 1u);
+  return columns >= kLanes ? __mmask16(0xFFFF)
+                           : __mmask16((1u << std::max<int64_t>(columns, 0)) - 1u);
 }
 
 // Rows [m0, m0 + kRows) x columns [n0, n0 + 16 * kChunks) (masked past N).
@@ -95,7 +99,9 @@ FASTOPS_AVX512_FN void thin_block(const ThinGemm& g, int64_t m0, int64_t n0) {
                                           : _mm512_setzero_ps();
 #pragma GCC unroll 8
     for (int i = 0; i < kRows; ++i) {
-      acc[i][j] = g.accumulate ? _mm512_maskz_loadu_ps(mask[j], g.c + (m0 + i) * g.c_row + n0 + j * kLanes) : init;
+      acc[i][j] = g.accumulate
+                      ? _mm512_maskz_loadu_ps(mask[j], g.c + (m0 + i) * g.c_row + n0 + j * kLanes)
+                      : init;
     }
   }
   const float* a = g.a + m0 * g.a_row;
@@ -124,12 +130,14 @@ FASTOPS_AVX512_FN void thin_block(const ThinGemm& g, int64_t m0, int64_t n0) {
 using ThinBlockFn = void (*)(const ThinGemm&, int64_t, int64_t);
 
 template <int kRows, int... kChunks>
-constexpr std::array<ThinBlockFn, sizeof...(kChunks)> thin_row(std::integer_sequence<int, kChunks...>) {
+constexpr std::array<ThinBlockFn, sizeof...(kChunks)> thin_row(
+    std::integer_sequence<int, kChunks...>) {
   return {&thin_block<kRows, kChunks + 1>...};
 }
 
 template <int... kRows>
-constexpr std::array<std::array<ThinBlockFn, kMaxChunks>, sizeof...(kRows)> thin_table(std::integer_sequence<int, kRows...>) {
+constexpr std::array<std::array<ThinBlockFn, kMaxChunks>, sizeof...(kRows)> thin_table(
+    std::integer_sequence<int, kRows...>) {
   return {thin_row<kRows + 1>(std::make_integer_sequence<int, kMaxChunks>{})...};
 }
 
@@ -138,15 +146,17 @@ void thin_gemm(const ThinGemm& g) {
   static constexpr auto blocks = thin_table(std::make_integer_sequence<int, kMaxRows>{});
   const int64_t row_blocks = (g.M + kMaxRows - 1) / kMaxRows;
   const int64_t panels = (g.N + kPanelColumns - 1) / kPanelColumns;
-  at::parallel_for(0, row_blocks * panels, grain_for(kMaxRows * kPanelColumns * g.K), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t m0 = (t / panels) * kMaxRows;
-      const int64_t n0 = (t % panels) * kPanelColumns;
-      const int64_t rows = std::min<int64_t>(kMaxRows, g.M - m0);
-      const int64_t chunks = std::min<int64_t>(kMaxChunks, (g.N - n0 + kLanes - 1) / kLanes);
-      blocks[rows - 1][chunks - 1](g, m0, n0);
-    }
-  });
+  at::parallel_for(0, row_blocks * panels, grain_for(kMaxRows * kPanelColumns * g.K),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t t = begin; t < end; ++t) {
+                       const int64_t m0 = (t / panels) * kMaxRows;
+                       const int64_t n0 = (t % panels) * kPanelColumns;
+                       const int64_t rows = std::min<int64_t>(kMaxRows, g.M - m0);
+                       const int64_t chunks =
+                           std::min<int64_t>(kMaxChunks, (g.N - n0 + kLanes - 1) / kLanes);
+                       blocks[rows - 1][chunks - 1](g, m0, n0);
+                     }
+                   });
 }
 
 bool use_thin(const at::Tensor& x, const at::Tensor& w) {
@@ -161,17 +171,20 @@ void thin_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<a
   // ([K, N], N <= 16 or K <= 16 in the linear layers: small).
   const at::Tensor b = w.stride(0) == 1 ? w.t() : w.t().contiguous();
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  thin_gemm({x.const_data_ptr<float>(), x.stride(0), x.stride(1), b.const_data_ptr<float>(), b.stride(0),
-             out.mutable_data_ptr<float>(), out.stride(0), bias_c.defined() ? bias_c.const_data_ptr<float>() : nullptr,
-             accumulate, x.size(0), w.size(0), x.size(1)});
+  thin_gemm({x.const_data_ptr<float>(), x.stride(0), x.stride(1), b.const_data_ptr<float>(),
+             b.stride(0), out.mutable_data_ptr<float>(), out.stride(0),
+             bias_c.defined() ? bias_c.const_data_ptr<float>() : nullptr, accumulate, x.size(0),
+             w.size(0), x.size(1)});
 }
 #endif
 
 }  // namespace
 
-at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                      const at::Tensor& buffer) {
-  const auto new_out = [&] { return on_huge_pages(at::empty({x.size(0), w.size(0)}, x.options())); };
+at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w,
+                      const std::optional<at::Tensor>& bias, const at::Tensor& buffer) {
+  const auto new_out = [&] {
+    return on_huge_pages(at::empty({x.size(0), w.size(0)}, x.options()));
+  };
 #ifdef FASTOPS_AVX512_KERNELS
   if (use_thin(x, w)) {
     at::Tensor out = buffer.defined() ? buffer : new_out();
@@ -180,7 +193,8 @@ at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const std::optio
   }
 #endif
   if (use_onednn(x, w)) {
-    return onednn_linear()->call(x, w, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+    return onednn_linear()->call(x, w, bias, "none", c10::List<std::optional<at::Scalar>>(),
+                                 std::nullopt);
   }
   at::Tensor out = buffer.defined() ? buffer : new_out();
   return bias.has_value() ? at::addmm_out(out, *bias, x, w.t()) : at::mm_out(out, x, w.t());
@@ -188,7 +202,8 @@ at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const std::optio
 
 void cpu_addmm_(const at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
 #ifdef FASTOPS_AVX512_KERNELS
-  if (use_thin(a, b.t()) && acc.stride(1) == 1) return thin_linear(a, b.t(), std::nullopt, acc, true);
+  if (use_thin(a, b.t()) && acc.stride(1) == 1)
+    return thin_linear(a, b.t(), std::nullopt, acc, true);
 #endif
   if (use_onednn(a, b.t())) {
     acc.add_(cpu_matmul(a, b));

@@ -17,11 +17,13 @@ namespace fastops {
 // x [M, K] @ w^T + bias (w [N, K], bias [N] or none) as a contiguous [M, N] tensor: `buffer`
 // (a contiguous [M, N] tensor, or undefined) when ATen computes it, a new tensor when oneDNN
 // does. Any input strides.
-at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w,
+                      const std::optional<at::Tensor>& bias,
                       const at::Tensor& buffer = at::Tensor());
 
 // a [M, K] @ b [K, N], as cpu_linear.
-inline at::Tensor cpu_matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& buffer = at::Tensor()) {
+inline at::Tensor cpu_matmul(const at::Tensor& a, const at::Tensor& b,
+                             const at::Tensor& buffer = at::Tensor()) {
   return cpu_linear(a, b.t(), std::nullopt, buffer);
 }
 

@@ -17,8 +17,11 @@
 
 #define FASTOPS_AVX512_TARGET "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"
 #define FASTOPS_AVX512_FN __attribute__((target(FASTOPS_AVX512_TARGET)))
+// _Pragma takes one unbroken string literal.
+// clang-format off
 #define FASTOPS_AVX512_BEGIN \
   _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx512vl,avx512dq,avx512bw,avx2,fma\")")
+// clang-format on
 #define FASTOPS_AVX512_END _Pragma("GCC pop_options")
 
 namespace fastops {
