@@ -29,7 +29,7 @@ def tolerance(dtype, scale=1.0):
 
 
 def assert_close(actual, expected, dtype=None, scale=1.0, **kwargs):
-    """torch.testing.assert_close with fastops' per-dtype tolerances (DESIGN.md, Numerics);
+    """torch.testing.assert_close with fastops' per-dtype tolerances;
     ``scale`` widens them for long reductions."""
     dtype = dtype or expected.dtype
     kwargs.setdefault("equal_nan", True)

@@ -1,7 +1,6 @@
 """fastops.functional.dropout / dropout1d / dropout2d / dropout3d: torch's dropouts on the
 fastops::dropout op (no mask stored); and the op's CUDA (Triton) kernels."""
 
-import math
 import warnings
 
 import torch
@@ -22,7 +21,7 @@ def _check_p(p, fn):
     # torch: ValueError from its Python check; NaN slips through it and ATen raises RuntimeError.
     if p < 0.0 or p > 1.0:
         fail(fn, f"dropout probability has to be between 0 and 1, but got {p}", ValueError)
-    if math.isnan(p):
+    if p != p:  # NaN (not math.isnan: p is a SymFloat under torch.compile(dynamic=True))
         fail(fn, f"dropout probability has to be between 0 and 1, but got {p}")
 
 
