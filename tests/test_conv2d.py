@@ -163,6 +163,27 @@ def test_relu_keeps_nan_and_masks_gradient_like_torch():
                                  [x, w, b])
 
 
+@pytest.mark.parametrize("backend", ["cpu", "interpreter"])
+def test_no_input_channels_give_no_output_channels_like_torch(backend):
+    x = torch.randn(2, 0, 8, 8, requires_grad=True)
+    w = torch.randn(4, 0, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    expected = TF.conv2d(x, w, b)  # torch: [2, 0, 6, 6]
+    if backend == "cpu":
+        out = F.conv2d(x, w, b)
+        assert out.shape == expected.shape
+        grads = torch.autograd.grad(out.sum(), [x, w, b])
+    else:
+        from fastops.triton_kernels.conv2d import conv2d_backward, conv2d_forward
+
+        out = conv2d_forward(x.detach(), w.detach(), b.detach(), [1, 1], [0, 0], [1, 1], 1, "none")
+        assert out.shape == expected.shape
+        grads = conv2d_backward(torch.ones_like(out), x.detach(), w.detach(), None, list(x.shape),
+                                [1, 1], [0, 0], [1, 1], 1, "none", [True, True, True])
+    for got, want in zip(grads, torch.autograd.grad(expected.sum(), [x, w, b]), strict=True):
+        assert_close(got, want)
+
+
 @pytest.mark.parametrize("activation", ["none", "relu"])
 @pytest.mark.parametrize("stride,padding,dilation,groups", [((1, 1), (0, 0), (1, 1), 1),
                                                             ((2, 1), (1, 2), (2, 1), 2)])

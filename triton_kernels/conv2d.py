@@ -489,6 +489,8 @@ def conv2d_backward(grad_output, input, weight, output, input_size, stride, padd
         "conv2d_backward", grad_output, input, weight, output, input_size, stride, padding,
         dilation, groups, activation, output_mask)
     need_input, need_weight, need_bias = output_mask
+    if input_size[1] == 0:  # no input channel, so no output channel (as torch): no gradient
+        return grad_input, grad_weight, grad_bias.zero_()
     relu = activation == "relu"
     batch, channels, height, width = input_size
     out_channels, c_per_group, kernel_h, kernel_w = weight.shape

@@ -52,7 +52,8 @@ std::vector<c10::SymInt> output_size(c10::SymIntArrayRef input_size, const at::T
               ", weight of shape ", w, "), got ", input_size[1], " channels");
   TORCH_CHECK(w[2] > 0 && w[3] > 0 && w[2] <= kMax && w[3] <= kMax, "fastops::", op,
               ": expected a kernel of at least 1x1 and below 2**31, got weight of shape ", w);
-  std::vector<c10::SymInt> size = {input_size[0], w[0], 0, 0};
+  // As torch: a convolution of no input channel has no output channel either.
+  std::vector<c10::SymInt> size = {input_size[0], input_size[1] == 0 ? c10::SymInt(0) : w[0], 0, 0};
   for (int d = 0; d < 2; ++d) {
     const c10::SymInt padded = input_size[2 + d] + 2 * padding[d];
     const c10::SymInt extent = (w[2 + d] - 1) * dilation[d] + 1;
@@ -82,10 +83,9 @@ Conv2dRules conv2d_rules(const at::Tensor& input, const at::Tensor& weight,
   if (bias.has_value()) {
     check_same_dtype(*bias, "bias", input, "input", op);
     check_same_device(*bias, "bias", input, "input", op);
-    TORCH_CHECK(bias->dim() == 1 && bias->sym_size(0) == size[1],
-                "fastops::conv2d: expected bias "
-                "of shape [",
-                size[1], "] (weight.shape[0]), got ", bias->sym_sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->sym_size(0) == weight.sym_size(0),
+                "fastops::conv2d: expected bias of shape [", weight.sym_size(0),
+                "] (weight.shape[0]), got ", bias->sym_sizes());
   }
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                              weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;

@@ -83,8 +83,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   const bool relu = rules.activation == Activation::ReLU;
   const Conv2dShape s = conv2d_shape(input.sizes(), weight, stride, padding, dilation, groups,
                                      C10_AS_INTARRAYREF_SLOW(rules.output_size));
-  at::Tensor out = on_huge_pages(at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
+  at::Tensor out = on_huge_pages(at::empty(C10_AS_INTARRAYREF_SLOW(rules.output_size),
                                            input.options().memory_format(rules.format)));
+  if (out.numel() == 0) return out;
 #ifdef FASTOPS_AVX512_KERNELS
   if (direct_supported(input, s)) {
     conv2d_direct(input, weight, bias, s, relu, out);

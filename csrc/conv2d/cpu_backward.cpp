@@ -156,12 +156,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   at::Tensor grad_bias = need_bias ? at::empty({s.out_channels}, grad_output.options()) : empty;
   if (!need_input && !need_weight && !need_bias) return {grad_input, grad_weight, grad_bias};
   if (s.in_channels == 0) {
-    // No input channel: grad_input and grad_weight have no elements, and there is no column to
-    // gather; the bias gradient is the (ReLU-masked) sum of grad_output.
-    if (need_bias) {
-      const at::Tensor grad = relu ? at::threshold_backward(grad_output, *output, 0) : grad_output;
-      grad_bias.copy_(grad.sum({0, 2, 3}));
-    }
+    // No input channel, so no output channel (as torch): grad_input and grad_weight have no
+    // elements and nothing reaches the bias.
+    if (need_bias) grad_bias.zero_();
     return {grad_input, grad_weight, grad_bias};
   }
 #ifdef FASTOPS_AVX512_KERNELS
