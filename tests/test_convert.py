@@ -389,3 +389,93 @@ def test_relu_modules_called_in_forward_are_fused_and_what_is_not_fused_is_repor
     shared = nn.Linear(4, 4)
     converted_matches(nn.Sequential(nn.Sequential(shared, nn.ReLU()), shared), (3, 4))
     assert convert_records(caplog)[-1] == "not fused 0.0: 1 is not followed by a ReLU"
+
+
+# -- TorchScript: one clear error; trace, export and compile work --------------------------------
+
+FASTOPS_MODULES = {
+    "BatchNorm1d": lambda: fastops.nn.BatchNorm1d(3),
+    "BatchNorm1dReLU": lambda: fastops.nn.BatchNorm1dReLU(3),
+    "BatchNorm2d": lambda: fastops.nn.BatchNorm2d(3),
+    "BatchNorm2dReLU": lambda: fastops.nn.BatchNorm2dReLU(3),
+    "Conv2d": lambda: fastops.nn.Conv2d(3, 4, 3),
+    "Conv2dReLU": lambda: fastops.nn.Conv2dReLU(3, 4, 3),
+    "CrossEntropyLoss": lambda: fastops.nn.CrossEntropyLoss(),
+    "Dropout": lambda: fastops.nn.Dropout(),
+    "Dropout1d": lambda: fastops.nn.Dropout1d(),
+    "Dropout2d": lambda: fastops.nn.Dropout2d(),
+    "Dropout3d": lambda: fastops.nn.Dropout3d(),
+    "Linear": lambda: fastops.nn.Linear(3, 4),
+    "LinearCrossEntropyLoss": lambda: fastops.nn.LinearCrossEntropyLoss(3, 4),
+    "LinearReLU": lambda: fastops.nn.LinearReLU(3, 4),
+    "MaxPool2d": lambda: fastops.nn.MaxPool2d(2),
+}
+NOT_SCRIPTABLE = (r"cannot be compiled by torch.jit.script: TorchScript is not supported by "
+                  r"fastops.nn modules .* Use torch.jit.trace\(model, example_inputs\), "
+                  r"torch.export.export\(model, args\) or torch.compile\(model\) instead, or "
+                  r"script fastops.unconvert\(model\)")
+
+
+def assert_refuses_torchscript(module, name):
+    for _ in range(3):  # the same error every time (no "Can't redefine method" the 2nd time)
+        with pytest.raises(RuntimeError, match=f"^fastops.nn.{name} {NOT_SCRIPTABLE}"):
+            torch.jit.script(module)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch 2.13 deprecates torch.jit
+def test_every_fastops_module_refuses_torchscript_with_one_clear_error():
+    assert sorted(FASTOPS_MODULES) == sorted(fastops.nn.__all__)
+    for name, make in FASTOPS_MODULES.items():
+        assert_refuses_torchscript(make(), name)
+
+    class Mine(fastops.nn.Linear):
+        pass
+
+    with pytest.raises(RuntimeError, match=r"^.*Mine \(a fastops.nn module\) " + NOT_SCRIPTABLE):
+        torch.jit.script(Mine(2, 2))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["lenet_bn", "resnet18"])
+def test_converted_models_refuse_torchscript_and_script_once_unconverted(name):
+    torch.manual_seed(0)
+    model = build(name, "torch").eval()
+    converted = fastops.convert(model)
+    first = "Conv2d"
+    assert_refuses_torchscript(converted, first)
+    assert_refuses_torchscript(nn.ModuleDict({"tanh": nn.Tanh(), "model": converted}), first)
+    traced_forward = fastops.convert(CustomForward())  # a torch.fx.GraphModule
+    assert_refuses_torchscript(traced_forward, "Linear")
+    scripted = torch.jit.script(fastops.unconvert(converted))
+    x = sample(name)
+    assert_close(scripted(x), model(x))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::torch.jit.TracerWarning",
+                            "ignore::DeprecationWarning")  # torch 2.13 deprecates torch.jit
+@pytest.mark.parametrize("name", ["lenet_bn", "mlp"])
+def test_trace_export_and_compile_run_a_converted_tutorial_model(name):
+    torch.manual_seed(0)
+    model = build(name, "torch").eval()
+    converted = fastops.convert(model)
+    x = sample(name, batch=4)
+    expected = model(x)
+
+    traced = torch.jit.trace(converted, (x,))
+    assert_close(traced(x), expected, scale=10)
+    other = sample(name, batch=7, seed=1)  # the checks are not in the trace, the op's rules are
+    assert_close(traced(other), model(other), scale=10)
+    assert any("fastops::" in str(n.kind()) for n in traced.inlined_graph.nodes())
+
+    exported = torch.export.export(converted, (x,))
+    assert_close(exported.module()(x), expected, scale=10)
+    assert any(str(n.target).startswith("fastops.") for n in exported.graph.nodes)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(converted, backend="aot_eager", fullgraph=True)
+    x_eager, x_compiled = x.clone().requires_grad_(), x.clone().requires_grad_()
+    actual = compiled(x_compiled)
+    assert_close(actual, expected, scale=10)
+    actual.square().sum().backward()
+    model(x_eager).square().sum().backward()
+    assert_close(x_compiled.grad, x_eager.grad, scale=10)
