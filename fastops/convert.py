@@ -17,9 +17,10 @@ of that object is followed by a ReLU: every slot of every ``nn.Sequential`` hold
 object may sit in several) and every call in the traced ``forward``. When ``forward`` cannot be
 traced, a layer that a module other than an ``nn.Sequential`` also holds is left unfused.
 Methods other than ``forward`` are not looked at. Hooks: a layer with forward or backward hooks
-is not fused (so they keep seeing what torch's layer returns), nor one whose ReLU has hooks,
-nor any while global module hooks are registered; a Dropout with hooks stays a module. Hooks
-registered on a fused layer after ``convert`` see its fused output. A layer left unfused for
+is not fused (so they keep seeing what torch's layer returns; forward pre-hooks, which see only
+its input, do not count), nor one whose ReLU has hooks of any kind, nor any while global module
+hooks are registered; a Dropout with hooks stays a module. Hooks registered on a fused layer
+after ``convert`` see its fused output. A layer left unfused for
 one of these reasons is reported ("not fused <name>: <why>").
 
 Both report what they change as INFO records of the ``logging`` logger ``"fastops.convert"``
@@ -156,13 +157,14 @@ def _swap_layers(model, log):
 
 class _Use:
     """One use of a fusable layer. ``relu``: a ReLU that convert can remove follows it there
-    (else ``why`` says why not). ``slot``: (prefix, nn.Sequential, layer slot, ReLU slot, Dropout
-    slot or None) when that ReLU is the next slot of an nn.Sequential, ``dropout`` the p of the
-    fastops Dropout after it there. ``node``: the call in the traced forward (None for slots of
-    a Sequential that forward does not run, or when forward could not be traced)."""
+    (else ``why`` says why not; ``followed``: a ReLU follows that convert cannot remove).
+    ``slot``: (prefix, nn.Sequential, layer slot, ReLU slot, Dropout slot or None) when that
+    ReLU is the next slot of an nn.Sequential, ``dropout`` the p of the fastops Dropout after it
+    there. ``node``: the call in the traced forward (None for slots of a Sequential that forward
+    does not run, or when forward could not be traced)."""
 
-    def __init__(self, layer, relu, why="", slot=None, dropout=None, node=None):
-        self.layer, self.relu, self.why = layer, relu, why
+    def __init__(self, layer, relu, why="", slot=None, dropout=None, node=None, followed=False):
+        self.layer, self.relu, self.why, self.followed = layer, relu, why, followed or relu
         self.slot, self.dropout, self.node = slot, dropout, node
 
 
@@ -183,7 +185,7 @@ def _slot_uses(model, candidates):
             if type(after) is not nn.ReLU:
                 use = _Use(layer, False, f"{where}{name} is not followed by a ReLU")
             elif _has_hooks(after):
-                use = _Use(layer, False, f"the ReLU after {where}{name} has hooks")
+                use = _Use(layer, False, f"the ReLU after {where}{name} has hooks", followed=True)
             else:
                 dropout = seq._modules[names[i + 2]] if i + 2 < len(names) else None
                 if not (isinstance(layer, twins()[nn.Linear])
@@ -247,7 +249,8 @@ def _uses(model, candidates):
             user_slot = tracer.slots.get(user)
             if user_slot is not None and user_slot[0] is slot[0] and [user_slot[1]] == next_names:
                 use = slot_uses[id(slot[0]), slot[1]]  # a ReLU (or not) in the next slot
-                uses[id(layer)].append(_Use(layer, use.relu, use.why, use.slot, use.dropout, node))
+                uses[id(layer)].append(_Use(layer, use.relu, use.why, use.slot, use.dropout, node,
+                                            use.followed))
                 continue
         if _relu_after(node, tracer.root) is None:
             place = (f"a call of {node.target} in forward" if slot is None
@@ -257,7 +260,7 @@ def _uses(model, candidates):
             uses[id(layer)].append(_Use(
                 layer, False, f"the relu after {node.target} is not the next slot of an "
                               "nn.Sequential, and convert does not rewrite an nn.Sequential's "
-                              "forward"))
+                              "forward", followed=True))
         else:
             uses[id(layer)].append(_Use(layer, True, node=node))
     if graph is None:
@@ -292,8 +295,8 @@ def _fuse(model, log):
     uses, tracer, graph = _uses(model, candidates)
     fused = {}  # id(layer) -> p of the Dropout fused with it, or None
     for key, layer in candidates.items():
-        if not any(use.relu for use in uses[key]):
-            continue  # nothing to fuse, nothing to report
+        if not any(use.followed for use in uses[key]):
+            continue  # no ReLU after it anywhere: nothing to fuse, nothing to report
         why = next((use.why for use in uses[key] if not use.relu), None)
         if why is None and _hooks_see_output(layer):
             why = "its forward or backward hooks would see the ReLU's output"

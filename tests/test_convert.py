@@ -389,6 +389,29 @@ def test_relu_modules_called_in_forward_are_fused_and_what_is_not_fused_is_repor
     shared = nn.Linear(4, 4)
     converted_matches(nn.Sequential(nn.Sequential(shared, nn.ReLU()), shared), (3, 4))
     assert convert_records(caplog)[-1] == "not fused 0.0: 1 is not followed by a ReLU"
+    caplog.clear()
+    hooked = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU())
+    hooked[0].register_forward_hook(lambda module, args, output: None)
+    hooked[3].register_forward_pre_hook(lambda module, args: None)
+    converted_matches(hooked, (3, 4))
+    assert convert_records(caplog)[-2:] == [
+        "not fused 0: its forward or backward hooks would see the ReLU's output",
+        "not fused 2: the ReLU after 2 has hooks"]
+    caplog.clear()
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, output: None)
+    try:
+        converted_matches(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), (3, 4))
+    finally:
+        handle.remove()
+    assert convert_records(caplog)[-1] == (
+        "not fused 0: global module hooks are registered (they would see the ReLU's output)")
+    caplog.clear()
+    # a relu call inside a block of an nn.Sequential model: the model stays an nn.Sequential
+    converted = converted_matches(nn.Sequential(CustomForward(), nn.Linear(3, 2)), (3, 5))
+    assert type(converted) is nn.Sequential and converted[0].fc1.activation is None
+    assert convert_records(caplog)[-2] == (
+        "not fused 0.fc1: the relu after 0.fc1 is not the next slot of an nn.Sequential, and "
+        "convert does not rewrite an nn.Sequential's forward")
 
 
 # -- TorchScript: one clear error; trace, export and compile work --------------------------------
