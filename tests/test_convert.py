@@ -206,3 +206,299 @@ def test_leaves_logging_configuration_to_the_application(capsys):
     logger = logging.getLogger("fastops.convert")
     assert logger.handlers == [] and logger.level == logging.NOTSET and logger.propagate
     assert capsys.readouterr().out == ""
+
+
+# -- fusion only where every use of the layer object is followed by the ReLU ---------------------
+
+def converted_matches(model, *shapes, train=False):
+    """convert(model) gives model's outputs (and input gradients); returns the converted model."""
+    torch.manual_seed(0)
+    model.train(train)
+    converted = fastops.convert(model, verbose=False)
+    inputs = [torch.randn(*shape, requires_grad=True) for shape in shapes]
+    expected = model(*inputs)
+    expected_grads = torch.autograd.grad(expected.sum(), inputs)
+    actual = converted(*inputs)
+    assert_close(actual, expected)
+    for got, want in zip(torch.autograd.grad(actual.sum(), inputs), expected_grads, strict=True):
+        assert_close(got, want)
+    return converted
+
+
+class CalledTwice(nn.Module):
+    """One Linear object called twice: once followed by a ReLU, once not."""
+
+    def __init__(self, relu_after_second=False):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.relu_after_second = relu_after_second
+
+    def forward(self, x):
+        y = self.fc(TF.relu(self.fc(x)))
+        return torch.relu(y) if self.relu_after_second else y
+
+
+def test_layer_called_twice_in_forward_is_fused_only_if_both_calls_are_followed_by_relu():
+    converted = converted_matches(CalledTwice(), (3, 4))
+    assert converted.fc.activation is None  # the second call has no ReLU after it
+    model = CalledTwice(relu_after_second=True)
+    converted = converted_matches(model, (3, 4))
+    assert isinstance(converted, torch.fx.GraphModule) and converted.fc.activation == "relu"
+    assert not any(n.target in (torch.relu, TF.relu) for n in converted.graph.nodes)
+    back = fastops.unconvert(converted)
+    assert type(back.fc) is nn.Linear
+    x = torch.randn(2, 4)
+    assert_close(back(x), model(x))
+
+
+def test_layer_shared_by_two_sequentials_counts_both_occurrences():
+    shared = nn.Linear(4, 4)
+    # once followed by a ReLU, once by Tanh: left unfused
+    model = nn.Sequential(nn.Sequential(shared, nn.ReLU()), nn.Sequential(shared, nn.Tanh()))
+    converted = converted_matches(model, (3, 4))
+    assert converted[0][0] is converted[1][0] and converted[0][0].activation is None
+    assert type(converted[0][1]) is nn.ReLU
+    # twice in the same Sequential, the second time last
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    converted = converted_matches(model, (3, 4))
+    assert converted[0].activation is None and type(converted[1]) is nn.ReLU
+    # followed by a ReLU everywhere: fused, and both slots are placeholders
+    model = nn.Sequential(nn.Sequential(shared, nn.ReLU()), nn.Linear(4, 4),
+                          nn.Sequential(shared, nn.ReLU(inplace=True)))
+    converted = converted_matches(model, (3, 4))
+    assert converted[0][0] is converted[2][0] and converted[0][0].activation == "relu"
+    assert isinstance(converted[0][1], FusedAway) and isinstance(converted[2][1], FusedAway)
+    back = fastops.unconvert(converted)
+    assert repr(back) == repr(model) and back[0][0] is back[2][0]
+
+
+def test_layer_in_a_sequential_and_called_directly_is_not_fused():
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.branch = nn.Sequential(self.fc, nn.ReLU())
+
+        def forward(self, x):
+            return self.branch(x) + self.fc(x)
+
+    converted = converted_matches(Both(), (3, 4))
+    assert converted.fc.activation is None and type(converted.branch[1]) is nn.ReLU
+
+
+def test_untraceable_forward_fuses_only_layers_that_live_in_sequentials_alone():
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.branch = nn.Sequential(self.fc, nn.ReLU())
+            self.other = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent: torch.fx cannot trace it
+                return self.other(self.branch(x))
+            return self.other(self.fc(x))
+
+    model = Untraceable()
+    converted = converted_matches(model, (3, 4))
+    assert type(converted) is Untraceable
+    assert converted.fc.activation is None  # also an attribute: forward may call it directly
+    assert converted.other[0].activation == "relu"
+    x = -torch.ones(2, 4) * 10  # the other branch
+    assert_close(converted(x), model(x))
+
+
+def test_layers_and_relus_with_hooks_are_not_fused_and_their_hooks_see_torchs_values():
+    seen = {}
+
+    def remember(name):
+        def hook(module, args, output):
+            seen[name] = output.detach().clone()
+        return hook
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
+                          nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU())
+    model[0].register_forward_hook(remember("layer"))  # the layer's output, before the ReLU
+    model[3].register_forward_pre_hook(lambda module, args: seen.update(relu_in=args[0]))
+    model[4].register_full_backward_hook(lambda module, grad_in, grad_out: seen.update(grad=1))
+    torch.manual_seed(0)
+    x = torch.randn(5, 4)
+    model(x)
+    want = dict(seen)
+    converted = fastops.convert(model, verbose=False)
+    assert [converted[i].activation for i in (0, 2, 4, 6)] == [None, None, None, "relu"]
+    assert [type(converted[i]) for i in (1, 3, 5)] == [nn.ReLU] * 3
+    seen.clear()
+    converted(x)
+    assert (seen["layer"] < 0).any()  # what torch's Linear returns, not the ReLU's output
+    assert_close(seen["layer"], want["layer"])
+    assert_close(seen["relu_in"], want["relu_in"])
+    x.requires_grad_()
+    converted(x).sum().backward()
+    assert seen["grad"] == 1
+
+
+def test_a_relu_object_shared_between_slots_stays_where_it_is_not_fused():
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 4), nn.Tanh(), relu,
+                          nn.MaxPool1d(1), relu)
+    converted = converted_matches(model, (3, 4))
+    assert converted[0].activation == "relu" and isinstance(converted[1], FusedAway)
+    assert converted[2].activation is None
+    assert type(converted[4]) is nn.ReLU and converted[4] is converted[6]
+    back = fastops.unconvert(converted)
+    assert repr(back) == repr(model) and back[1] is back[4] is back[6]
+
+    class Shared(nn.Module):  # the same ReLU module after a layer and after an add
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.ReLU()
+            self.seq = nn.Sequential(nn.Linear(4, 4), self.act)
+
+        def forward(self, x):
+            return self.act(self.fc(x) + 1) + self.seq(x)
+
+    converted = converted_matches(Shared(), (3, 4))
+    assert converted.fc.activation is None and converted.seq[0].activation == "relu"
+    assert converted.act is converted.seq[1].original and type(converted.act) is nn.ReLU
+
+
+def test_relu_modules_called_in_forward_are_fused_and_what_is_not_fused_is_reported(caplog):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
+
+    class ModuleReLU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.ReLU()
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.act(self.fc(x)))
+
+    converted = converted_matches(ModuleReLU(), (3, 4))
+    assert isinstance(converted, torch.fx.GraphModule) and converted.fc.activation == "relu"
+    assert "fused fc with the relu in forward (torch.fx)" in convert_records(caplog)
+    assert set(converted.state_dict()) == set(ModuleReLU().state_dict())
+    caplog.clear()
+    converted_matches(CalledTwice(), (3, 4))
+    assert convert_records(caplog)[-1] == (
+        "not fused fc: a call of fc in forward is not followed by a ReLU")
+    caplog.clear()
+    shared = nn.Linear(4, 4)
+    converted_matches(nn.Sequential(nn.Sequential(shared, nn.ReLU()), shared), (3, 4))
+    assert convert_records(caplog)[-1] == "not fused 0.0: 1 is not followed by a ReLU"
+    caplog.clear()
+    hooked = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU())
+    hooked[0].register_forward_hook(lambda module, args, output: None)
+    hooked[3].register_forward_pre_hook(lambda module, args: None)
+    converted_matches(hooked, (3, 4))
+    assert convert_records(caplog)[-2:] == [
+        "not fused 0: its forward or backward hooks would see the ReLU's output",
+        "not fused 2: the ReLU after 2 has hooks"]
+    caplog.clear()
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, output: None)
+    try:
+        converted_matches(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), (3, 4))
+    finally:
+        handle.remove()
+    assert convert_records(caplog)[-1] == (
+        "not fused 0: global module hooks are registered (they would see the ReLU's output)")
+    caplog.clear()
+    # a relu call inside a block of an nn.Sequential model: the model stays an nn.Sequential
+    converted = converted_matches(nn.Sequential(CustomForward(), nn.Linear(3, 2)), (3, 5))
+    assert type(converted) is nn.Sequential and converted[0].fc1.activation is None
+    assert convert_records(caplog)[-2] == (
+        "not fused 0.fc1: the relu after 0.fc1 is not the next slot of an nn.Sequential, and "
+        "convert does not rewrite an nn.Sequential's forward")
+
+
+# -- TorchScript: one clear error; trace, export and compile work --------------------------------
+
+FASTOPS_MODULES = {
+    "BatchNorm1d": lambda: fastops.nn.BatchNorm1d(3),
+    "BatchNorm1dReLU": lambda: fastops.nn.BatchNorm1dReLU(3),
+    "BatchNorm2d": lambda: fastops.nn.BatchNorm2d(3),
+    "BatchNorm2dReLU": lambda: fastops.nn.BatchNorm2dReLU(3),
+    "Conv2d": lambda: fastops.nn.Conv2d(3, 4, 3),
+    "Conv2dReLU": lambda: fastops.nn.Conv2dReLU(3, 4, 3),
+    "CrossEntropyLoss": lambda: fastops.nn.CrossEntropyLoss(),
+    "Dropout": lambda: fastops.nn.Dropout(),
+    "Dropout1d": lambda: fastops.nn.Dropout1d(),
+    "Dropout2d": lambda: fastops.nn.Dropout2d(),
+    "Dropout3d": lambda: fastops.nn.Dropout3d(),
+    "Linear": lambda: fastops.nn.Linear(3, 4),
+    "LinearCrossEntropyLoss": lambda: fastops.nn.LinearCrossEntropyLoss(3, 4),
+    "LinearReLU": lambda: fastops.nn.LinearReLU(3, 4),
+    "MaxPool2d": lambda: fastops.nn.MaxPool2d(2),
+}
+NOT_SCRIPTABLE = (r"cannot be compiled by torch.jit.script: TorchScript is not supported by "
+                  r"fastops.nn modules .* Use torch.jit.trace\(model, example_inputs\), "
+                  r"torch.export.export\(model, args\) or torch.compile\(model\) instead, or "
+                  r"script fastops.unconvert\(model\)")
+
+
+def assert_refuses_torchscript(module, name):
+    for _ in range(3):  # the same error every time (no "Can't redefine method" the 2nd time)
+        with pytest.raises(RuntimeError, match=f"^fastops.nn.{name} {NOT_SCRIPTABLE}"):
+            torch.jit.script(module)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch 2.13 deprecates torch.jit
+def test_every_fastops_module_refuses_torchscript_with_one_clear_error():
+    assert sorted(FASTOPS_MODULES) == sorted(fastops.nn.__all__)
+    for name, make in FASTOPS_MODULES.items():
+        assert_refuses_torchscript(make(), name)
+
+    class Mine(fastops.nn.Linear):
+        pass
+
+    with pytest.raises(RuntimeError, match=r"^.*Mine \(a fastops.nn module\) " + NOT_SCRIPTABLE):
+        torch.jit.script(Mine(2, 2))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["lenet_bn", "resnet18"])
+def test_converted_models_refuse_torchscript_and_script_once_unconverted(name):
+    torch.manual_seed(0)
+    model = build(name, "torch").eval()
+    converted = fastops.convert(model)
+    first = "Conv2d"
+    assert_refuses_torchscript(converted, first)
+    assert_refuses_torchscript(nn.ModuleDict({"tanh": nn.Tanh(), "model": converted}), first)
+    traced_forward = fastops.convert(CustomForward())  # a torch.fx.GraphModule
+    assert_refuses_torchscript(traced_forward, "Linear")
+    scripted = torch.jit.script(fastops.unconvert(converted))
+    x = sample(name)
+    assert_close(scripted(x), model(x))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::torch.jit.TracerWarning",
+                            "ignore::DeprecationWarning")  # torch 2.13 deprecates torch.jit
+@pytest.mark.parametrize("name", ["lenet_bn", "mlp"])
+def test_trace_export_and_compile_run_a_converted_tutorial_model(name):
+    torch.manual_seed(0)
+    model = build(name, "torch").eval()
+    converted = fastops.convert(model)
+    x = sample(name, batch=4)
+    expected = model(x)
+
+    traced = torch.jit.trace(converted, (x,))
+    assert_close(traced(x), expected, scale=10)
+    other = sample(name, batch=7, seed=1)  # the checks are not in the trace, the op's rules are
+    assert_close(traced(other), model(other), scale=10)
+    assert any("fastops::" in str(n.kind()) for n in traced.inlined_graph.nodes())
+
+    exported = torch.export.export(converted, (x,))
+    assert_close(exported.module()(x), expected, scale=10)
+    assert any(str(n.target).startswith("fastops.") for n in exported.graph.nodes)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(converted, backend="aot_eager", fullgraph=True)
+    x_eager, x_compiled = x.clone().requires_grad_(), x.clone().requires_grad_()
+    actual = compiled(x_compiled)
+    assert_close(actual, expected, scale=10)
+    actual.square().sum().backward()
+    model(x_eager).square().sum().backward()
+    assert_close(x_compiled.grad, x_eager.grad, scale=10)

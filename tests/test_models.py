@@ -1,8 +1,11 @@
+import copy
+
 import pytest
 import torch
 from helpers import assert_close
 from torch import nn
 
+import fastops
 from fastops.models import NAMES, RECIPES, build
 
 
@@ -59,6 +62,53 @@ def test_both_builds_train_step_by_step_alike(name):
             assert_close(got, want, scale=1000, msg=key)
         else:  # num_batches_tracked
             assert torch.equal(got, want), key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_converted_models_run_forward_and_backward_under_cpu_bfloat16_autocast_like_torch(name):
+    # Linear and Conv2d cast to bfloat16 under autocast, so the second of two in a row gets a
+    # bfloat16 input and float32 parameters: fastops' dtype checks must let the op's autocast
+    # kernel cast them, as torch's do.
+    torch.manual_seed(0)
+    reference = without_dropout(build(name, "torch"))
+    ours, in_float32 = fastops.convert(reference), copy.deepcopy(reference)
+    x, _ = batch(name, 4, seed=0)
+    weights = torch.randn(4, 10 if RECIPES[name].loss == "cross_entropy" else 1,
+                          generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for model, autocast in ((reference, True), (ours, True), (in_float32, False)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            output = model(x)
+            loss = (output.float() * weights).sum()
+        loss.backward()
+        outputs.append(output)
+    expected, actual, _ = outputs
+    assert actual.dtype == expected.dtype == torch.bfloat16
+    # resnet18: batch statistics of 4 samples in bfloat16 along 20 layers amplify rounding
+    deep = name == "resnet18"
+    assert_close(actual, expected, scale=10 if deep else 1)
+    for (key, want), got, exact in zip(reference.named_parameters(), ours.parameters(),
+                                       in_float32.parameters(), strict=True):
+        assert got.grad.dtype == want.grad.dtype == torch.float32, key
+        # no further from torch's autocast gradient than that is from the float32 gradient
+        error, autocast_error = (got.grad - want.grad).norm(), (want.grad - exact.grad).norm()
+        assert error <= 2 * autocast_error, key
+        if not deep:
+            assert_close(got.grad, want.grad, dtype=torch.bfloat16, msg=key)
+
+
+def test_under_autocast_dtype_checks_still_refuse_what_autocast_does_not_cast():
+    linear, conv = fastops.nn.Linear(3, 2), fastops.nn.Conv2d(1, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear(torch.randn(4, 3, dtype=torch.bfloat16)).dtype == torch.bfloat16
+        assert conv(torch.randn(1, 1, 5, 5, dtype=torch.bfloat16)).dtype == torch.bfloat16
+        # float64 is never cast by autocast: still the functional layer's error
+        with pytest.raises(RuntimeError, match="linear: expected weight to have the dtype of "
+                                               r"input \(torch.float64\), got torch.float32"):
+            linear(torch.randn(4, 3, dtype=torch.float64))
+        with pytest.raises(RuntimeError, match="conv2d: expected weight to have the dtype of "
+                                               r"input \(torch.float32\), got torch.float64"):
+            conv.double()(torch.randn(1, 1, 5, 5))
 
 
 def test_dropout_model_still_learns():

@@ -3,8 +3,9 @@ the op's CUDA (Triton) kernels."""
 
 import torch
 
-from .._checks import check_activation, check_float_dtype, check_like, check_tensor, fail
+from .._checks import check_activation, check_float_dtype, check_tensor, fail
 from .._cuda import register_cuda_kernels
+from ._linear import _check_like_input
 
 _ops = torch.ops.fastops
 
@@ -88,10 +89,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     check_tensor(input, "input", fn)
     check_tensor(weight, "weight", fn)
     check_float_dtype(input, "input", fn)
-    check_like(weight, "weight", input, "input", fn)
+    _check_like_input(weight, "weight", input, fn)
     if bias is not None:
         check_tensor(bias, "bias", fn)
-        check_like(bias, "bias", input, "input", fn)
+        _check_like_input(bias, "bias", input, fn)
     if input.dim() not in (3, 4):
         fail(fn,
              "expected 3-D (unbatched) or 4-D (batched) input, got input of shape "

@@ -9,6 +9,25 @@ from ._dropout import _check_p, _dropout, _dropout_seed
 
 _ops = torch.ops.fastops
 
+
+def _cast_by_autocast(tensor):
+    """Whether the op's autocast kernel casts ``tensor`` to the autocast dtype: a floating-point
+    tensor other than float64 on a device where torch.autocast is on (at::autocast::cached_cast's
+    rule)."""
+    return (tensor.is_floating_point() and tensor.dtype != torch.float64
+            and torch.is_autocast_enabled(tensor.device.type))
+
+
+def _check_like_input(tensor, name, input, fn):
+    """check_like(tensor, input), except that under torch.autocast a parameter whose dtype differs
+    from the input's is fine when the op's autocast kernel casts both (the op's rules check them
+    after the cast): the second of two Linear / Conv2d layers gets a bfloat16 input and float32
+    parameters. Shared by linear and conv2d, whose ops autocast alike (lower precision)."""
+    if not (tensor.dtype != input.dtype and tensor.device == input.device
+            and _cast_by_autocast(input) and _cast_by_autocast(tensor)):
+        check_like(tensor, name, input, "input", fn)
+
+
 def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=True):
     """``torch.nn.functional.linear`` (+ optional fused activation and dropout).
 
@@ -26,7 +45,7 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
     check_tensor(input, "input", fn)
     check_tensor(weight, "weight", fn)
     check_float_dtype(input, "input", fn)
-    check_like(weight, "weight", input, "input", fn)
+    _check_like_input(weight, "weight", input, fn)
     if input.dim() < 1:
         fail(fn, "expected input to have at least 1 dimension, got a 0-D tensor")
     if weight.dim() not in (1, 2):
@@ -43,7 +62,7 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
                              *_linear_dropout(fused_dropout, dropout))
     else:
         check_tensor(bias, "bias", fn)
-        check_like(bias, "bias", input, "input", fn)
+        _check_like_input(bias, "bias", input, fn)
         if vector_weight:
             fail(fn, "a bias needs a 2-D weight (torch: mat2 must be a matrix)")
         out_features = weight_2d.shape[0]
