@@ -137,6 +137,47 @@ def test_relu_keeps_nan_and_masks_gradient_like_torch():
                 [x, w, b, rm, rv], torch.float32)
 
 
+INF, NAN = float("inf"), float("nan")
+# Non-finite values written into channel 1 at [n, 1, 0, ...]: n = 0 is the channel's first
+# element in memory in either layout (the CPU kernel's moments are shifted by it); n = 2 lands
+# inside the second of three Triton row splits (splits=3), before a finite tile.
+NONFINITE = {
+    "inf": [(2, INF)],
+    "-inf": [(2, -INF)],
+    "nan": [(2, NAN)],
+    "first inf": [(0, INF)],
+    "inf and -inf": [(0, INF), (3, -INF)],
+}
+NONFINITE_SHAPES = [((4, 3, 5, 6), "contiguous"), ((4, 3, 5, 6), "channels_last"),
+                    ((9, 3), "contiguous")]
+
+
+def with_nonfinite(x, values):
+    """A copy of x (same layout) with channel 1 holding ``values`` at [n, 1, 0, ...]."""
+    x = x.clone()
+    for n, value in values:
+        x[(n, 1) + (0,) * (x.dim() - 2)] = value
+    return x
+
+
+@pytest.mark.parametrize("values", NONFINITE.values(), ids=NONFINITE.keys())
+@pytest.mark.parametrize("shape,layout", NONFINITE_SHAPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nonfinite_channel_matches_torch(values, shape, layout, mode, activation, dtype):
+    """As torch: training on a channel holding inf, -inf or NaN gives it a NaN variance (NaN
+    output, running_var and gradients, the ReLU keeping NaN, running_mean inf / -inf / NaN), and
+    leaves the other channels as they were; evaluation normalises the values as they are."""
+    x, w, b, rm, rv = make(shape, dtype=dtype, layout=layout)
+    x = with_nonfinite(x, values)
+    training, (rm, rv) = mode_args(mode, rm, rv)
+    assert_same(lambda *a: F.batch_norm(*a, training=training, momentum=0.2, activation=activation),
+                lambda *a, **k: reference(*a, training=training, momentum=0.2,
+                                          activation=activation, **k),
+                [x, w, b, rm, rv], dtype)
+
+
 def test_bias_without_weight_gets_its_gradient():
     # an absent weight has no autograd edge: the bias gradient must still reach the bias
     x = torch.randn(6, 3, 4, requires_grad=True)
@@ -271,6 +312,29 @@ def test_running_statistics_update_bumps_their_version_counters():
     ours.eval()(x)
     assert ((ours.running_mean._version, ours.running_var._version)
             == (versions[0] + 1, versions[1] + 1))
+
+
+@pytest.mark.parametrize("name", ["BatchNorm1dReLU", "BatchNorm2d", "BatchNorm2dReLU"])
+def test_module_after_a_nonfinite_batch_matches_torch(name):
+    """A training batch with an inf leaves a NaN running_var: the next training step and
+    evaluation match torch too."""
+    ours, theirs, shape = paired(name)
+    for step, (training, values) in enumerate([(True, NONFINITE["inf"]), (True, []),
+                                               (False, [])]):
+        x = make(shape, seed=step, layout="channels_last" if step == 1 else "contiguous")[0]
+        x = with_nonfinite(x, values)
+        for module in (ours, theirs):
+            module.train(training)
+        xa, xb = leaf(x), leaf(x)
+        out, ref = ours(xa), theirs(xb)
+        assert_close(out, ref)
+        grad = torch.randn_like(ref)
+        got = torch.autograd.grad(out, [xa, *ours.parameters()], grad)
+        want = torch.autograd.grad(ref, [xb, *theirs.parameters()], grad)
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w, scale=4)
+        assert_same_state(ours, theirs[0])
+    assert ours.running_var[1].isnan()
 
 
 @pytest.mark.parametrize("training", [True, False])
