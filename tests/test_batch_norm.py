@@ -605,6 +605,37 @@ def test_triton_dtypes_and_partial_gradients(dtype, param_dtype):
         assert_close(got, want)
 
 
+@pytest.mark.parametrize("values", NONFINITE.values(), ids=NONFINITE.keys())
+@pytest.mark.parametrize("shape,layout", NONFINITE_SHAPES, ids=str)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("activation", ["none", "relu"])
+def test_triton_nonfinite_channel_matches_torch(values, shape, layout, training, activation):
+    """test_nonfinite_channel_matches_torch on the launchers, with three row splits: the partial
+    moments of tiles and splits combine an infinite mean into torch's (CPU) running_mean. The
+    reference is torch on the CPU (whose running_mean of an inf channel is inf)."""
+    from fastops.triton_kernels.batch_norm import batch_norm_backward, batch_norm_forward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w, b, rm, rv = make(shape, layout=layout)
+    x = with_nonfinite(x, values)
+    ref_stats = [rm.clone(), rv.clone()]
+    xr, wr, br = leaf(x), leaf(w), leaf(b)
+    ref = reference(xr, *ref_stats, wr, br, training, 0.2, 1e-5,
+                    "relu" if activation == "relu" else None)
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, [xr, wr, br], grad)
+    x, w, b, rm, rv, grad = (t.to(device) for t in (x, w, b, rm, rv, grad))
+    out, mean, invstd = batch_norm_forward(x, w, b, rm, rv, training, 0.2, 1e-5, activation,
+                                           splits=3)
+    assert_close(out.cpu(), ref.detach(), scale=3)
+    for got, want_stat in zip((rm, rv), ref_stats, strict=True):
+        assert_close(got.cpu(), want_stat)
+    got = batch_norm_backward(grad, x, w, out, mean, invstd, training, activation,
+                              [True, True, True], splits=3)
+    for g, w_ in zip(got, want, strict=True):
+        assert_close(g.cpu(), w_, scale=4)
+
+
 # ---------------------------------------------------------------------------- CUDA (real GPU)
 
 @requires_cuda
