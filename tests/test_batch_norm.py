@@ -511,6 +511,55 @@ def test_bad_input_raises_torch_errors_and_changes_nothing():
            1e-5, "none", state=state)
 
 
+CHANNEL_ARGS = {  # the per-channel arguments given: running_mean, running_var, weight, bias
+    "none": (False, False, False, False), "running": (True, True, False, False),
+    "weight": (False, False, True, False), "bias": (False, False, False, True),
+    "all": (True, True, True, True),
+}
+
+
+@pytest.mark.parametrize("given", CHANNEL_ARGS.values(), ids=CHANNEL_ARGS.keys())
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_empty_1d_input_is_returned_like_torch(given, training, activation):
+    """torch.nn.functional.batch_norm returns an empty 1-D input as it is (a copy times
+    weight[0] plus bias[0]), unchecked against the per-channel arguments and with the running
+    statistics untouched."""
+    g = torch.Generator().manual_seed(0)
+    rm, rv, w, b = (torch.rand(5, generator=g) + 0.5 if wanted else None for wanted in given)
+
+    def args():  # input, weight and bias as fresh leaves; the running statistics themselves
+        return [leaf(torch.randn(0)), rm, rv, *(leaf(t) if t is not None else None for t in (w, b))]
+    ours, theirs = args(), args()
+    with unchanged(*[t for t in (rm, rv, w, b) if t is not None]):
+        out = F.batch_norm(*ours, training=training, activation=activation)
+        ref = TF.batch_norm(*theirs, training=training)
+    assert out.shape == ref.shape == (0,) and out.dtype == ref.dtype
+    wanted = [i for i in (0, 3, 4) if ours[i] is not None]
+    got = torch.autograd.grad(out, [ours[i] for i in wanted], torch.ones(0))
+    want = torch.autograd.grad(ref, [theirs[i] for i in wanted], torch.ones(0))
+    for a, b_ in zip(got, want, strict=True):
+        assert a.shape == b_.shape and torch.equal(a, b_)
+
+
+@pytest.mark.parametrize("shape", [(3,), (1,), ()], ids=str)
+@pytest.mark.parametrize("given", CHANNEL_ARGS.values(), ids=CHANNEL_ARGS.keys())
+@pytest.mark.parametrize("training", [True, False])
+def test_input_without_channels_raises_the_error_type_of_torch(shape, given, training):
+    """A non-empty 0-D or 1-D input: torch raises IndexError, ValueError (one value per channel
+    in training) or RuntimeError depending on the mode and the arguments; so do we, changing
+    nothing."""
+    channel = [torch.rand(3) + 0.5 if wanted else None for wanted in given]
+    x = torch.randn(shape)
+    with pytest.raises(Exception) as torch_error:
+        TF.batch_norm(x, *channel, training=training)
+    error = type(torch_error.value)
+    assert error in (IndexError, ValueError, RuntimeError)
+    match = "Expected more than 1 value per channel" if error is ValueError else "at least 2-D"
+    raises(error, match, F.batch_norm, x, *channel, training=training,
+           state=[t for t in [x, *channel] if t is not None])
+
+
 @pytest.mark.parametrize("name", ["BatchNorm1d", "BatchNorm2dReLU"])
 def test_module_bad_input_leaves_buffers_and_parameters_unchanged(name):
     ours, _, shape = paired(name)
