@@ -2,6 +2,7 @@
 backward, running statistics, layouts, modules, kernels)."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -335,6 +336,66 @@ def test_module_after_a_nonfinite_batch_matches_torch(name):
             assert_close(g, w, scale=4)
         assert_same_state(ours, theirs[0])
     assert ours.running_var[1].isnan()
+
+
+def same_outcome(ours, theirs, state=()):
+    """ours() raises the error of theirs() (type and whole message), changing nothing in
+    ``state``, or gives the same result."""
+    try:
+        want = theirs()
+    except Exception as error:  # any error of torch's is the reference
+        raises(type(error), f"^{re.escape(str(error))}$", ours, state=state)
+        return
+    assert_close(ours(), want)
+
+
+@pytest.mark.parametrize("name", ["BatchNorm1d", "BatchNorm2dReLU"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_module_from_inference_mode_raises_like_torch_and_changes_nothing(name, momentum):
+    """A module created under torch.inference_mode() (inference buffers and parameters), run
+    outside it: training raises torch's error (from incrementing num_batches_tracked, before the
+    running statistics are touched), evaluation with autograd too (the parameters cannot be
+    saved for backward); no buffer changes, num_batches_tracked included (torch's add_ has
+    written it when it raises). Without autograd, and under inference mode, it runs as torch."""
+    with torch.inference_mode():
+        ours, theirs, shape = paired(name, momentum=momentum)
+    x = make(shape)[0]
+    buffers = [ours.running_mean, ours.running_var, ours.num_batches_tracked]
+    for grad_mode in (True, False):
+        for training in (True, False):
+            ours.train(training), theirs.train(training)
+            with torch.set_grad_enabled(grad_mode):
+                same_outcome(lambda: ours(x), lambda: theirs(x), state=buffers)
+    assert ours.num_batches_tracked.item() == 0
+    ours.train(), theirs.train()
+    with torch.inference_mode():
+        theirs[0].num_batches_tracked.zero_()  # undo torch's half-done steps
+        same_outcome(lambda: ours(x), lambda: theirs(x))
+    assert_same_state(ours, theirs[0])
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+@pytest.mark.parametrize("inference", [("running_mean", "running_var"), ("running_var",),
+                                       ("input",), ("weight",)], ids=str)
+def test_functional_inference_tensors_like_torch(grad_mode, inference):
+    """Tensors created under torch.inference_mode(), used outside it: torch updates inference
+    running statistics when it records no graph, and raises before writing them when it does
+    (input, weight and running statistics cannot be saved for backward); so do we (the op used
+    to write them, then raise)."""
+    x, w, b, rm, rv = make((4, 3, 5))
+
+    def args():  # the bias requires grad: a graph is recorded when grad_mode is on
+        tensors = dict(input=x, running_mean=rm, running_var=rv, weight=w)
+        with torch.inference_mode():
+            tensors.update({name: tensors[name].clone() for name in inference})
+        tensors = {k: t if k in inference else t.clone() for k, t in tensors.items()}
+        return [*tensors.values(), leaf(b)]
+    ours, theirs = args(), args()
+    with torch.set_grad_enabled(grad_mode):
+        same_outcome(lambda: F.batch_norm(*ours, training=True),
+                     lambda: TF.batch_norm(*theirs, training=True), state=ours[1:3])
+    for got, want in zip(ours[1:3], theirs[1:3], strict=True):
+        assert_close(got, want)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -683,6 +744,19 @@ def test_triton_nonfinite_channel_matches_torch(values, shape, layout, training,
                               [True, True, True], splits=3)
     for g, w_ in zip(got, want, strict=True):
         assert_close(g.cpu(), w_, scale=4)
+
+
+def test_triton_updates_inference_mode_buffers_like_torch():
+    from fastops.triton_kernels.batch_norm import batch_norm_forward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w, b, rm, rv = make((4, 3, 5), device)
+    with torch.inference_mode():
+        ours, theirs = [rm.clone(), rv.clone()], [rm.clone(), rv.clone()]
+    out = batch_norm_forward(x, w, b, *ours, True, 0.1, 1e-5, "none")[0]
+    assert_close(out, TF.batch_norm(x, *theirs, w, b, True))
+    for got, want in zip(ours, theirs, strict=True):
+        assert_close(got, want)
 
 
 # ---------------------------------------------------------------------------- CUDA (real GPU)
