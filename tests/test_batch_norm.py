@@ -2,6 +2,7 @@
 backward, running statistics, layouts, modules, kernels)."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -135,6 +136,47 @@ def test_relu_keeps_nan_and_masks_gradient_like_torch():
     assert_same(lambda *a: F.batch_norm_relu(*a),
                 lambda *a, **k: reference(*a, False, activation="relu", **k),
                 [x, w, b, rm, rv], torch.float32)
+
+
+INF, NAN = float("inf"), float("nan")
+# Non-finite values written into channel 1 at [n, 1, 0, ...]: n = 0 is the channel's first
+# element in memory in either layout (the CPU kernel's moments are shifted by it); n = 2 lands
+# inside the second of three Triton row splits (splits=3), before a finite tile.
+NONFINITE = {
+    "inf": [(2, INF)],
+    "-inf": [(2, -INF)],
+    "nan": [(2, NAN)],
+    "first inf": [(0, INF)],
+    "inf and -inf": [(0, INF), (3, -INF)],
+}
+NONFINITE_SHAPES = [((4, 3, 5, 6), "contiguous"), ((4, 3, 5, 6), "channels_last"),
+                    ((9, 3), "contiguous")]
+
+
+def with_nonfinite(x, values):
+    """A copy of x (same layout) with channel 1 holding ``values`` at [n, 1, 0, ...]."""
+    x = x.clone()
+    for n, value in values:
+        x[(n, 1) + (0,) * (x.dim() - 2)] = value
+    return x
+
+
+@pytest.mark.parametrize("values", NONFINITE.values(), ids=NONFINITE.keys())
+@pytest.mark.parametrize("shape,layout", NONFINITE_SHAPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nonfinite_channel_matches_torch(values, shape, layout, mode, activation, dtype):
+    """As torch: training on a channel holding inf, -inf or NaN gives it a NaN variance (NaN
+    output, running_var and gradients, the ReLU keeping NaN, running_mean inf / -inf / NaN), and
+    leaves the other channels as they were; evaluation normalises the values as they are."""
+    x, w, b, rm, rv = make(shape, dtype=dtype, layout=layout)
+    x = with_nonfinite(x, values)
+    training, (rm, rv) = mode_args(mode, rm, rv)
+    assert_same(lambda *a: F.batch_norm(*a, training=training, momentum=0.2, activation=activation),
+                lambda *a, **k: reference(*a, training=training, momentum=0.2,
+                                          activation=activation, **k),
+                [x, w, b, rm, rv], dtype)
 
 
 def test_bias_without_weight_gets_its_gradient():
@@ -271,6 +313,89 @@ def test_running_statistics_update_bumps_their_version_counters():
     ours.eval()(x)
     assert ((ours.running_mean._version, ours.running_var._version)
             == (versions[0] + 1, versions[1] + 1))
+
+
+@pytest.mark.parametrize("name", ["BatchNorm1dReLU", "BatchNorm2d", "BatchNorm2dReLU"])
+def test_module_after_a_nonfinite_batch_matches_torch(name):
+    """A training batch with an inf leaves a NaN running_var: the next training step and
+    evaluation match torch too."""
+    ours, theirs, shape = paired(name)
+    for step, (training, values) in enumerate([(True, NONFINITE["inf"]), (True, []),
+                                               (False, [])]):
+        x = make(shape, seed=step, layout="channels_last" if step == 1 else "contiguous")[0]
+        x = with_nonfinite(x, values)
+        for module in (ours, theirs):
+            module.train(training)
+        xa, xb = leaf(x), leaf(x)
+        out, ref = ours(xa), theirs(xb)
+        assert_close(out, ref)
+        grad = torch.randn_like(ref)
+        got = torch.autograd.grad(out, [xa, *ours.parameters()], grad)
+        want = torch.autograd.grad(ref, [xb, *theirs.parameters()], grad)
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w, scale=4)
+        assert_same_state(ours, theirs[0])
+    assert ours.running_var[1].isnan()
+
+
+def same_outcome(ours, theirs, state=()):
+    """ours() raises the error of theirs() (type and whole message), changing nothing in
+    ``state``, or gives the same result."""
+    try:
+        want = theirs()
+    except Exception as error:  # any error of torch's is the reference
+        raises(type(error), f"^{re.escape(str(error))}$", ours, state=state)
+        return
+    assert_close(ours(), want)
+
+
+@pytest.mark.parametrize("name", ["BatchNorm1d", "BatchNorm2dReLU"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_module_from_inference_mode_raises_like_torch_and_changes_nothing(name, momentum):
+    """A module created under torch.inference_mode() (inference buffers and parameters), run
+    outside it: training raises torch's error (from incrementing num_batches_tracked, before the
+    running statistics are touched), evaluation with autograd too (the parameters cannot be
+    saved for backward); no buffer changes, num_batches_tracked included (torch's add_ has
+    written it when it raises). Without autograd, and under inference mode, it runs as torch."""
+    with torch.inference_mode():
+        ours, theirs, shape = paired(name, momentum=momentum)
+    x = make(shape)[0]
+    buffers = [ours.running_mean, ours.running_var, ours.num_batches_tracked]
+    for grad_mode in (True, False):
+        for training in (True, False):
+            ours.train(training), theirs.train(training)
+            with torch.set_grad_enabled(grad_mode):
+                same_outcome(lambda: ours(x), lambda: theirs(x), state=buffers)
+    assert ours.num_batches_tracked.item() == 0
+    ours.train(), theirs.train()
+    with torch.inference_mode():
+        theirs[0].num_batches_tracked.zero_()  # undo torch's half-done steps
+        same_outcome(lambda: ours(x), lambda: theirs(x))
+    assert_same_state(ours, theirs[0])
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+@pytest.mark.parametrize("inference", [("running_mean", "running_var"), ("running_var",),
+                                       ("input",), ("weight",)], ids=str)
+def test_functional_inference_tensors_like_torch(grad_mode, inference):
+    """Tensors created under torch.inference_mode(), used outside it: torch updates inference
+    running statistics when it records no graph, and raises before writing them when it does
+    (input, weight and running statistics cannot be saved for backward); so do we (the op used
+    to write them, then raise)."""
+    x, w, b, rm, rv = make((4, 3, 5))
+
+    def args():  # the bias requires grad: a graph is recorded when grad_mode is on
+        tensors = dict(input=x, running_mean=rm, running_var=rv, weight=w)
+        with torch.inference_mode():
+            tensors.update({name: tensors[name].clone() for name in inference})
+        tensors = {k: t if k in inference else t.clone() for k, t in tensors.items()}
+        return [*tensors.values(), leaf(b)]
+    ours, theirs = args(), args()
+    with torch.set_grad_enabled(grad_mode):
+        same_outcome(lambda: F.batch_norm(*ours, training=True),
+                     lambda: TF.batch_norm(*theirs, training=True), state=ours[1:3])
+    for got, want in zip(ours[1:3], theirs[1:3], strict=True):
+        assert_close(got, want)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -447,6 +572,55 @@ def test_bad_input_raises_torch_errors_and_changes_nothing():
            1e-5, "none", state=state)
 
 
+CHANNEL_ARGS = {  # the per-channel arguments given: running_mean, running_var, weight, bias
+    "none": (False, False, False, False), "running": (True, True, False, False),
+    "weight": (False, False, True, False), "bias": (False, False, False, True),
+    "all": (True, True, True, True),
+}
+
+
+@pytest.mark.parametrize("given", CHANNEL_ARGS.values(), ids=CHANNEL_ARGS.keys())
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_empty_1d_input_is_returned_like_torch(given, training, activation):
+    """torch.nn.functional.batch_norm returns an empty 1-D input as it is (a copy times
+    weight[0] plus bias[0]), unchecked against the per-channel arguments and with the running
+    statistics untouched."""
+    g = torch.Generator().manual_seed(0)
+    rm, rv, w, b = (torch.rand(5, generator=g) + 0.5 if wanted else None for wanted in given)
+
+    def args():  # input, weight and bias as fresh leaves; the running statistics themselves
+        return [leaf(torch.randn(0)), rm, rv, *(leaf(t) if t is not None else None for t in (w, b))]
+    ours, theirs = args(), args()
+    with unchanged(*[t for t in (rm, rv, w, b) if t is not None]):
+        out = F.batch_norm(*ours, training=training, activation=activation)
+        ref = TF.batch_norm(*theirs, training=training)
+    assert out.shape == ref.shape == (0,) and out.dtype == ref.dtype
+    wanted = [i for i in (0, 3, 4) if ours[i] is not None]
+    got = torch.autograd.grad(out, [ours[i] for i in wanted], torch.ones(0))
+    want = torch.autograd.grad(ref, [theirs[i] for i in wanted], torch.ones(0))
+    for a, b_ in zip(got, want, strict=True):
+        assert a.shape == b_.shape and torch.equal(a, b_)
+
+
+@pytest.mark.parametrize("shape", [(3,), (1,), ()], ids=str)
+@pytest.mark.parametrize("given", CHANNEL_ARGS.values(), ids=CHANNEL_ARGS.keys())
+@pytest.mark.parametrize("training", [True, False])
+def test_input_without_channels_raises_the_error_type_of_torch(shape, given, training):
+    """A non-empty 0-D or 1-D input: torch raises IndexError, ValueError (one value per channel
+    in training) or RuntimeError depending on the mode and the arguments; so do we, changing
+    nothing."""
+    channel = [torch.rand(3) + 0.5 if wanted else None for wanted in given]
+    x = torch.randn(shape)
+    with pytest.raises(Exception) as torch_error:
+        TF.batch_norm(x, *channel, training=training)
+    error = type(torch_error.value)
+    assert error in (IndexError, ValueError, RuntimeError)
+    match = "Expected more than 1 value per channel" if error is ValueError else "at least 2-D"
+    raises(error, match, F.batch_norm, x, *channel, training=training,
+           state=[t for t in [x, *channel] if t is not None])
+
+
 @pytest.mark.parametrize("name", ["BatchNorm1d", "BatchNorm2dReLU"])
 def test_module_bad_input_leaves_buffers_and_parameters_unchanged(name):
     ours, _, shape = paired(name)
@@ -538,6 +712,50 @@ def test_triton_dtypes_and_partial_gradients(dtype, param_dtype):
                                    grad)[0]
         got = batch_norm_backward(grad, None, w, out, mean, invstd, False, "relu",
                                   [True, False, False])[0]
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("values", NONFINITE.values(), ids=NONFINITE.keys())
+@pytest.mark.parametrize("shape,layout", NONFINITE_SHAPES, ids=str)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("activation", ["none", "relu"])
+def test_triton_nonfinite_channel_matches_torch(values, shape, layout, training, activation):
+    """test_nonfinite_channel_matches_torch on the launchers, with three row splits: the partial
+    moments of tiles and splits combine an infinite mean into torch's (CPU) running_mean. The
+    reference is torch on the CPU (whose running_mean of an inf channel is inf)."""
+    from fastops.triton_kernels.batch_norm import batch_norm_backward, batch_norm_forward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w, b, rm, rv = make(shape, layout=layout)
+    x = with_nonfinite(x, values)
+    ref_stats = [rm.clone(), rv.clone()]
+    xr, wr, br = leaf(x), leaf(w), leaf(b)
+    ref = reference(xr, *ref_stats, wr, br, training, 0.2, 1e-5,
+                    "relu" if activation == "relu" else None)
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, [xr, wr, br], grad)
+    x, w, b, rm, rv, grad = (t.to(device) for t in (x, w, b, rm, rv, grad))
+    out, mean, invstd = batch_norm_forward(x, w, b, rm, rv, training, 0.2, 1e-5, activation,
+                                           splits=3)
+    assert_close(out.cpu(), ref.detach(), scale=3)
+    for got, want_stat in zip((rm, rv), ref_stats, strict=True):
+        assert_close(got.cpu(), want_stat)
+    got = batch_norm_backward(grad, x, w, out, mean, invstd, training, activation,
+                              [True, True, True], splits=3)
+    for g, w_ in zip(got, want, strict=True):
+        assert_close(g.cpu(), w_, scale=4)
+
+
+def test_triton_updates_inference_mode_buffers_like_torch():
+    from fastops.triton_kernels.batch_norm import batch_norm_forward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w, b, rm, rv = make((4, 3, 5), device)
+    with torch.inference_mode():
+        ours, theirs = [rm.clone(), rv.clone()], [rm.clone(), rv.clone()]
+    out = batch_norm_forward(x, w, b, *ours, True, 0.1, 1e-5, "none")[0]
+    assert_close(out, TF.batch_norm(x, *theirs, w, b, True))
+    for got, want in zip(ours, theirs, strict=True):
         assert_close(got, want)
 
 

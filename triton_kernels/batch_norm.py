@@ -125,6 +125,17 @@ def _elementwise_program(M, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     return r, c
 
 
+@triton.jit
+def _combine_means(mean, part_mean, part_weight):
+    """Chan's update mean + (part_mean - mean) * part_weight of a running mean by a part of
+    relative weight part_weight (0 for an empty part). Once the mean is infinite it stays so, as
+    torch's (the update would make it inf - inf = NaN), unless the part brings a NaN or the
+    other infinity (NaN)."""
+    updated = mean + (part_mean - mean) * part_weight
+    infinite = mean + tl.where(tl.abs(part_mean) < float("inf"), 0.0, part_mean)
+    return tl.where(tl.abs(mean) < float("inf"), updated, infinite)
+
+
 @autotune(_REDUCE_CONFIGS, key=_MOMENTS_KEY, bucket=_BUCKETED)
 @triton.jit
 def _moments_kernel(
@@ -135,7 +146,8 @@ def _moments_kernel(
 ):
     """Count, mean and sum of squared deviations of rows [split * rows_per_split, +rows_per_split)
     per channel, tile by tile (two-pass within a tile, Chan's combination across tiles), written
-    to [split, C] buffers."""
+    to [split, C] buffers. An inf, -inf or NaN makes the sum of squared deviations NaN (x - inf),
+    and the mean what torch's is (_combine_means)."""
     split, c = _reduce_program(C, BLOCK_C, INDEX_64)
     c_in = c < C
     # start + rows_per_split <= splits * rows_per_split < M + splits, within _index_64's bound
@@ -156,7 +168,7 @@ def _moments_kernel(
         tile_m2 = tl.sum(deviation * deviation, axis=0)
         total = count + tile_count
         delta = tile_mean - mean
-        mean += delta * (tile_count / total)
+        mean = _combine_means(mean, tile_mean, tile_count / total)
         m2 += tile_m2 + delta * delta * (count * tile_count / total)
         count = total
     out = _block_start(split, C, INDEX_64) + c
@@ -195,7 +207,7 @@ def _finalize_stats_kernel(
             total = count + part_count
             weight_b = tl.where(total > 0, part_count / tl.maximum(total, 1.0), 0.0)
             delta = part_mean - mean
-            mean += delta * weight_b
+            mean = _combine_means(mean, part_mean, weight_b)
             m2 += part_m2 + delta * delta * count * weight_b
             count = total
         var = m2 / tl.maximum(count, 1.0)

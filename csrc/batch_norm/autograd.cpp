@@ -1,7 +1,8 @@
 // Autograd of fastops::batch_norm: saves the per-channel mean and inverse std of the forward,
 // input only when grad_weight or the training grad_input needs it, weight only for grad_input,
 // and the output (the ReLU mask) only with activation "relu". The running statistics are
-// updated in place by the op; their version counters are bumped as an aten in-place op would.
+// updated in place by the op; their version counters are bumped as an aten in-place op would
+// (inference tensors, which have none, are updated as torch's batch_norm does).
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
@@ -30,8 +31,13 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
           input, weight, bias, running_mean, running_var, training, momentum, eps, activation);
     }
     if (training && running_mean.has_value()) {
-      torch::autograd::increment_version(*running_mean);
-      torch::autograd::increment_version(*running_var);
+      // Inference tensors have no version counter (incrementing it raises, after the kernel has
+      // written them) and no graph can hold them: outside inference mode, without a graph
+      // recorded (see check_no_inference_tensor_recorded), torch's batch_norm updates them
+      // without an error, so do we.
+      for (const at::Tensor* stats : {&*running_mean, &*running_var}) {
+        if (!stats->is_inference()) torch::autograd::increment_version(*stats);
+      }
     }
     const bool relu = activation == "relu";
     const bool weight_grad = weight.has_value() && weight->requires_grad();
@@ -68,11 +74,37 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
   }
 };
 
+// torch's batch_norm saves input, weight and the running statistics whenever it records a graph,
+// and raises before any kernel runs when one of them is an inference tensor (created under
+// torch.inference_mode(), used outside it). The same check, before the running statistics are
+// written: our Function saves fewer tensors, and would raise (if at all) only once they were.
+void check_no_inference_tensor_recorded(const at::Tensor& input,
+                                        const std::optional<at::Tensor>& weight,
+                                        const std::optional<at::Tensor>& bias,
+                                        const std::optional<at::Tensor>& running_mean,
+                                        const std::optional<at::Tensor>& running_var) {
+  auto requires_grad = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() && t->requires_grad();
+  };
+  auto inference = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() && t->is_inference();
+  };
+  const bool recorded = at::GradMode::is_enabled() &&
+                        (input.requires_grad() || requires_grad(weight) || requires_grad(bias));
+  TORCH_CHECK(!recorded || !(input.is_inference() || inference(weight) || inference(running_mean) ||
+                             inference(running_var)),
+              "Inference tensors cannot be saved for backward. Please do not use Tensors created "
+              "in inference mode in computation tracked by autograd. To work around this, you "
+              "can make a clone to get a normal tensor and use it in autograd, or use "
+              "`torch.no_grad()` instead of `torch.inference_mode()`.");
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_autograd(
     const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     c10::string_view activation) {
+  check_no_inference_tensor_recorded(input, weight, bias, running_mean, running_var);
   const auto outputs = BatchNormFunction::apply(input, weight, bias, running_mean, running_var,
                                                 training, momentum, eps, activation);
   return {outputs[0], outputs[1], outputs[2]};

@@ -219,9 +219,12 @@ std::pair<std::vector<double>, std::vector<double>> mean_and_variance(const scal
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = geo.channels, S = geo.spatial;
   // The shift of channel c is its first element: close to the mean on the scale of the spread.
+  // An infinite or NaN first element shifts by 0 instead: x - inf would turn the channel's other
+  // infinities into NaN, and its mean must stay what torch gives (+-inf, or NaN).
   std::vector<opmath_t> shift(C);
   for (int64_t c = 0; c < C; ++c) {
-    shift[c] = static_cast<opmath_t>(layout == Layout::Planes ? x[c * S] : x[c]);
+    const opmath_t first = static_cast<opmath_t>(layout == Layout::Planes ? x[c * S] : x[c]);
+    shift[c] = std::isfinite(first) ? first : opmath_t(0);
   }
   auto plane = [&](int64_t p, int64_t c, double& sum, double& sum_sq) {
     shifted_moments(x + p * S, S, shift[c], sum, sum_sq);
@@ -242,7 +245,10 @@ std::pair<std::vector<double>, std::vector<double>> mean_and_variance(const scal
   for (int64_t c = 0; c < C; ++c) {
     const double centred = sum[c] / n;  // mean - shift
     mean[c] = static_cast<double>(shift[c]) + centred;
-    var[c] = std::max(0.0, sum_sq[c] / n - centred * centred);
+    // Clamped at 0 against rounding; NaN (an infinity or NaN in the channel: inf - inf) stays
+    // NaN, as torch's variance (std::max(0.0, NaN) would be 0).
+    const double v = sum_sq[c] / n - centred * centred;
+    var[c] = v < 0.0 ? 0.0 : v;
   }
   return {mean, var};
 }

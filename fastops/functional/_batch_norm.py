@@ -37,7 +37,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                momentum=0.1, eps=1e-05, *, activation=None):
     """``torch.nn.functional.batch_norm`` (+ optional fused activation).
 
-    input: [N, C, *]; running_mean, running_var: [C] or None (updated in place when training);
+    input: [N, C, *] (or, as torch, an empty 1-D input, returned as it is);
+    running_mean, running_var: [C] or None (updated in place when training);
     weight, bias: [C] or None; returns [N, C, *] in the layout of input (channels-last stays
     channels-last). Training normalises with the batch statistics (biased variance) and moves the
     running statistics towards them by ``momentum`` (unbiased variance); evaluation normalises
@@ -51,26 +52,33 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         fail(fn, f'"batch_norm" not implemented for {input.dtype}: expected input to have a '
                  "floating-point dtype (float16, bfloat16, float32 or float64)",
              NotImplementedError)
-    if input.dim() < 2:
-        fail(fn, f"expected input of shape [N, C, *] (at least 2-D), got {list(input.shape)}")
+    # torch's order: the batch size and eps (its Python checks), momentum (its argument
+    # parser), then the running statistics and parameters.
     if training:
+        if input.dim() == 0:  # torch indexes the batch size first (IndexError)
+            fail(fn, "expected input of shape [N, C, *] (at least 2-D), got a 0-D tensor of "
+                     "shape []", IndexError)
         if input.shape[0] * math.prod(input.shape[2:]) == 1:
             fail(fn, "Expected more than 1 value per channel when training, got input size "
                      f"{input.size()}", ValueError)
         if not eps > 0.0:
             fail(fn, f"batch_norm eps must be positive during training, but got {eps}", ValueError)
+    elif not eps >= 0.0:
+        fail(fn, f"batch_norm eps must be non-negative, but got {eps}", ValueError)
+    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
+        fail(fn, f"expected momentum to be a float, got {type(momentum).__name__}", TypeError)
+    if input.dim() < 2:
+        return _batch_norm_without_channels(input, running_mean, running_var, weight, bias,
+                                            training, activation, fn)
+    if training:
         if (running_mean is None) != (running_var is None):
             fail(fn, "running_mean and running_var must either both be None or neither be None",
                  ValueError)
     else:
-        if not eps >= 0.0:
-            fail(fn, f"batch_norm eps must be non-negative, but got {eps}", ValueError)
         if running_mean is None:
             fail(fn, "running_mean must be defined in evaluation mode")
         if running_var is None:
             fail(fn, "running_var must be defined in evaluation mode")
-    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
-        fail(fn, f"expected momentum to be a float, got {type(momentum).__name__}", TypeError)
     channels = input.shape[1]
     # torch's order: the running statistics, then the parameters.
     running_mean = _batch_norm_channels(running_mean, "running_mean", input, channels, fn,
@@ -85,6 +93,31 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     output, _, _ = _ops.batch_norm(input, weight, bias, running_mean, running_var, bool(training),
                                    float(momentum), float(eps), activation)
     return output
+
+
+def _batch_norm_without_channels(input, running_mean, running_var, weight, bias, training,
+                                 activation, fn):
+    """batch_norm of a 0-D or 1-D input, which has no channel dimension. torch returns an empty
+    input as it is (a copy, times weight[0] plus bias[0], with no check of the per-channel
+    arguments) and rejects any other: with a RuntimeError when a per-channel argument is
+    given or in evaluation (it checks them against a channel count the input does not have),
+    else with an IndexError (dimension 1 out of range)."""
+    channel_args = {"running_mean": running_mean, "running_var": running_var, "weight": weight,
+                    "bias": bias}
+    for name, tensor in channel_args.items():
+        if tensor is not None:
+            check_tensor(tensor, name, fn)
+    if input.numel() == 0:
+        output = input.clone()
+        if weight is not None:
+            output = output * weight[0]
+        if bias is not None:
+            output = output + bias[0]
+        return torch.relu(output) if activation == "relu" else output
+    given = any(tensor is not None for tensor in channel_args.values())
+    fail(fn, f"expected input of shape [N, C, *] (at least 2-D), got a {input.dim()}-D tensor "
+             f"of shape {list(input.shape)}",
+         RuntimeError if given or not training else IndexError)
 
 
 def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None, training=False,

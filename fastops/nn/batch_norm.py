@@ -3,13 +3,20 @@ import torch
 from .. import functional as F
 from .._checks import check_activation
 
+# torch's message for an in-place update of an inference tensor outside inference mode.
+_INFERENCE_INPLACE = ("Inplace update to inference tensor outside InferenceMode is not allowed."
+                      "You can make a clone to get a normal tensor before doing inplace update."
+                      "See https://github.com/pytorch/rfcs/pull/17 for more details.")
+
 
 class _BatchNormForward:
     """The forward of ``torch.nn.modules.batchnorm._BatchNorm`` on fastops.functional.batch_norm,
     with an optional fused activation. Same semantics (train / eval, track_running_stats,
     momentum=None as a cumulative average over num_batches_tracked), except that
     num_batches_tracked is counted only once the batch has been accepted, so a rejected input
-    leaves every buffer as it was."""
+    leaves every buffer as it was. Buffers created under torch.inference_mode() and trained
+    outside it raise torch's error (torch's comes from incrementing num_batches_tracked, before
+    the running statistics are read) before any buffer is written."""
 
     activation = None  # class default: fastops.convert turns torch.nn instances into these classes
 
@@ -21,6 +28,11 @@ class _BatchNormForward:
         self._check_input_dim(input)
         tracking = (self.training and self.track_running_stats
                     and self.num_batches_tracked is not None)
+        # (Dynamo cannot trace is_inference(): a compiled forward skips this check.)
+        if (tracking and not torch.compiler.is_compiling()
+                and self.num_batches_tracked.is_inference()
+                and not torch.is_inference_mode_enabled()):
+            raise RuntimeError(_INFERENCE_INPLACE)
         if self.momentum is not None:
             momentum = self.momentum
         elif tracking:  # cumulative moving average over the batches seen, this one included
