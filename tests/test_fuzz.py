@@ -73,8 +73,6 @@ KNOWN_DEFECTS = {
     "target": "cross_entropy_backward / linear_cross_entropy_backward can segfault on a class-"
               "index target out of [0, C) (other than ignore_index)",
     "logits": "cross_entropy with NaN or huge logits differs from torch",
-    "batch_norm": "batch_norm with inf / NaN values differs from torch",
-    "conv2d": "conv2d with 0 input channels differs from torch",
     # found by this module (reported, not yet fixed):
     "linear_vector_bias": "linear with a 1-D weight rejects every bias; torch takes one that "
                           "broadcasts to the output (a 0-D bias for a 1-D input, [] or [d0, d1] "
@@ -717,7 +715,7 @@ def rng_form(draw, pair):
 def gen_conv2d(rng, raw=False):
     dtype = float_dtype(rng)
     groups = rng.choice([1, 1, 1, 2, 3, "depthwise"])
-    per_group = size(rng, 1, 3, zero=0.05 if KNOWN else 0)  # KNOWN_DEFECTS["conv2d"]
+    per_group = size(rng, 1, 3, zero=0.05)
     if groups == "depthwise":
         groups = rng.randint(1, 4)
         per_group = 1
@@ -802,7 +800,7 @@ def gen_batch_norm(rng, raw=False):
     dtype = float_dtype(rng)
     spatial = [size(rng, 1, 5) for _ in range(rng.choice([0, 1, 2, 2, 3]))]
     mode = rng.choice(["train", "train", "train_no_stats", "eval"])
-    values = rng.choice(["randn"] * 6 + (["special"] if KNOWN else []))  # KNOWN_DEFECTS
+    values = rng.choice(["randn"] * 6 + ["special"])
     layout = rng.choice(LAYOUTS)
     if layout == "expanded" and math.prod(spatial) <= 1:
         layout = "contiguous"  # identical samples: a channel of variance 0, ill-conditioned
@@ -825,7 +823,7 @@ def check_batch_norm(case, seed, launch=None):
     dtype, param_dtype, channels = case["dtype"], case["param_dtype"], case["channels"]
     shape = (case["batch"], channels, *case["spatial"])
     values = randn(gen, shape, F64, case["scale"], case["shift"] * case["scale"])
-    if case["values"] == "special":  # KNOWN_DEFECTS["batch_norm"]
+    if case["values"] == "special":
         values = sprinkle(gen, values, [NAN, INF, -INF], 0.05)
     grad_x, grad_w, grad_b = case["grads"]
     x = Arg(values.to(dtype), case["layout"], grad_x)
