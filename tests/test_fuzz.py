@@ -95,9 +95,6 @@ KNOWN_DEFECTS = {
     "launcher_no_classes": "the cross_entropy / linear_cross_entropy launchers give NaN for 0 "
                            "classes (a probability target [N, 0]) where torch and the CPU op "
                            "give 0 (reductions 'none' and 'sum')",
-    "max_pool2d_stride": "max_pool2d's rules overflow on a stride near 2**63: the output size "
-                         "comes out positive for a window larger than the input (meta returns "
-                         "it, the CPU op raises ValueError or MemoryError: std::bad_alloc)",
 }
 
 F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
@@ -1299,10 +1296,6 @@ def known_raw_defect(op, args, via_launcher):
     """The KNOWN_DEFECTS key of a raw-op call that would hit one, else None."""
     if out_of_range_target(op, args) and not via_launcher:  # (the launchers handle them)
         return "target"
-    stride = args.get("stride")
-    if op.startswith("max_pool2d") and isinstance(stride, (list, tuple)) and any(
-            isinstance(v, int) and v > 2**62 for v in stride):
-        return "max_pool2d_stride"
     return None
 
 

@@ -35,15 +35,17 @@ Window parse_window(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::Int
   TORCH_CHECK(padding.size() == 2, "fastops::", op, ": expected padding of 2 ints, got ", padding);
   TORCH_CHECK(dilation.size() == 2, "fastops::", op, ": expected dilation of 2 ints, got ",
               dilation);
-  // Bounded before any arithmetic on them: (kernel - 1) * dilation must not overflow.
+  // Bounded before any arithmetic on them: (kernel - 1) * dilation and the output size
+  // ((out - 1) * stride, size + 2 * pad) must not overflow.
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  for (int d = 0; d < 2; ++d) {
-    TORCH_CHECK(kernel_size[d] >= -kMax && kernel_size[d] <= kMax && dilation[d] >= -kMax &&
-                    dilation[d] <= kMax,
-                "fastops::", op,
-                ": expected kernel_size and dilation below 2**31 in magnitude, got kernel_size=",
-                kernel_size, ", dilation=", dilation);
-  }
+  const auto bounded = [&](at::IntArrayRef values) {
+    return values[0] >= -kMax && values[0] <= kMax && values[1] >= -kMax && values[1] <= kMax;
+  };
+  TORCH_CHECK(bounded(kernel_size) && bounded(stride) && bounded(padding) && bounded(dilation),
+              "fastops::", op,
+              ": expected kernel_size, stride, padding and dilation below 2**31 in magnitude, got "
+              "kernel_size=",
+              kernel_size, ", stride=", stride, ", padding=", padding, ", dilation=", dilation);
   for (int d = 0; d < 2; ++d) {
     TORCH_CHECK(stride[d] != 0, "fastops::", op, ": stride should not be zero");
     TORCH_CHECK(padding[d] >= 0, "fastops::", op,
