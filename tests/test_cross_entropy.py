@@ -779,15 +779,6 @@ def test_triton_launchers_match_torch(shape, layout, prob, reduction, label_smoo
         assert grad_target.numel() == 0
 
 
-def test_triton_out_of_range_target_gives_nan_not_a_bad_read():
-    from fastops.triton_kernels.cross_entropy import cross_entropy_forward
-
-    x = make_logits((3, 4), TRITON_DEVICE).detach()
-    loss = cross_entropy_forward(x, torch.tensor([0, 7, -5], device=TRITON_DEVICE), None, "none",
-                                 -100, 0.0)[0]
-    assert not loss[0].isnan() and loss[1:].isnan().all()
-
-
 @pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_triton_linear_launchers_match_torch(monkeypatch, prob, reduction):
@@ -809,6 +800,141 @@ def test_triton_linear_launchers_match_torch(monkeypatch, prob, reduction):
         reduction, -100, 0.1, [True, True, True, prob])
     for got, expected in zip(grads, want_grads, strict=False):
         assert_close(got, expected, scale=2)
+
+
+# ------------------------------------ numerics: NaN, infinities, large logits (CPU and Triton)
+
+NAN, INF = float("nan"), float("inf")
+BACKENDS = ["cpu", "triton"]  # fastops' ops on CPU tensors; the Triton launchers (interpreter)
+
+
+class _TritonCrossEntropy(torch.autograd.Function):
+    """cross_entropy through the Triton launchers (as fastops.functional on CUDA tensors)."""
+
+    @staticmethod
+    def forward(ctx, x, target, weight, reduction, ignore_index, label_smoothing):
+        from fastops.triton_kernels.cross_entropy import cross_entropy_forward
+
+        loss, lse, total_weight = cross_entropy_forward(x, target, weight, reduction, ignore_index,
+                                                        label_smoothing)
+        ctx.save_for_backward(x, target, weight, lse, total_weight)
+        ctx.options = (reduction, ignore_index, label_smoothing)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        from fastops.triton_kernels.cross_entropy import cross_entropy_backward
+
+        x, target, weight, lse, total_weight = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:2])
+        grad_x, grad_target = cross_entropy_backward(grad, x, target, weight, lse, total_weight,
+                                                     *ctx.options, mask)
+        return (grad_x if mask[0] else None, grad_target if mask[1] else None, None, None, None,
+                None)
+
+
+def loss_on(backend):
+    """F.cross_entropy's [N, C] call on ``backend``: (input, target, weight=None, *,
+    ignore_index, reduction, label_smoothing)."""
+    if backend == "cpu":
+        return F.cross_entropy
+
+    def triton_loss(x, target, weight=None, ignore_index=-100, reduction="mean",
+                    label_smoothing=0.0):
+        return _TritonCrossEntropy.apply(x, target, weight, reduction, ignore_index,
+                                         label_smoothing)
+    return triton_loss
+
+
+def device_of(backend):
+    return "cpu" if backend == "cpu" else TRITON_DEVICE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("classes", [1, 10, 16, 17, 40, 1500])  # short (CPU row blocks), long
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_nan_logit_gives_nan_like_torch(backend, classes, prob, label_smoothing):
+    device = device_of(backend)
+    x = make_logits((8, classes), device).detach()
+    x[1, classes // 2] = NAN  # a counted row
+    x[3, 0] = NAN  # ignored for class indices (every third row), counted for probabilities
+    x[4] = NAN
+    x.requires_grad_()
+    target = make_target((8, classes), prob, device)
+    weight = make_weight(classes, device)
+    for reduction in ("none", "mean"):
+        options = dict(reduction=reduction, label_smoothing=label_smoothing)
+        loss = loss_on(backend)(x, target, weight, **options)
+        assert loss[[1, 4]].isnan().all() if reduction == "none" else loss.isnan()
+        # torch's gradient is NaN in the rows of a NaN, ignored ones too, and nowhere else
+        assert_same_forward_backward(lambda x, t: loss_on(backend)(x, t, weight, **options),
+                                     lambda x, t: reference(x, t, weight, **options), [x, target],
+                                     scale=1 + classes / 256)
+
+
+@pytest.mark.parametrize("classes", [10, 40], ids=["short rows", "long rows"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_backward_checks_class_indices(classes, weighted, label_smoothing):
+    # the raw backward ops read the class weight and the logit of each target: a target out of
+    # range raises torch's IndexError there too, not only in the forward (no bad read)
+    x = make_logits((4, classes)).detach()
+    weight = make_weight(classes) if weighted else None
+    target = torch.tensor([0, 1, 2, 3])
+    ignore = classes + 5  # out of [0, C): not a class index, and fine
+    loss, lse, total_weight = fastops.ops.cross_entropy(x, target, weight, "mean", ignore,
+                                                        label_smoothing)
+    xl, w, b = (t.detach() for t in make_linear((4,), 3, classes))
+    _, linear_lse, linear_total = fastops.ops.linear_cross_entropy(xl, w, b, target, weight,
+                                                                   "mean", ignore, label_smoothing)
+    grad = torch.ones(())
+
+    def backward(target):
+        return fastops.ops.cross_entropy_backward(grad, x, target, weight, lse, total_weight,
+                                                  "mean", ignore, label_smoothing, [True, False])
+
+    def linear_backward(target):
+        return fastops.ops.linear_cross_entropy_backward(
+            grad, xl, w, b, target, weight, linear_lse, linear_total, "mean", ignore,
+            label_smoothing, [True, True, True, False])
+
+    for bad in (10**12, classes, classes + 2, -1, -(10**12)):
+        for fn in (backward, linear_backward):
+            raises(IndexError, f"^Target {bad} is out of bounds.$", fn,
+                   torch.tensor([0, 1, 2, bad]))
+    ignored = backward(torch.tensor([0, 1, 2, ignore]))[0]
+    assert torch.equal(ignored[3], torch.zeros(classes)) and ignored[:3].isfinite().all()
+    assert linear_backward(torch.tensor([0, 1, 2, ignore]))[0].isfinite().all()
+
+
+@pytest.mark.parametrize("linear", [False, True], ids=["cross_entropy", "linear"])
+def test_target_changed_after_forward_raises_in_backward(linear):
+    # torch's autograd misses a change made through .data: the backward kernels check
+    x, w, b = make_linear((4,), 3, 10)
+    logits = make_logits((4, 10))
+    target = torch.tensor([0, 1, 2, 3])
+    loss = (F.linear_cross_entropy(x, w, target, linear_bias=b, weight=make_weight(10)) if linear
+            else F.cross_entropy(logits, target, make_weight(10)))
+    target.data[3] = 10**12
+    with pytest.raises(IndexError, match="Target 1000000000000 is out of bounds."):
+        loss.backward()
+
+
+def test_triton_out_of_range_target_gives_nan_not_a_bad_read():
+    from fastops.triton_kernels.cross_entropy import cross_entropy_backward, cross_entropy_forward
+
+    x = make_logits((4, 4), TRITON_DEVICE).detach()
+    weight = make_weight(4, TRITON_DEVICE)
+    target = torch.tensor([0, 7, -5, 10**12], device=TRITON_DEVICE)
+    for label_smoothing in (0.0, 0.1):
+        loss, lse, total_weight = cross_entropy_forward(x, target, weight, "none", -100,
+                                                        label_smoothing)
+        assert not loss[0].isnan() and loss[1:].isnan().all()
+        grad_x, _ = cross_entropy_backward(torch.ones(4, device=TRITON_DEVICE), x, target, weight,
+                                           lse, total_weight, "none", -100, label_smoothing,
+                                           [True, False])
+        assert grad_x[0].isfinite().all() and grad_x[1:].isnan().all()
 
 
 # ---------------------------------------------------------------------------- CUDA (real GPU)

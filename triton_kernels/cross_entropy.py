@@ -10,8 +10,11 @@ when C is small) and loops over C in BLOCK_C chunks (when C is large).
     backward:  grad_x[r, c] = scale[r] * (A[r] * exp(x[r, c] - lse[r]) - a[r, c]), A = sum_c a
                grad_target[r, c] = -scale[r] * w[c] * (1 - smoothing) * (x[r, c] - lse[r])
 
-Class-index targets out of [0, C) (and not ignore_index) give a NaN loss instead of an
-out-of-bounds read (the CPU kernel raises). No host-device synchronisation anywhere.
+A Triton kernel cannot raise, and checking class indices on the host would cost a
+synchronisation per call (there is none anywhere): a class index out of [0, C) (and not
+ignore_index) is never read through, and gives a NaN loss in the forward and a row of NaN
+gradients in the backward, where the CPU kernels raise torch's IndexError (and torch on CUDA a
+device-side assert).
 """
 
 import math
@@ -150,7 +153,9 @@ def cross_entropy_backward_kernel(
 ):
     """grad_x / grad_target as contiguous rows [rows, C] (classes last). d loss / d loss[r] is
     grad_loss[r * stride_grad_loss] (stride 0: a reduced loss), divided by the total weight
-    for a mean."""
+    for a mean. Rows of an ignored target get zeros (NaN where the logits hold a NaN or +inf,
+    or only -inf, as torch's log_softmax backward gives); rows of a class index out of range
+    get NaN (the forward's loss is NaN)."""
     rows_idx = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
     row_in = rows_idx < rows
     x_rows = _row_pointers(x_ptr, rows_idx, S, stride_xn, stride_xs)
@@ -165,6 +170,7 @@ def cross_entropy_backward_kernel(
     if PROB_TARGET:
         counted = row_in
         target = tl.zeros((BLOCK_ROWS,), tl.int64)
+        in_range = row_in
         total = tl.zeros((BLOCK_ROWS,), tl.float32)  # A = sum_c a
         if NEED_INPUT:
             for c0 in range(0, C, BLOCK_C):
@@ -199,6 +205,10 @@ def cross_entropy_backward_kernel(
                 weight_sum = C
             total += smoothing / C * weight_sum
     scale = tl.where(counted, scale, 0.0)
+    # what rows without a gradient of their own get: 0 for an ignored target (NaN where lse is
+    # not finite), NaN for a class index out of range
+    fill = tl.where(counted, float("nan"), tl.where(tl.abs(lse) < float("inf"), 0.0, float("nan")))
+    computed = counted & in_range
 
     out_rows = rows_idx * C
     for c0 in range(0, C, BLOCK_C):
@@ -220,7 +230,7 @@ def cross_entropy_backward_kernel(
                 a = _class_coefficients(0.0, w, smoothing, C, PROB_TARGET)
                 a += tl.where(cols[None, :] == target[:, None], keep * w_target[:, None], 0.0)
             grad = scale[:, None] * (total[:, None] * tl.exp(log_softmax) - a)
-            grad = tl.where(counted[:, None], grad, 0.0)
+            grad = tl.where(computed[:, None], grad, fill[:, None])
             tl.store(grad_x_ptr + out, grad.to(grad_x_ptr.dtype.element_ty), mask=inside)
         if NEED_TARGET:
             grad_y = -scale[:, None] * w * keep * log_softmax
