@@ -2,6 +2,7 @@
 share the loss references and target builders below)."""
 
 import inspect
+import math
 import os
 import subprocess
 import sys
@@ -833,6 +834,31 @@ class _TritonCrossEntropy(torch.autograd.Function):
                 None)
 
 
+class _TritonLinearCrossEntropy(torch.autograd.Function):
+    """linear_cross_entropy through the Triton launchers."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, target, weight, reduction, ignore_index, label_smoothing):
+        from fastops.triton_kernels.cross_entropy import linear_cross_entropy_forward
+
+        loss, lse, total_weight = linear_cross_entropy_forward(
+            x, w, b, target, weight, reduction, ignore_index, label_smoothing)
+        ctx.save_for_backward(x, w, b, target, weight, lse, total_weight)
+        ctx.options = (reduction, ignore_index, label_smoothing)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        from fastops.triton_kernels.cross_entropy import linear_cross_entropy_backward
+
+        x, w, b, target, weight, lse, total_weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[i] for i in range(4)]
+        grads = linear_cross_entropy_backward(grad, x, w, b, target, weight, lse, total_weight,
+                                              *ctx.options, mask)
+        return (*(g if needed else None for g, needed in zip(grads, mask, strict=True)),
+                None, None, None, None)
+
+
 def loss_on(backend):
     """F.cross_entropy's [N, C] call on ``backend``: (input, target, weight=None, *,
     ignore_index, reduction, label_smoothing)."""
@@ -843,6 +869,18 @@ def loss_on(backend):
                     label_smoothing=0.0):
         return _TritonCrossEntropy.apply(x, target, weight, reduction, ignore_index,
                                          label_smoothing)
+    return triton_loss
+
+
+def linear_loss_on(backend):
+    """F.linear_cross_entropy's [N, H] call on ``backend``."""
+    if backend == "cpu":
+        return F.linear_cross_entropy
+
+    def triton_loss(x, w, target, linear_bias=None, weight=None, reduction="mean",
+                    label_smoothing=0.0):
+        return _TritonLinearCrossEntropy.apply(x, w, linear_bias, target, weight, reduction, -100,
+                                               label_smoothing)
     return triton_loss
 
 
@@ -871,6 +909,98 @@ def test_nan_logit_gives_nan_like_torch(backend, classes, prob, label_smoothing)
         assert_same_forward_backward(lambda x, t: loss_on(backend)(x, t, weight, **options),
                                      lambda x, t: reference(x, t, weight, **options), [x, target],
                                      scale=1 + classes / 256)
+
+
+def large_logits(classes, big, dtype, device):
+    """Rows of large, close logits: two tied at big (the rest 0), big plus a few ulps each, two
+    tied at -big with the rest far below, and an ordinary row."""
+    ulp = (torch.nextafter(torch.tensor(big, dtype=dtype), torch.tensor(INF, dtype=dtype))
+           - big).item()
+    x = torch.zeros(4, classes, dtype=dtype)
+    x[0, :2] = big
+    x[1] = big + ulp * (torch.arange(classes, dtype=dtype) % 5)
+    x[2] = -2 * big
+    x[2, :2] = -big
+    x[3] = torch.randn(classes, generator=generator(0), dtype=dtype)
+    return x.to(device).requires_grad_()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype,big", [(torch.float32, 1e7), (torch.float32, 1e8),
+                                       (torch.float64, 1e30)], ids=str)
+@pytest.mark.parametrize("classes", [3, 40, 1500])
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_large_logits_keep_their_precision(backend, dtype, big, classes, prob, label_smoothing):
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the Triton kernels compute in float32 (float64 is no CUDA dtype of fastops)")
+    device = device_of(backend)
+    x = large_logits(classes, big, dtype, device)
+    target = (make_target((4, classes), True, device, dtype) if prob
+              else torch.tensor([0, 1, 0, 2 % classes], device=device))
+    options = dict(reduction="none", label_smoothing=label_smoothing)
+    loss = loss_on(backend)(x, target, **options)
+    if not prob and label_smoothing == 0.0:
+        assert loss[0].item() == pytest.approx(math.log(2), rel=1e-6)  # not 1.0, nor 0.0
+    grad, = torch.autograd.grad(loss.sum(), x)
+    assert grad.sum(1).abs().max() < 1e-6  # the softmax still sums to 1
+    assert_same_forward_backward(lambda x, t: loss_on(backend)(x, t, **options),
+                                 lambda x, t: reference(x, t, **options), [x, target], dtype,
+                                 scale=1 + classes / 256)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+def test_linear_large_logits_keep_their_precision(backend, prob):
+    device = device_of(backend)
+    g = generator(4)
+    # small integers: the logits are exact integers near 1e7 in float32 as in float64
+    x = torch.randint(-2, 3, (5, 4), generator=g).float().to(device).requires_grad_()
+    w = torch.randint(-2, 3, (6, 4), generator=g).float().to(device).requires_grad_()
+    b = torch.tensor([1e7, 1e7, 1e7 - 3, 0.0, -1e7, 1e7 + 2], device=device).requires_grad_()
+    target = make_target((5, 6), prob, device)
+    fn = linear_loss_on(backend)
+    for options in (dict(reduction="none"), dict(reduction="mean", label_smoothing=0.1)):
+        assert_same_forward_backward(
+            lambda x, w, b, t: fn(x, w, t, linear_bias=b, **options),
+            lambda x, w, b, t: linear_reference(x, w, b, t, **options), [x, w, b, target],
+            scale=2)
+    logits = TF.linear(x, w, b).detach()
+    if not prob:
+        loss = fn(x, w, torch.tensor([0, 1, 2, 3, 4], device=device), linear_bias=b,
+                  reduction="none")
+        assert_close(loss, TF.cross_entropy(logits, torch.arange(5, device=device),
+                                            reduction="none"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("classes", [3, 1500])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_non_finite_probability_targets_like_torch(backend, classes, weighted, label_smoothing):
+    device = device_of(backend)
+    x = make_logits((8, classes), device).detach()
+    x[5, 1:] = -1e4  # log_softmax exactly 0 at class 0: inf * 0 is NaN in torch's sum
+    x.requires_grad_()
+    target = make_target((8, classes), True, device).detach()
+    target[0, 0] = INF
+    target[1, classes - 1] = INF
+    target[2, 0] = -INF
+    target[3, 1 % classes] = NAN
+    target[4, 0], target[4, 1] = INF, -INF
+    target[5, 0] = INF
+    target.requires_grad_()
+    weight = make_weight(classes, device) if weighted else None
+    for reduction in ("none", "mean", "sum"):
+        options = dict(reduction=reduction, label_smoothing=label_smoothing)
+        loss = loss_on(backend)(x, target, weight, **options)
+        expected = reference(x, target, weight, **options)
+        if reduction == "none":  # inf, inf, -inf, NaN, NaN, NaN, finite, finite
+            assert loss[:2].isposinf().all() and loss[2].isneginf() and loss[3:6].isnan().all()
+        assert_same_forward_backward(lambda x, t: loss_on(backend)(x, t, weight, **options),
+                                     lambda x, t: reference(x, t, weight, **options),
+                                     [x, target], scale=1 + classes / 256)
+        assert_close(loss, expected.detach())
 
 
 @pytest.mark.parametrize("classes", [10, 40], ids=["short rows", "long rows"])

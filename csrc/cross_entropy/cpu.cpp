@@ -97,12 +97,26 @@ struct LossSpec {
   }
 };
 
+// The forward of a row, from logits shifted by its max: log_softmax_c = (x_c - shift) - log_sum
+// keeps every bit where lse - x_c would lose what lies below lse's rounding (tied logits of 1e7
+// in float: lse is off by 1).
 template <typename acc_t>
 struct RowForward {
-  acc_t logsumexp;
-  acc_t dot;  // sum_c coefficient_c * x_c
+  acc_t shift;    // the row's max (0 when every logit is -inf: the sum is then 0, not NaN)
+  acc_t log_sum;  // log(sum_c exp(x_c - shift))
+  acc_t dot;      // sum_c coefficient_c * (x_c - shift)
   acc_t coefficient_sum;
+
+  acc_t logsumexp() const { return shift + log_sum; }
+  // -sum_c coefficient_c * log_softmax_c, for finite coefficients (see coefficient_loss).
+  acc_t coefficient_loss() const { return coefficient_sum * log_sum - dot; }
 };
+
+// Backward rows whose |log-sum-exp| reaches this recompute their shift and log_sum (one more
+// pass): softmax = exp(x - lse) carries the rounding of lse, half an ulp of |lse|, which is
+// 2^-17 relative below 256 in float (about the error of the exponential itself), 0.5 at 1e7.
+template <typename acc_t>
+constexpr acc_t kExactLseBound = acc_t(256);
 
 // d loss / d loss_row = values[r * stride] * multiplier (see RowScale).
 template <typename acc_t>
