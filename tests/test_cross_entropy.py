@@ -838,13 +838,15 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
     """linear_cross_entropy through the Triton launchers."""
 
     @staticmethod
-    def forward(ctx, x, w, b, target, weight, reduction, ignore_index, label_smoothing):
+    def forward(ctx, x, w, b, target, weight, reduction, ignore_index, label_smoothing,
+                loss_dtype):
         from fastops.triton_kernels.cross_entropy import linear_cross_entropy_forward
 
         loss, lse, total_weight = linear_cross_entropy_forward(
-            x, w, b, target, weight, reduction, ignore_index, label_smoothing)
+            x, w, b, target, weight, reduction, ignore_index, label_smoothing, loss_dtype)
         ctx.save_for_backward(x, w, b, target, weight, lse, total_weight)
         ctx.options = (reduction, ignore_index, label_smoothing)
+        ctx.loss_dtype = loss_dtype
         return loss
 
     @staticmethod
@@ -854,9 +856,9 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
         x, w, b, target, weight, lse, total_weight = ctx.saved_tensors
         mask = [ctx.needs_input_grad[i] for i in range(4)]
         grads = linear_cross_entropy_backward(grad, x, w, b, target, weight, lse, total_weight,
-                                              *ctx.options, mask)
+                                              *ctx.options, mask, ctx.loss_dtype)
         return (*(g if needed else None for g, needed in zip(grads, mask, strict=True)),
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def loss_on(backend):
@@ -880,7 +882,7 @@ def linear_loss_on(backend):
     def triton_loss(x, w, target, linear_bias=None, weight=None, reduction="mean",
                     label_smoothing=0.0):
         return _TritonLinearCrossEntropy.apply(x, w, linear_bias, target, weight, reduction, -100,
-                                               label_smoothing)
+                                               label_smoothing, None)
     return triton_loss
 
 
@@ -1067,6 +1069,54 @@ def test_triton_out_of_range_target_gives_nan_not_a_bad_read():
         assert grad_x[0].isfinite().all() and grad_x[1:].isnan().all()
 
 
+def test_linear_autocast_cpu_computes_the_loss_in_float32_like_torch():
+    # torch: Linear in bfloat16, cross_entropy in float32 (the bfloat16 logits cast to float32,
+    # the class weight and a probability target kept in float32), a float32 loss
+    x, w, b = make_linear((9,), 16, 12)
+    weight = make_weight(12)
+    for target in (make_target((9, 12), False), make_target((9, 12), True)):
+        for reduction in ("mean", "none"):
+            options = dict(weight=weight, reduction=reduction, label_smoothing=0.1)
+
+            def ours(x, w, b, t, options=options):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return F.linear_cross_entropy(x, w, t, linear_bias=b, **options)
+
+            def theirs(x, w, b, t, options=options):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return TF.cross_entropy(TF.linear(x, w, b), t, **options)
+
+            assert ours(x, w, b, target).dtype == torch.float32
+            # the same bfloat16 logits (up to the GEMMs' rounding), then float32 throughout
+            assert_same_forward_backward(ours, theirs, [x, w, b, target], torch.bfloat16)
+            if TORCH_LCE:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    want = TF.linear_cross_entropy(x, w, target, linear_bias=b, **options)
+                assert want.dtype == torch.float32
+                assert_close(ours(x, w, b, target), want, torch.bfloat16)
+    # the op's loss_dtype, which the autocast kernel passes: schema, autograd, fake tensors
+    xb, wb, bb = (t.detach().bfloat16().requires_grad_() for t in (x, w, b))
+    for target in (make_target((9, 12), False), make_target((9, 12), True)):
+        torch.library.opcheck(fastops.ops.linear_cross_entropy.default,
+                              (xb, wb, bb, target, weight, "mean", -100, 0.1, torch.float32))
+
+
+def test_triton_linear_launchers_compute_the_loss_in_loss_dtype():
+    # what the autocast kernel asks of the CUDA kernels: bfloat16 GEMMs, the loss in float32
+    x, w, b = (t.detach().bfloat16().requires_grad_()
+               for t in make_linear((7,), 6, 13, device=TRITON_DEVICE))
+    target = make_target((7, 13), True, TRITON_DEVICE)
+    options = dict(reduction="mean", label_smoothing=0.1)
+
+    def theirs(x, w, b, t):
+        return TF.cross_entropy(TF.linear(x, w, b).float(), t, **options)
+
+    assert_same_forward_backward(
+        lambda x, w, b, t: _TritonLinearCrossEntropy.apply(x, w, b, t, None, "mean", -100, 0.1,
+                                                           torch.float32),
+        theirs, [x, w, b, target], torch.bfloat16)
+
+
 # ---------------------------------------------------------------------------- CUDA (real GPU)
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
@@ -1089,3 +1139,21 @@ def test_cuda_autocast_runs_in_float32_like_torch():
         theirs = TF.cross_entropy(x.half(), target)
     assert ours.dtype == theirs.dtype == torch.float32
     assert_close(ours, theirs)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_linear_autocast_computes_the_loss_in_float32_like_torch():
+    x, w, b = make_linear((8,), 16, 100, device="cuda")
+    target = torch.randint(0, 100, (8,), device="cuda")
+
+    def ours(x, w, b):
+        with torch.autocast("cuda", dtype=torch.float16):
+            return F.linear_cross_entropy(x, w, target, linear_bias=b, label_smoothing=0.1)
+
+    def theirs(x, w, b):
+        with torch.autocast("cuda", dtype=torch.float16):
+            return TF.cross_entropy(TF.linear(x, w, b), target, label_smoothing=0.1)
+
+    assert ours(x, w, b).dtype == theirs(x, w, b).dtype == torch.float32
+    assert_same_forward_backward(ours, theirs, [x, w, b], torch.float16)

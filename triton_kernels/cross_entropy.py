@@ -475,24 +475,29 @@ def _chunks(rows, classes):
     return [(r0, min(step, rows - r0)) for r0 in range(0, rows, step)]
 
 
-def _chunk_logits(input, linear_weight, bias, r0, m):
+def _chunk_logits(input, linear_weight, bias, r0, m, loss_dtype):
+    """The logits of rows [r0, r0 + m): the GEMM in input's dtype, converted to the loss dtype
+    (as torch's autocast casts Linear's output for cross_entropy)."""
     x = input[r0:r0 + m]
-    return torch.addmm(bias, x, linear_weight.t()) if bias is not None else x @ linear_weight.t()
+    logits = torch.addmm(bias, x, linear_weight.t()) if bias is not None else x @ linear_weight.t()
+    return logits.to(loss_dtype)
 
 
 def linear_cross_entropy_forward(input, linear_weight, bias, target, weight, reduction,
-                                 ignore_index, label_smoothing):
-    """cross_entropy_forward of input [N, H] @ linear_weight[C, H]^T + bias, chunk by chunk."""
+                                 ignore_index, label_smoothing, loss_dtype=None):
+    """cross_entropy_forward of input [N, H] @ linear_weight[C, H]^T + bias, chunk by chunk,
+    computed in loss_dtype (None: input's dtype)."""
     checked_outputs("linear_cross_entropy", input, linear_weight, bias, target, weight, reduction,
-                    ignore_index, label_smoothing)
+                    ignore_index, label_smoothing, loss_dtype)
+    loss_dtype = loss_dtype or input.dtype
     rows = input.shape[0]
     loss, row_weight, lse = _per_row_buffers(rows, input.device)
     for r0, m in _chunks(rows, linear_weight.shape[0]):
-        logits = _chunk_logits(input, linear_weight, bias, r0, m)
+        logits = _chunk_logits(input, linear_weight, bias, r0, m, loss_dtype)
         _loss_rows(logits, target[r0:r0 + m], weight, ignore_index, label_smoothing,
                    loss[r0:r0 + m], row_weight[r0:r0 + m], lse[r0:r0 + m])
-    loss, total_weight = _reduce(loss, row_weight, reduction, (rows,), input.dtype)
-    return loss, lse.to(accumulate_dtype(input.dtype)), total_weight
+    loss, total_weight = _reduce(loss, row_weight, reduction, (rows,), loss_dtype)
+    return loss, lse.to(accumulate_dtype(loss_dtype)), total_weight
 
 
 def _accumulate(total, part, dtype):
@@ -502,14 +507,17 @@ def _accumulate(total, part, dtype):
 
 def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target, weight, logsumexp,
                                   total_weight, reduction, ignore_index, label_smoothing,
-                                  output_mask):
+                                  output_mask, loss_dtype=None):
     """Gradients (input, linear_weight, bias, probability target): the logits of each chunk
     are recomputed (the price of keeping only the lse for backward), their gradient computed
-    and fed to the GEMMs. With several chunks the parameter gradients add up in fp32 (float64
-    for float64); one chunk writes them directly."""
+    (in the loss dtype, then in input's for the GEMMs) and fed to the GEMMs. With several chunks
+    the parameter gradients add up in fp32 (float64 for float64); one chunk writes them
+    directly."""
     placeholders = checked_outputs("linear_cross_entropy_backward", grad_loss, input,
                                    linear_weight, bias, target, weight, logsumexp, total_weight,
-                                   reduction, ignore_index, label_smoothing, output_mask)
+                                   reduction, ignore_index, label_smoothing, output_mask,
+                                   loss_dtype)
+    loss_dtype = loss_dtype or input.dtype
     need_input, need_linear_weight, need_bias, need_target = output_mask
     rows, classes = input.shape[0], linear_weight.shape[0]
     per_row = grad_loss.numel() > 1 or reduction == "none"
@@ -518,17 +526,19 @@ def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target,
     chunks = _chunks(rows, classes)
     acc = input.dtype if len(chunks) == 1 else accumulate_dtype(input.dtype)
     grad_linear_weight = grad_bias = None
-    grad_target = (torch.empty((rows, classes), device=input.device, dtype=input.dtype)
+    grad_target = (torch.empty((rows, classes), device=input.device, dtype=loss_dtype)
                    if need_target else None)
     need_logits = need_input or need_linear_weight or need_bias
     for r0, m in chunks:
-        logits = _chunk_logits(input, linear_weight, bias, r0, m)
+        logits = _chunk_logits(input, linear_weight, bias, r0, m, loss_dtype)
         grad_logits, chunk_grad_target = _loss_grads(
             logits, target[r0:r0 + m], weight, logsumexp[r0:r0 + m],
             grad_loss[r0:r0 + m] if per_row else grad_loss, total_weight, reduction,
             ignore_index, label_smoothing, need_logits, need_target)
         if need_target:
             grad_target[r0:r0 + m] = chunk_grad_target
+        if need_logits:
+            grad_logits = grad_logits.to(input.dtype)
         if need_input:
             torch.mm(grad_logits, linear_weight, out=grad_input[r0:r0 + m])
         if need_linear_weight:
