@@ -2,6 +2,7 @@
 share the loss references and target builders below)."""
 
 import inspect
+import math
 import os
 import subprocess
 import sys
@@ -779,15 +780,6 @@ def test_triton_launchers_match_torch(shape, layout, prob, reduction, label_smoo
         assert grad_target.numel() == 0
 
 
-def test_triton_out_of_range_target_gives_nan_not_a_bad_read():
-    from fastops.triton_kernels.cross_entropy import cross_entropy_forward
-
-    x = make_logits((3, 4), TRITON_DEVICE).detach()
-    loss = cross_entropy_forward(x, torch.tensor([0, 7, -5], device=TRITON_DEVICE), None, "none",
-                                 -100, 0.0)[0]
-    assert not loss[0].isnan() and loss[1:].isnan().all()
-
-
 @pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_triton_linear_launchers_match_torch(monkeypatch, prob, reduction):
@@ -809,6 +801,320 @@ def test_triton_linear_launchers_match_torch(monkeypatch, prob, reduction):
         reduction, -100, 0.1, [True, True, True, prob])
     for got, expected in zip(grads, want_grads, strict=False):
         assert_close(got, expected, scale=2)
+
+
+# ------------------------------------ numerics: NaN, infinities, large logits (CPU and Triton)
+
+NAN, INF = float("nan"), float("inf")
+BACKENDS = ["cpu", "triton"]  # fastops' ops on CPU tensors; the Triton launchers (interpreter)
+
+
+class _TritonCrossEntropy(torch.autograd.Function):
+    """cross_entropy through the Triton launchers (as fastops.functional on CUDA tensors)."""
+
+    @staticmethod
+    def forward(ctx, x, target, weight, reduction, ignore_index, label_smoothing):
+        from fastops.triton_kernels.cross_entropy import cross_entropy_forward
+
+        loss, lse, total_weight = cross_entropy_forward(x, target, weight, reduction, ignore_index,
+                                                        label_smoothing)
+        ctx.save_for_backward(x, target, weight, lse, total_weight)
+        ctx.options = (reduction, ignore_index, label_smoothing)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        from fastops.triton_kernels.cross_entropy import cross_entropy_backward
+
+        x, target, weight, lse, total_weight = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:2])
+        grad_x, grad_target = cross_entropy_backward(grad, x, target, weight, lse, total_weight,
+                                                     *ctx.options, mask)
+        return (grad_x if mask[0] else None, grad_target if mask[1] else None, None, None, None,
+                None)
+
+
+class _TritonLinearCrossEntropy(torch.autograd.Function):
+    """linear_cross_entropy through the Triton launchers."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, target, weight, reduction, ignore_index, label_smoothing,
+                loss_dtype):
+        from fastops.triton_kernels.cross_entropy import linear_cross_entropy_forward
+
+        loss, lse, total_weight = linear_cross_entropy_forward(
+            x, w, b, target, weight, reduction, ignore_index, label_smoothing, loss_dtype)
+        ctx.save_for_backward(x, w, b, target, weight, lse, total_weight)
+        ctx.options = (reduction, ignore_index, label_smoothing)
+        ctx.loss_dtype = loss_dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        from fastops.triton_kernels.cross_entropy import linear_cross_entropy_backward
+
+        x, w, b, target, weight, lse, total_weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[i] for i in range(4)]
+        grads = linear_cross_entropy_backward(grad, x, w, b, target, weight, lse, total_weight,
+                                              *ctx.options, mask, ctx.loss_dtype)
+        return (*(g if needed else None for g, needed in zip(grads, mask, strict=True)),
+                None, None, None, None, None)
+
+
+def loss_on(backend):
+    """F.cross_entropy's [N, C] call on ``backend``: (input, target, weight=None, *,
+    ignore_index, reduction, label_smoothing)."""
+    if backend == "cpu":
+        return F.cross_entropy
+
+    def triton_loss(x, target, weight=None, ignore_index=-100, reduction="mean",
+                    label_smoothing=0.0):
+        return _TritonCrossEntropy.apply(x, target, weight, reduction, ignore_index,
+                                         label_smoothing)
+    return triton_loss
+
+
+def linear_loss_on(backend):
+    """F.linear_cross_entropy's [N, H] call on ``backend``."""
+    if backend == "cpu":
+        return F.linear_cross_entropy
+
+    def triton_loss(x, w, target, linear_bias=None, weight=None, reduction="mean",
+                    label_smoothing=0.0):
+        return _TritonLinearCrossEntropy.apply(x, w, linear_bias, target, weight, reduction, -100,
+                                               label_smoothing, None)
+    return triton_loss
+
+
+def device_of(backend):
+    return "cpu" if backend == "cpu" else TRITON_DEVICE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("classes", [1, 10, 16, 17, 40, 1500])  # short (CPU row blocks), long
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_nan_logit_gives_nan_like_torch(backend, classes, prob, label_smoothing):
+    device = device_of(backend)
+    x = make_logits((8, classes), device).detach()
+    x[1, classes // 2] = NAN  # a counted row
+    x[3, 0] = NAN  # ignored for class indices (every third row), counted for probabilities
+    x[4] = NAN
+    x.requires_grad_()
+    target = make_target((8, classes), prob, device)
+    weight = make_weight(classes, device)
+    for reduction in ("none", "mean"):
+        options = dict(reduction=reduction, label_smoothing=label_smoothing)
+        loss = loss_on(backend)(x, target, weight, **options)
+        assert loss[[1, 4]].isnan().all() if reduction == "none" else loss.isnan()
+        # torch's gradient is NaN in the rows of a NaN, ignored ones too, and nowhere else
+        assert_same_forward_backward(lambda x, t: loss_on(backend)(x, t, weight, **options),
+                                     lambda x, t: reference(x, t, weight, **options), [x, target],
+                                     scale=1 + classes / 256)
+
+
+def large_logits(classes, big, dtype, device):
+    """Rows of large, close logits: two tied at big (the rest 0), big plus a few ulps each, two
+    tied at -big with the rest far below, and an ordinary row."""
+    ulp = (torch.nextafter(torch.tensor(big, dtype=dtype), torch.tensor(INF, dtype=dtype))
+           - big).item()
+    x = torch.zeros(4, classes, dtype=dtype)
+    x[0, :2] = big
+    x[1] = big + ulp * (torch.arange(classes, dtype=dtype) % 5)
+    x[2] = -2 * big
+    x[2, :2] = -big
+    x[3] = torch.randn(classes, generator=generator(0), dtype=dtype)
+    return x.to(device).requires_grad_()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype,big", [(torch.float32, 1e7), (torch.float32, 1e8),
+                                       (torch.float64, 1e30)], ids=str)
+@pytest.mark.parametrize("classes", [3, 40, 1500])
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_large_logits_keep_their_precision(backend, dtype, big, classes, prob, label_smoothing):
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the Triton kernels compute in float32 (float64 is no CUDA dtype of fastops)")
+    device = device_of(backend)
+    x = large_logits(classes, big, dtype, device)
+    target = (make_target((4, classes), True, device, dtype) if prob
+              else torch.tensor([0, 1, 0, 2 % classes], device=device))
+    options = dict(reduction="none", label_smoothing=label_smoothing)
+    loss = loss_on(backend)(x, target, **options)
+    if not prob and label_smoothing == 0.0:
+        assert loss[0].item() == pytest.approx(math.log(2), rel=1e-6)  # not 1.0, nor 0.0
+    grad, = torch.autograd.grad(loss.sum(), x)
+    assert grad.sum(1).abs().max() < 1e-6  # the softmax still sums to 1
+    assert_same_forward_backward(lambda x, t: loss_on(backend)(x, t, **options),
+                                 lambda x, t: reference(x, t, **options), [x, target], dtype,
+                                 scale=1 + classes / 256)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+def test_linear_large_logits_keep_their_precision(backend, prob):
+    device = device_of(backend)
+    g = generator(4)
+    # small integers: the logits are exact integers near 1e7 in float32 as in float64
+    x = torch.randint(-2, 3, (5, 4), generator=g).float().to(device).requires_grad_()
+    w = torch.randint(-2, 3, (6, 4), generator=g).float().to(device).requires_grad_()
+    b = torch.tensor([1e7, 1e7, 1e7 - 3, 0.0, -1e7, 1e7 + 2], device=device).requires_grad_()
+    target = make_target((5, 6), prob, device)
+    fn = linear_loss_on(backend)
+    for options in (dict(reduction="none"), dict(reduction="mean", label_smoothing=0.1)):
+        assert_same_forward_backward(
+            lambda x, w, b, t: fn(x, w, t, linear_bias=b, **options),
+            lambda x, w, b, t: linear_reference(x, w, b, t, **options), [x, w, b, target],
+            scale=2)
+    logits = TF.linear(x, w, b).detach()
+    if not prob:
+        loss = fn(x, w, torch.tensor([0, 1, 2, 3, 4], device=device), linear_bias=b,
+                  reduction="none")
+        assert_close(loss, TF.cross_entropy(logits, torch.arange(5, device=device),
+                                            reduction="none"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("classes", [3, 1500])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_non_finite_probability_targets_like_torch(backend, classes, weighted, label_smoothing):
+    device = device_of(backend)
+    x = make_logits((8, classes), device).detach()
+    x[5, 1:] = -1e4  # log_softmax exactly 0 at class 0: inf * 0 is NaN in torch's sum
+    x.requires_grad_()
+    target = make_target((8, classes), True, device).detach()
+    target[0, 0] = INF
+    target[1, classes - 1] = INF
+    target[2, 0] = -INF
+    target[3, 1 % classes] = NAN
+    target[4, 0], target[4, 1] = INF, -INF
+    target[5, 0] = INF
+    target.requires_grad_()
+    weight = make_weight(classes, device) if weighted else None
+    for reduction in ("none", "mean", "sum"):
+        options = dict(reduction=reduction, label_smoothing=label_smoothing)
+        loss = loss_on(backend)(x, target, weight, **options)
+        expected = reference(x, target, weight, **options)
+        if reduction == "none":  # inf, inf, -inf, NaN, NaN, NaN, finite, finite
+            assert loss[:2].isposinf().all() and loss[2].isneginf() and loss[3:6].isnan().all()
+        assert_same_forward_backward(lambda x, t: loss_on(backend)(x, t, weight, **options),
+                                     lambda x, t: reference(x, t, weight, **options),
+                                     [x, target], scale=1 + classes / 256)
+        assert_close(loss, expected.detach())
+
+
+@pytest.mark.parametrize("classes", [10, 40], ids=["short rows", "long rows"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_backward_checks_class_indices(classes, weighted, label_smoothing):
+    # the raw backward ops read the class weight and the logit of each target: a target out of
+    # range raises torch's IndexError there too, not only in the forward (no bad read)
+    x = make_logits((4, classes)).detach()
+    weight = make_weight(classes) if weighted else None
+    target = torch.tensor([0, 1, 2, 3])
+    ignore = classes + 5  # out of [0, C): not a class index, and fine
+    loss, lse, total_weight = fastops.ops.cross_entropy(x, target, weight, "mean", ignore,
+                                                        label_smoothing)
+    xl, w, b = (t.detach() for t in make_linear((4,), 3, classes))
+    _, linear_lse, linear_total = fastops.ops.linear_cross_entropy(xl, w, b, target, weight,
+                                                                   "mean", ignore, label_smoothing)
+    grad = torch.ones(())
+
+    def backward(target):
+        return fastops.ops.cross_entropy_backward(grad, x, target, weight, lse, total_weight,
+                                                  "mean", ignore, label_smoothing, [True, False])
+
+    def linear_backward(target):
+        return fastops.ops.linear_cross_entropy_backward(
+            grad, xl, w, b, target, weight, linear_lse, linear_total, "mean", ignore,
+            label_smoothing, [True, True, True, False])
+
+    for bad in (10**12, classes, classes + 2, -1, -(10**12)):
+        for fn in (backward, linear_backward):
+            raises(IndexError, f"^Target {bad} is out of bounds.$", fn,
+                   torch.tensor([0, 1, 2, bad]))
+    ignored = backward(torch.tensor([0, 1, 2, ignore]))[0]
+    assert torch.equal(ignored[3], torch.zeros(classes)) and ignored[:3].isfinite().all()
+    assert linear_backward(torch.tensor([0, 1, 2, ignore]))[0].isfinite().all()
+
+
+@pytest.mark.parametrize("linear", [False, True], ids=["cross_entropy", "linear"])
+def test_target_changed_after_forward_raises_in_backward(linear):
+    # torch's autograd misses a change made through .data: the backward kernels check
+    x, w, b = make_linear((4,), 3, 10)
+    logits = make_logits((4, 10))
+    target = torch.tensor([0, 1, 2, 3])
+    loss = (F.linear_cross_entropy(x, w, target, linear_bias=b, weight=make_weight(10)) if linear
+            else F.cross_entropy(logits, target, make_weight(10)))
+    target.data[3] = 10**12
+    with pytest.raises(IndexError, match="Target 1000000000000 is out of bounds."):
+        loss.backward()
+
+
+def test_triton_out_of_range_target_gives_nan_not_a_bad_read():
+    from fastops.triton_kernels.cross_entropy import cross_entropy_backward, cross_entropy_forward
+
+    x = make_logits((4, 4), TRITON_DEVICE).detach()
+    weight = make_weight(4, TRITON_DEVICE)
+    target = torch.tensor([0, 7, -5, 10**12], device=TRITON_DEVICE)
+    for label_smoothing in (0.0, 0.1):
+        loss, lse, total_weight = cross_entropy_forward(x, target, weight, "none", -100,
+                                                        label_smoothing)
+        assert not loss[0].isnan() and loss[1:].isnan().all()
+        grad_x, _ = cross_entropy_backward(torch.ones(4, device=TRITON_DEVICE), x, target, weight,
+                                           lse, total_weight, "none", -100, label_smoothing,
+                                           [True, False])
+        assert grad_x[0].isfinite().all() and grad_x[1:].isnan().all()
+
+
+def test_linear_autocast_cpu_computes_the_loss_in_float32_like_torch():
+    # torch: Linear in bfloat16, cross_entropy in float32 (the bfloat16 logits cast to float32,
+    # the class weight and a probability target kept in float32), a float32 loss
+    x, w, b = make_linear((9,), 16, 12)
+    weight = make_weight(12)
+    for target in (make_target((9, 12), False), make_target((9, 12), True)):
+        for reduction in ("mean", "none"):
+            options = dict(weight=weight, reduction=reduction, label_smoothing=0.1)
+
+            def ours(x, w, b, t, options=options):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return F.linear_cross_entropy(x, w, t, linear_bias=b, **options)
+
+            def theirs(x, w, b, t, options=options):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return TF.cross_entropy(TF.linear(x, w, b), t, **options)
+
+            assert ours(x, w, b, target).dtype == torch.float32
+            # the same bfloat16 logits (up to the GEMMs' rounding), then float32 throughout
+            assert_same_forward_backward(ours, theirs, [x, w, b, target], torch.bfloat16)
+            if TORCH_LCE:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    want = TF.linear_cross_entropy(x, w, target, linear_bias=b, **options)
+                assert want.dtype == torch.float32
+                assert_close(ours(x, w, b, target), want, torch.bfloat16)
+    # the op's loss_dtype, which the autocast kernel passes: schema, autograd, fake tensors
+    xb, wb, bb = (t.detach().bfloat16().requires_grad_() for t in (x, w, b))
+    for target in (make_target((9, 12), False), make_target((9, 12), True)):
+        torch.library.opcheck(fastops.ops.linear_cross_entropy.default,
+                              (xb, wb, bb, target, weight, "mean", -100, 0.1, torch.float32))
+
+
+def test_triton_linear_launchers_compute_the_loss_in_loss_dtype():
+    # what the autocast kernel asks of the CUDA kernels: bfloat16 GEMMs, the loss in float32
+    x, w, b = (t.detach().bfloat16().requires_grad_()
+               for t in make_linear((7,), 6, 13, device=TRITON_DEVICE))
+    target = make_target((7, 13), True, TRITON_DEVICE)
+    options = dict(reduction="mean", label_smoothing=0.1)
+
+    def theirs(x, w, b, t):
+        return TF.cross_entropy(TF.linear(x, w, b).float(), t, **options)
+
+    assert_same_forward_backward(
+        lambda x, w, b, t: _TritonLinearCrossEntropy.apply(x, w, b, t, None, "mean", -100, 0.1,
+                                                           torch.float32),
+        theirs, [x, w, b, target], torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------- CUDA (real GPU)
@@ -833,3 +1139,21 @@ def test_cuda_autocast_runs_in_float32_like_torch():
         theirs = TF.cross_entropy(x.half(), target)
     assert ours.dtype == theirs.dtype == torch.float32
     assert_close(ours, theirs)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_linear_autocast_computes_the_loss_in_float32_like_torch():
+    x, w, b = make_linear((8,), 16, 100, device="cuda")
+    target = torch.randint(0, 100, (8,), device="cuda")
+
+    def ours(x, w, b):
+        with torch.autocast("cuda", dtype=torch.float16):
+            return F.linear_cross_entropy(x, w, target, linear_bias=b, label_smoothing=0.1)
+
+    def theirs(x, w, b):
+        with torch.autocast("cuda", dtype=torch.float16):
+            return TF.cross_entropy(TF.linear(x, w, b), target, label_smoothing=0.1)
+
+    assert ours(x, w, b).dtype == theirs(x, w, b).dtype == torch.float32
+    assert_same_forward_backward(ours, theirs, [x, w, b], torch.float16)

@@ -124,7 +124,7 @@ CONV = dict(stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1)
 
 # For each op, every argument of a valid call by schema name, and the (shape, dtype) of each
 # output (None for an op that returns nothing). Every bad case below changes a few of them.
-FLOAT, LONG, BYTE = torch.float32, torch.int64, torch.uint8
+FLOAT, LONG, BYTE, BF16 = torch.float32, torch.int64, torch.uint8, torch.bfloat16
 VALID = {
     "linear": (
         dict(input=f(3, 4), weight=f(5, 4), bias=f(5), activation="relu", dropout_seed=SEED,
@@ -161,12 +161,13 @@ VALID = {
         [((4, 5), FLOAT), ((0,), FLOAT)]),
     "linear_cross_entropy": (
         dict(input=f(4, 8), linear_weight=f(5, 8), bias=f(5), target=i(4, high=5), weight=f(5),
-             reduction="mean", ignore_index=-100, label_smoothing=0.1),
+             reduction="mean", ignore_index=-100, label_smoothing=0.1, loss_dtype=None),
         [((), FLOAT), ((4,), FLOAT), ((), FLOAT)]),
     "linear_cross_entropy_backward": (
         dict(grad_loss=f(), input=f(4, 8), linear_weight=f(5, 8), bias=f(5), target=i(4, high=5),
              weight=f(5), logsumexp=f(4), total_weight=f(fill=4.0), reduction="mean",
-             ignore_index=-100, label_smoothing=0.1, output_mask=[True, True, True, False]),
+             ignore_index=-100, label_smoothing=0.1, output_mask=[True, True, True, False],
+             loss_dtype=None),
         [((4, 8), FLOAT), ((5, 8), FLOAT), ((5,), FLOAT), ((0,), FLOAT)]),
     "conv2d": (
         dict(input=f(2, 3, 8, 8), weight=f(4, 3, 3, 3), bias=f(4), **CONV, activation="relu"),
@@ -228,6 +229,14 @@ EMPTY = [
     ("linear_cross_entropy", "no classes, probability target",
      dict(linear_weight=f(0, 8), bias=f(0), target=f(4, 0), weight=None),
      [((), FLOAT), ((4,), FLOAT), ((), FLOAT)]),
+    ("linear_cross_entropy", "float32 loss of bfloat16 logits",
+     dict(input=f(4, 8, dtype=BF16), linear_weight=f(5, 8, dtype=BF16), bias=f(5, dtype=BF16),
+          target=f(4, 5), loss_dtype=FLOAT),
+     [((), FLOAT), ((4,), FLOAT), ((), FLOAT)]),
+    ("linear_cross_entropy_backward", "float32 loss of bfloat16 logits",
+     dict(input=f(4, 8, dtype=BF16), linear_weight=f(5, 8, dtype=BF16), bias=f(5, dtype=BF16),
+          target=f(4, 5), loss_dtype=FLOAT, output_mask=[True, True, True, True]),
+     [((4, 8), BF16), ((5, 8), BF16), ((5,), BF16), ((4, 5), FLOAT)]),
     ("linear_cross_entropy_backward", "empty batch",
      dict(input=f(0, 8), target=i(0), logsumexp=f(0)),
      [((0, 8), FLOAT), ((5, 8), FLOAT), ((5,), FLOAT), ((0,), FLOAT)]),
@@ -543,6 +552,14 @@ for op in ("linear_cross_entropy", "linear_cross_entropy_backward"):
         input=i(4, 8, dtype=torch.int32), linear_weight=i(5, 8, dtype=torch.int32), bias=None)
     same_dtype_device_cases(op, "bias", "input")
     bad(op, "bias of the wrong length", "expected bias of shape [5], got [4]", bias=f(4))
+    narrower = ("expected loss_dtype to be None or a floating-point dtype at least as wide as "
+                "input's (Float), got ")
+    bad(op, "loss_dtype narrower than input", narrower + "BFloat16", loss_dtype=BF16)
+    bad(op, "int loss_dtype", narrower + "Long", loss_dtype=LONG)
+    for name in ("weight", "target"):
+        bad(op, f"{name} not of loss_dtype",
+            f"expected {name} to have the dtype of the loss (loss_dtype Double), got Float",
+            loss_dtype=torch.float64, **({"target": f(4, 5)} if name == "target" else {}))
 loss_backward_cases("linear_cross_entropy_backward")
 
 

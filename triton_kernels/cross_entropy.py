@@ -10,8 +10,15 @@ when C is small) and loops over C in BLOCK_C chunks (when C is large).
     backward:  grad_x[r, c] = scale[r] * (A[r] * exp(x[r, c] - lse[r]) - a[r, c]), A = sum_c a
                grad_target[r, c] = -scale[r] * w[c] * (1 - smoothing) * (x[r, c] - lse[r])
 
-Class-index targets out of [0, C) (and not ignore_index) give a NaN loss instead of an
-out-of-bounds read (the CPU kernel raises). No host-device synchronisation anywhere.
+Both compute log_softmax from logits shifted by the row's max, (x - shift) - log_sum, rather
+than x - lse, which loses what lies below lse's rounding at large logits: the backward, handed
+only lse, recomputes shift and log_sum for the rows of |lse| >= _EXACT_LSE_BOUND.
+
+A Triton kernel cannot raise, and checking class indices on the host would cost a
+synchronisation per call (there is none anywhere): a class index out of [0, C) (and not
+ignore_index) is never read through, and gives a NaN loss in the forward and a row of NaN
+gradients in the backward, where the CPU kernels raise torch's IndexError (and torch on CUDA a
+device-side assert).
 """
 
 import math
@@ -60,6 +67,66 @@ def _class_coefficients(y, w, smoothing, C, PROB_TARGET: tl.constexpr):
     return a
 
 
+@triton.jit
+def _loss_coefficients(t_rows, weight_ptr, cols, inside, C, stride_tc, smoothing,
+                       PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    """The coefficients of the logits in the loss's dot product, for the chunk of classes
+    ``cols``: the weighted smoothed distribution for probability targets, the class weights for
+    the smoothing term of index targets; 0 outside the rows and classes."""
+    if HAS_WEIGHT:
+        w = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
+    else:
+        w = tl.where(inside, 1.0, 0.0)
+    if PROB_TARGET:
+        y = tl.load(t_rows[:, None] + cols[None, :] * stride_tc, mask=inside, other=0.0)
+        a = _class_coefficients(y.to(tl.float32), w, smoothing, C, PROB_TARGET)
+    else:
+        a = w
+    return tl.where(inside, a, 0.0)
+
+
+@triton.jit
+def _shifted_logsumexp(x_rows, row_in, C, stride_xc, BLOCK_ROWS: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+    """(shift, log_sum) of each row, log-sum-exp = shift + log_sum: shift is the row's max
+    (0 when every logit is -inf, so that the sum is 0 rather than exp(-inf - -inf) = NaN) and
+    log_sum = log(sum_c exp(x_c - shift)). The backward's recomputation for large logits."""
+    running_max = tl.full((BLOCK_ROWS,), float("-inf"), tl.float32)
+    running_sum = tl.zeros((BLOCK_ROWS,), tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        inside = row_in[:, None] & (cols < C)[None, :]
+        x = tl.load(x_rows[:, None] + cols[None, :] * stride_xc, mask=inside, other=float("-inf"))
+        x = x.to(tl.float32)
+        new_max = tl.maximum(running_max, tl.max(x, axis=1))
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        running_sum = (running_sum * tl.exp(running_max - shift)
+                       + tl.sum(tl.exp(x - shift[:, None]), axis=1))
+        running_max = new_max
+    shift = tl.where(running_max == float("-inf"), 0.0, running_max)
+    return shift, tl.log(tl.where(row_in, running_sum, 1.0))
+
+
+@triton.jit
+def _coefficient_loss_by_terms(x_rows, t_rows, weight_ptr, row_in, shift, log_sum, C, stride_xc,
+                               stride_tc, smoothing, PROB_TARGET: tl.constexpr,
+                               HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """-sum_c a_c * log_softmax_c term by term, as torch computes it, for rows whose
+    coefficients a are not all finite (an infinite or NaN target probability or class weight):
+    there the infinities and NaNs of the terms decide the result, which the shifted form
+    sum_c a_c * log_sum - sum_c a_c * (x_c - shift) does not reproduce."""
+    total = tl.zeros(shift.shape, tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        inside = row_in[:, None] & (cols < C)[None, :]
+        x = tl.load(x_rows[:, None] + cols[None, :] * stride_xc, mask=inside, other=0.0)
+        log_softmax = (x.to(tl.float32) - shift[:, None]) - log_sum[:, None]
+        a = _loss_coefficients(t_rows, weight_ptr, cols, inside, C, stride_tc, smoothing,
+                               PROB_TARGET, HAS_WEIGHT)
+        total -= tl.sum(tl.where(inside, a * log_softmax, 0.0), axis=1)
+    return total
+
+
 @autotune(_CONFIGS, key=_KEY, prune=_prune)
 @triton.jit
 def cross_entropy_forward_kernel(
@@ -70,17 +137,18 @@ def cross_entropy_forward_kernel(
     PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Per row: lse, the loss before reduction and the row's weight in a mean (fp32). The sum
-    of the class weights that smoothing needs is summed here from the chunks the loop loads."""
+    """Per row: lse, the loss before reduction and the row's weight in a mean (fp32). The loss
+    is computed from logits shifted by the row's max (log_sum - (x_t - shift)), not as
+    lse - x_t, which loses everything below lse's rounding at large logits."""
     rows_idx = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
     row_in = rows_idx < rows
     x_rows = _row_pointers(x_ptr, rows_idx, S, stride_xn, stride_xs)
     t_rows = _row_pointers(target_ptr, rows_idx, S, stride_tn, stride_ts)
     running_max = tl.full((BLOCK_ROWS,), float("-inf"), tl.float32)
     running_sum = tl.zeros((BLOCK_ROWS,), tl.float32)
-    dot = tl.zeros((BLOCK_ROWS,), tl.float32)
-    coefficient_sum = tl.zeros((BLOCK_ROWS,), tl.float32)
-    weight_sum = tl.zeros((1,), tl.float32)
+    shift = tl.zeros((BLOCK_ROWS,), tl.float32)  # the running max, 0 while it is -inf
+    dot = tl.zeros((BLOCK_ROWS,), tl.float32)  # sum_c a_c * (x_c - shift)
+    coefficient_sum = tl.zeros((BLOCK_ROWS,), tl.float32)  # sum_c a_c
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         inside = row_in[:, None] & (cols < C)[None, :]
@@ -88,29 +156,34 @@ def cross_entropy_forward_kernel(
         x = x.to(tl.float32)
         new_max = tl.maximum(running_max, tl.max(x, axis=1))
         # While a row holds only -inf its sum stays 0 (exp(-inf - -inf) would be NaN).
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        running_sum = (running_sum * tl.exp(running_max - shift)
-                       + tl.sum(tl.exp(x - shift[:, None]), axis=1))
+        new_shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        running_sum = (running_sum * tl.exp(running_max - new_shift)
+                       + tl.sum(tl.exp(x - new_shift[:, None]), axis=1))
         running_max = new_max
         if PROB_TARGET or SMOOTHING:
-            if HAS_WEIGHT:
-                w = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
-                weight_sum += tl.sum(w, axis=1)
-            else:
-                w = tl.where(inside, 1.0, 0.0)
-            if PROB_TARGET:
-                y = tl.load(t_rows[:, None] + cols[None, :] * stride_tc, mask=inside, other=0.0)
-                a = _class_coefficients(y.to(tl.float32), w, smoothing, C, PROB_TARGET)
-                coefficient_sum += tl.sum(tl.where(inside, a, 0.0), axis=1)
-            else:
-                a = w
+            # the dot product follows the shift: re-based when the max grows
+            dot = tl.where(new_shift != shift, dot - (new_shift - shift) * coefficient_sum, dot)
+            a = _loss_coefficients(t_rows, weight_ptr, cols, inside, C, stride_tc, smoothing,
+                                   PROB_TARGET, HAS_WEIGHT)
+            coefficient_sum += tl.sum(a, axis=1)
             # padding is -inf in x (for the max): 0 here, so that 0 * -inf makes no NaN
-            dot += tl.sum(a * tl.where(inside, x, 0.0), axis=1)
-    # rows past the end (not stored) get lse 0 rather than -inf: no NaN arithmetic below
-    lse = tl.where(row_in, running_max + tl.log(tl.where(row_in, running_sum, 1.0)), 0.0)
+            dot += tl.sum(tl.where(inside, a * (x - new_shift[:, None]), 0.0), axis=1)
+        shift = new_shift
+    # rows past the end (not stored) get log_sum 0 rather than -inf: no NaN arithmetic below
+    log_sum = tl.log(tl.where(row_in, running_sum, 1.0))
+    lse = tl.where(row_in, shift + log_sum, 0.0)
 
+    if PROB_TARGET or SMOOTHING:
+        # -sum_c a_c * log_softmax_c, exact when the logits are large and close
+        coefficient_loss = coefficient_sum * log_sum - dot
+        finite = tl.abs(coefficient_sum) < float("inf")
+        if tl.max(tl.where(row_in & ~finite, 1, 0), axis=0) > 0:
+            by_terms = _coefficient_loss_by_terms(x_rows, t_rows, weight_ptr, row_in, shift,
+                                                  log_sum, C, stride_xc, stride_tc, smoothing,
+                                                  PROB_TARGET, HAS_WEIGHT, BLOCK_C)
+            coefficient_loss = tl.where(finite, coefficient_loss, by_terms)
     if PROB_TARGET:
-        loss = -(dot - lse * coefficient_sum)
+        loss = coefficient_loss
         row_weight = tl.where(row_in, 1.0, 0.0)
     else:
         target = tl.load(t_rows, mask=row_in, other=ignore_index).to(tl.int64)
@@ -124,16 +197,20 @@ def cross_entropy_forward_kernel(
                                other=0.0).to(tl.float32)
         else:
             w_target = tl.where(counted, 1.0, 0.0)
-        loss = -(x_target - lse) * w_target
+        loss = w_target * (log_sum - (x_target - shift))
         if SMOOTHING:
-            if not HAS_WEIGHT:
-                weight_sum += C
-            loss = (1.0 - smoothing) * loss + smoothing / C * -(dot - lse * weight_sum)
+            loss = (1.0 - smoothing) * loss + smoothing / C * coefficient_loss
         loss = tl.where(counted, tl.where(in_range, loss, float("nan")), 0.0)
         row_weight = w_target
     tl.store(loss_ptr + rows_idx, loss, mask=row_in)
     tl.store(row_weight_ptr + rows_idx, row_weight, mask=row_in)
     tl.store(lse_ptr + rows_idx, lse, mask=row_in)
+
+
+# Backward rows whose |lse| reaches this recompute their shift and log_sum: exp(x - lse) carries
+# lse's rounding, half an ulp of |lse| (2^-17 relative below 256 in float32; at tied logits of
+# 1e7, lse is off by 1 and the softmax sums to 0.74).
+_EXACT_LSE_BOUND = 256.0
 
 
 @autotune(_CONFIGS, key=_KEY + ["NEED_INPUT", "NEED_TARGET"], prune=_prune)
@@ -146,11 +223,13 @@ def cross_entropy_backward_kernel(
     ignore_index, smoothing,
     PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr,
     MEAN: tl.constexpr, NEED_INPUT: tl.constexpr, NEED_TARGET: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+    EXACT_LSE_BOUND: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """grad_x / grad_target as contiguous rows [rows, C] (classes last). d loss / d loss[r] is
     grad_loss[r * stride_grad_loss] (stride 0: a reduced loss), divided by the total weight
-    for a mean."""
+    for a mean. Rows of an ignored target get zeros (NaN where the logits hold a NaN or +inf,
+    or only -inf, as torch's log_softmax backward gives); rows of a class index out of range
+    get NaN (the forward's loss is NaN)."""
     rows_idx = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
     row_in = rows_idx < rows
     x_rows = _row_pointers(x_ptr, rows_idx, S, stride_xn, stride_xs)
@@ -161,22 +240,27 @@ def cross_entropy_backward_kernel(
     if MEAN:
         scale = scale / tl.load(total_weight_ptr).to(tl.float32)
     keep = 1.0 - smoothing
+    # log_softmax = (x - shift) - log_sum: shift 0 and log_sum lse, but for large |lse|
+    shift = tl.zeros((BLOCK_ROWS,), tl.float32)
+    log_sum = lse
+    large = row_in & (tl.abs(lse) >= EXACT_LSE_BOUND)
+    if tl.max(tl.where(large, 1, 0), axis=0) > 0:
+        exact_shift, exact_log_sum = _shifted_logsumexp(x_rows, large, C, stride_xc, BLOCK_ROWS,
+                                                        BLOCK_C)
+        shift = tl.where(large, exact_shift, shift)
+        log_sum = tl.where(large, exact_log_sum, log_sum)
 
     if PROB_TARGET:
         counted = row_in
         target = tl.zeros((BLOCK_ROWS,), tl.int64)
+        in_range = row_in
         total = tl.zeros((BLOCK_ROWS,), tl.float32)  # A = sum_c a
         if NEED_INPUT:
             for c0 in range(0, C, BLOCK_C):
                 cols = c0 + tl.arange(0, BLOCK_C)
                 inside = row_in[:, None] & (cols < C)[None, :]
-                y = tl.load(t_rows[:, None] + cols[None, :] * stride_tc, mask=inside, other=0.0)
-                if HAS_WEIGHT:
-                    w = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
-                else:
-                    w = tl.where(inside, 1.0, 0.0)
-                a = _class_coefficients(y.to(tl.float32), w, smoothing, C, PROB_TARGET)
-                total += tl.sum(tl.where(inside, a, 0.0), axis=1)
+                total += tl.sum(_loss_coefficients(t_rows, weight_ptr, cols, inside, C, stride_tc,
+                                                   smoothing, PROB_TARGET, HAS_WEIGHT), axis=1)
     else:
         target = tl.load(t_rows, mask=row_in, other=ignore_index).to(tl.int64)
         counted = row_in & (target != ignore_index)
@@ -199,6 +283,10 @@ def cross_entropy_backward_kernel(
                 weight_sum = C
             total += smoothing / C * weight_sum
     scale = tl.where(counted, scale, 0.0)
+    # what rows without a gradient of their own get: 0 for an ignored target (NaN where lse is
+    # not finite), NaN for a class index out of range
+    fill = tl.where(counted, float("nan"), tl.where(tl.abs(lse) < float("inf"), 0.0, float("nan")))
+    computed = counted & in_range
 
     out_rows = rows_idx * C
     for c0 in range(0, C, BLOCK_C):
@@ -206,7 +294,7 @@ def cross_entropy_backward_kernel(
         inside = row_in[:, None] & (cols < C)[None, :]
         x = tl.load(x_rows[:, None] + cols[None, :] * stride_xc, mask=inside,
                     other=0.0).to(tl.float32)
-        log_softmax = x - lse[:, None]
+        log_softmax = (x - shift[:, None]) - log_sum[:, None]
         if HAS_WEIGHT:
             w = tl.load(weight_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
         else:
@@ -220,7 +308,7 @@ def cross_entropy_backward_kernel(
                 a = _class_coefficients(0.0, w, smoothing, C, PROB_TARGET)
                 a += tl.where(cols[None, :] == target[:, None], keep * w_target[:, None], 0.0)
             grad = scale[:, None] * (total[:, None] * tl.exp(log_softmax) - a)
-            grad = tl.where(counted[:, None], grad, 0.0)
+            grad = tl.where(computed[:, None], grad, fill[:, None])
             tl.store(grad_x_ptr + out, grad.to(grad_x_ptr.dtype.element_ty), mask=inside)
         if NEED_TARGET:
             grad_y = -scale[:, None] * w * keep * log_softmax
@@ -339,6 +427,7 @@ def _loss_grads(input, target, weight, lse, grad_loss, total_weight, reduction, 
             grad_loss.stride(0) if grad_loss.numel() > 1 else 0, ignore_index, smoothing,
             PROB_TARGET=prob_target, HAS_WEIGHT=weight is not None, SMOOTHING=smoothing > 0,
             MEAN=reduction == "mean", NEED_INPUT=need_input, NEED_TARGET=need_target,
+            EXACT_LSE_BOUND=_EXACT_LSE_BOUND,
         )
     return grad_input, grad_target
 
@@ -386,24 +475,29 @@ def _chunks(rows, classes):
     return [(r0, min(step, rows - r0)) for r0 in range(0, rows, step)]
 
 
-def _chunk_logits(input, linear_weight, bias, r0, m):
+def _chunk_logits(input, linear_weight, bias, r0, m, loss_dtype):
+    """The logits of rows [r0, r0 + m): the GEMM in input's dtype, converted to the loss dtype
+    (as torch's autocast casts Linear's output for cross_entropy)."""
     x = input[r0:r0 + m]
-    return torch.addmm(bias, x, linear_weight.t()) if bias is not None else x @ linear_weight.t()
+    logits = torch.addmm(bias, x, linear_weight.t()) if bias is not None else x @ linear_weight.t()
+    return logits.to(loss_dtype)
 
 
 def linear_cross_entropy_forward(input, linear_weight, bias, target, weight, reduction,
-                                 ignore_index, label_smoothing):
-    """cross_entropy_forward of input [N, H] @ linear_weight[C, H]^T + bias, chunk by chunk."""
+                                 ignore_index, label_smoothing, loss_dtype=None):
+    """cross_entropy_forward of input [N, H] @ linear_weight[C, H]^T + bias, chunk by chunk,
+    computed in loss_dtype (None: input's dtype)."""
     checked_outputs("linear_cross_entropy", input, linear_weight, bias, target, weight, reduction,
-                    ignore_index, label_smoothing)
+                    ignore_index, label_smoothing, loss_dtype)
+    loss_dtype = loss_dtype or input.dtype
     rows = input.shape[0]
     loss, row_weight, lse = _per_row_buffers(rows, input.device)
     for r0, m in _chunks(rows, linear_weight.shape[0]):
-        logits = _chunk_logits(input, linear_weight, bias, r0, m)
+        logits = _chunk_logits(input, linear_weight, bias, r0, m, loss_dtype)
         _loss_rows(logits, target[r0:r0 + m], weight, ignore_index, label_smoothing,
                    loss[r0:r0 + m], row_weight[r0:r0 + m], lse[r0:r0 + m])
-    loss, total_weight = _reduce(loss, row_weight, reduction, (rows,), input.dtype)
-    return loss, lse.to(accumulate_dtype(input.dtype)), total_weight
+    loss, total_weight = _reduce(loss, row_weight, reduction, (rows,), loss_dtype)
+    return loss, lse.to(accumulate_dtype(loss_dtype)), total_weight
 
 
 def _accumulate(total, part, dtype):
@@ -413,14 +507,17 @@ def _accumulate(total, part, dtype):
 
 def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target, weight, logsumexp,
                                   total_weight, reduction, ignore_index, label_smoothing,
-                                  output_mask):
+                                  output_mask, loss_dtype=None):
     """Gradients (input, linear_weight, bias, probability target): the logits of each chunk
     are recomputed (the price of keeping only the lse for backward), their gradient computed
-    and fed to the GEMMs. With several chunks the parameter gradients add up in fp32 (float64
-    for float64); one chunk writes them directly."""
+    (in the loss dtype, then in input's for the GEMMs) and fed to the GEMMs. With several chunks
+    the parameter gradients add up in fp32 (float64 for float64); one chunk writes them
+    directly."""
     placeholders = checked_outputs("linear_cross_entropy_backward", grad_loss, input,
                                    linear_weight, bias, target, weight, logsumexp, total_weight,
-                                   reduction, ignore_index, label_smoothing, output_mask)
+                                   reduction, ignore_index, label_smoothing, output_mask,
+                                   loss_dtype)
+    loss_dtype = loss_dtype or input.dtype
     need_input, need_linear_weight, need_bias, need_target = output_mask
     rows, classes = input.shape[0], linear_weight.shape[0]
     per_row = grad_loss.numel() > 1 or reduction == "none"
@@ -429,17 +526,19 @@ def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target,
     chunks = _chunks(rows, classes)
     acc = input.dtype if len(chunks) == 1 else accumulate_dtype(input.dtype)
     grad_linear_weight = grad_bias = None
-    grad_target = (torch.empty((rows, classes), device=input.device, dtype=input.dtype)
+    grad_target = (torch.empty((rows, classes), device=input.device, dtype=loss_dtype)
                    if need_target else None)
     need_logits = need_input or need_linear_weight or need_bias
     for r0, m in chunks:
-        logits = _chunk_logits(input, linear_weight, bias, r0, m)
+        logits = _chunk_logits(input, linear_weight, bias, r0, m, loss_dtype)
         grad_logits, chunk_grad_target = _loss_grads(
             logits, target[r0:r0 + m], weight, logsumexp[r0:r0 + m],
             grad_loss[r0:r0 + m] if per_row else grad_loss, total_weight, reduction,
             ignore_index, label_smoothing, need_logits, need_target)
         if need_target:
             grad_target[r0:r0 + m] = chunk_grad_target
+        if need_logits:
+            grad_logits = grad_logits.to(input.dtype)
         if need_input:
             torch.mm(grad_logits, linear_weight, out=grad_input[r0:r0 + m])
         if need_linear_weight:

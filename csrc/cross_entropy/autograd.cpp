@@ -78,37 +78,45 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
                                const at::Tensor& linear_weight,
                                const std::optional<at::Tensor>& bias, const at::Tensor& target,
                                const std::optional<at::Tensor>& weight, c10::string_view reduction,
-                               int64_t ignore_index, double label_smoothing) {
+                               int64_t ignore_index, double label_smoothing,
+                               std::optional<at::ScalarType> loss_dtype) {
     at::Tensor loss, logsumexp, total_weight;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(loss, logsumexp, total_weight) = fastops::linear_cross_entropy(
-          input, linear_weight, bias, target, weight, reduction, ignore_index, label_smoothing);
+      std::tie(loss, logsumexp, total_weight) =
+          fastops::linear_cross_entropy(input, linear_weight, bias, target, weight, reduction,
+                                        ignore_index, label_smoothing, loss_dtype);
     }
     ctx->save_for_backward({input, linear_weight, bias.value_or(at::Tensor()), target,
                             weight.value_or(at::Tensor()), logsumexp, total_weight});
     save_options(ctx, reduction, ignore_index, label_smoothing);
     ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["loss_dtype"] =
+        loss_dtype.has_value() ? c10::IValue(*loss_dtype) : c10::IValue();
     mark_statistics(ctx, logsumexp, total_weight);
     return {loss, logsumexp, total_weight};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    if (!grad_outputs[0].defined()) return variable_list(8);  // no gradient reached the loss
+    if (!grad_outputs[0].defined()) return variable_list(9);  // no gradient reached the loss
     const auto saved = ctx->get_saved_variables();
     const auto mask =
         input_grad_mask<4>(ctx, {true, true, ctx->saved_data["has_bias"].toBool(), true});
+    const c10::IValue& loss_dtype = ctx->saved_data["loss_dtype"];
     const auto [grad_input, grad_linear_weight, grad_bias, grad_target] =
         fastops::linear_cross_entropy_backward(
             grad_outputs[0], saved[0], saved[1], optional_tensor(saved[2]), saved[3],
             optional_tensor(saved[4]), saved[5], saved[6],
             ctx->saved_data["reduction"].toStringRef(), ctx->saved_data["ignore_index"].toInt(),
-            ctx->saved_data["label_smoothing"].toDouble(), mask);
+            ctx->saved_data["label_smoothing"].toDouble(), mask,
+            loss_dtype.isNone() ? std::nullopt
+                                : std::optional<at::ScalarType>(loss_dtype.toScalarType()));
     const torch::autograd::Variable none;
     return {grad_or_undefined(mask[0], grad_input),
             grad_or_undefined(mask[1], grad_linear_weight),
             grad_or_undefined(mask[2], grad_bias),
             grad_or_undefined(mask[3], grad_target),
+            none,
             none,
             none,
             none,
@@ -131,10 +139,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_autograd(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_autograd(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
-    int64_t ignore_index, double label_smoothing) {
+    int64_t ignore_index, double label_smoothing, std::optional<at::ScalarType> loss_dtype) {
   check_weight_not_differentiable(weight, "linear_cross_entropy");
   return as_tuple(LinearCrossEntropyFunction::apply(input, linear_weight, bias, target, weight,
-                                                    reduction, ignore_index, label_smoothing));
+                                                    reduction, ignore_index, label_smoothing,
+                                                    loss_dtype));
 }
 
 }  // namespace

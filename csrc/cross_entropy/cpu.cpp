@@ -97,12 +97,26 @@ struct LossSpec {
   }
 };
 
+// The forward of a row, from logits shifted by its max: log_softmax_c = (x_c - shift) - log_sum
+// keeps every bit where lse - x_c would lose what lies below lse's rounding (tied logits of 1e7
+// in float: lse is off by 1).
 template <typename acc_t>
 struct RowForward {
-  acc_t logsumexp;
-  acc_t dot;  // sum_c coefficient_c * x_c
+  acc_t shift;    // the row's max (0 when every logit is -inf: the sum is then 0, not NaN)
+  acc_t log_sum;  // log(sum_c exp(x_c - shift))
+  acc_t dot;      // sum_c coefficient_c * (x_c - shift)
   acc_t coefficient_sum;
+
+  acc_t logsumexp() const { return shift + log_sum; }
+  // -sum_c coefficient_c * log_softmax_c, for finite coefficients (see coefficient_loss).
+  acc_t coefficient_loss() const { return coefficient_sum * log_sum - dot; }
 };
+
+// Backward rows whose |log-sum-exp| reaches this recompute their shift and log_sum (one more
+// pass): softmax = exp(x - lse) carries the rounding of lse, half an ulp of |lse|, which is
+// 2^-17 relative below 256 in float (about the error of the exponential itself), 0.5 at 1e7.
+template <typename acc_t>
+constexpr acc_t kExactLseBound = acc_t(256);
 
 // d loss / d loss_row = values[r * stride] * multiplier (see RowScale).
 template <typename acc_t>
@@ -349,35 +363,57 @@ int64_t linear_chunk_rows(int64_t rows, int64_t classes) {
   return std::max<int64_t>(1, std::min(rows, kLinearChunkElements / std::max<int64_t>(1, classes)));
 }
 
-// x[r0:r0+m] @ linear_weight^T + bias (the bias inside the GEMM, as torch's addmm), in
-// buffer[:m] or a new tensor (cpu_linear).
-at::Tensor chunk_logits(at::Tensor& buffer, const at::Tensor& x, const at::Tensor& linear_weight,
-                        const std::optional<at::Tensor>& bias, int64_t r0, int64_t m) {
-  return cpu_linear(x.narrow(0, r0, m), linear_weight, bias, buffer.narrow(0, 0, m));
-}
+// The logits of chunks of rows: x[r0:r0+m] @ linear_weight^T + bias (the bias inside the GEMM, as
+// torch's addmm) in input's dtype, converted to the loss dtype when it differs (as torch's
+// autocast casts Linear's output for cross_entropy).
+struct ChunkLogits {
+  at::Tensor gemm;  // [chunk, classes] in input's dtype
+  at::Tensor loss;  // [chunk, classes] in the loss dtype, or undefined when it is input's
+
+  ChunkLogits(int64_t chunk, int64_t classes, const at::Tensor& input, at::ScalarType loss_dtype)
+      : gemm(on_huge_pages(at::empty({chunk, classes}, input.options()))) {
+    if (loss_dtype != input.scalar_type())
+      loss = on_huge_pages(at::empty({chunk, classes}, input.options().dtype(loss_dtype)));
+  }
+
+  // The logits of rows [r0, r0 + m) in the loss dtype (a view of a buffer, or a new tensor
+  // from cpu_linear).
+  at::Tensor compute(const at::Tensor& x, const at::Tensor& linear_weight,
+                     const std::optional<at::Tensor>& bias, int64_t r0, int64_t m) {
+    const at::Tensor logits =
+        cpu_linear(x.narrow(0, r0, m), linear_weight, bias, gemm.narrow(0, 0, m));
+    return loss.defined() ? loss.narrow(0, 0, m).copy_(logits) : logits;
+  }
+
+  // The gradient the row kernels wrote over the logits, in input's dtype for the GEMMs.
+  at::Tensor for_gemm(const at::Tensor& grad_logits) {
+    if (!loss.defined()) return grad_logits;
+    return gemm.narrow(0, 0, grad_logits.size(0)).copy_(grad_logits);
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
-    int64_t ignore_index, double label_smoothing) {
+    int64_t ignore_index, double label_smoothing, std::optional<at::ScalarType> loss_dtype) {
   const auto args = linear_cross_entropy_rules(input, linear_weight, bias, target, weight,
-                                               reduction, label_smoothing, kLinearOp);
+                                               reduction, label_smoothing, loss_dtype, kLinearOp);
   const int64_t rows = input.size(0);
   const int64_t classes = linear_weight.size(0);
   const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
   const int64_t chunk = linear_chunk_rows(rows, classes);
-  at::Tensor buffer = on_huge_pages(at::empty({chunk, classes}, input.options()));
+  ChunkLogits buffers(chunk, classes, input, args.loss_dtype);
   at::Tensor loss, lse, total_weight;
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy", [&] {
+      at::kBFloat16, at::kHalf, args.loss_dtype, "linear_cross_entropy", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
         RowResults<acc_t> results(rows, input);
         if (classes == 0) without_classes(index, ignore_index, results.logsumexp);
         for (int64_t r0 = 0; classes > 0 && r0 < rows; r0 += chunk) {
           const int64_t m = std::min(chunk, rows - r0);
-          const at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
+          const at::Tensor logits = buffers.compute(input, linear_weight, bias, r0, m);
           const Rows<scalar_t> in{
               logits.const_data_ptr<scalar_t>(),
               index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
@@ -399,37 +435,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
     const std::optional<at::Tensor>& bias, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
     const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
-    double label_smoothing, std::array<bool, 4> output_mask) {
+    double label_smoothing, std::array<bool, 4> output_mask,
+    std::optional<at::ScalarType> loss_dtype) {
   const char* op = "linear_cross_entropy_backward";
   const auto args = linear_cross_entropy_rules(input, linear_weight, bias, target, weight,
-                                               reduction, label_smoothing, op);
+                                               reduction, label_smoothing, loss_dtype, op);
   const auto [need_input, need_linear_weight, need_bias, need_target] = output_mask;
   check_loss_backward(args, input, grad_loss, logsumexp, total_weight, need_target, op);
   const int64_t rows = input.size(0);
   const int64_t classes = linear_weight.size(0);
   const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
-  const at::Tensor lse = logsumexp.to(accumulate_type(input.scalar_type())).contiguous();
+  const at::Tensor lse = logsumexp.to(accumulate_type(args.loss_dtype)).contiguous();
   const auto empty = input.new_empty({0});
   at::Tensor grad_input =
       need_input ? on_huge_pages(at::empty_like(input, at::MemoryFormat::Contiguous)) : empty;
   at::Tensor grad_linear_weight =
       need_linear_weight ? at::zeros_like(linear_weight, at::MemoryFormat::Contiguous) : empty;
   at::Tensor grad_bias = need_bias ? at::zeros({classes}, input.options()) : empty;
-  at::Tensor grad_target =
-      need_target ? on_huge_pages(at::empty({rows, classes}, input.options())) : empty;
+  const auto loss_options = input.options().dtype(args.loss_dtype);
+  at::Tensor grad_target = need_target ? on_huge_pages(at::empty({rows, classes}, loss_options))
+                                       : at::empty({0}, loss_options);
   const bool need_grad_logits = need_input || need_linear_weight || need_bias;
   const int64_t chunk = linear_chunk_rows(rows, classes);
-  at::Tensor buffer = on_huge_pages(at::empty({chunk, classes}, input.options()));
+  ChunkLogits buffers(chunk, classes, input, args.loss_dtype);
   const at::Tensor ones = need_bias ? at::ones({chunk}, input.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, input.scalar_type(), "linear_cross_entropy_backward", [&] {
+      at::kBFloat16, at::kHalf, args.loss_dtype, "linear_cross_entropy_backward", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
         const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction);
         for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
           const int64_t m = std::min(chunk, rows - r0);
-          at::Tensor logits = chunk_logits(buffer, input, linear_weight, bias, r0, m);
+          at::Tensor logits = buffers.compute(input, linear_weight, bias, r0, m);
           const Rows<scalar_t> in{
               logits.const_data_ptr<scalar_t>(),
               index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
@@ -442,6 +480,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
                   need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
                   need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
             });
+          if (!need_grad_logits) continue;
+          logits = buffers.for_gemm(logits);
           if (need_input) {
             at::Tensor grad_input_rows = grad_input.narrow(0, r0, m);
             grad_input_rows.copy_(cpu_matmul(logits, linear_weight, grad_input_rows));

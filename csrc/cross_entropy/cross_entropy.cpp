@@ -21,11 +21,23 @@ Reduction parse_reduction(c10::string_view reduction, const char* op) {
               std::string(reduction), "'");
 }
 
-// The loss arguments against logits of shape `logits_shape` and input's dtype / device; the
-// functional layer gives torch's exact messages first, these guard direct calls of the ops.
+// A tensor of the loss (a probability target, the class weight) has the loss dtype: input's,
+// or linear_cross_entropy's loss_dtype.
+void check_loss_dtype(const at::Tensor& t, const char* name, const at::Tensor& input,
+                      at::ScalarType loss_dtype, const char* op) {
+  if (loss_dtype == input.scalar_type()) return check_same_dtype(t, name, input, "input", op);
+  TORCH_CHECK(t.scalar_type() == loss_dtype, "fastops::", op, ": expected ", name,
+              " to have the dtype of the loss (loss_dtype ", loss_dtype, "), got ",
+              t.scalar_type());
+}
+
+// The loss arguments against logits of shape `logits_shape` and input's device, computed in
+// `loss_dtype`; the functional layer gives torch's exact messages first, these guard direct
+// calls of the ops.
 LossRules check_loss(const at::Tensor& input, c10::SymIntArrayRef logits_shape,
                      const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                     c10::string_view reduction, double label_smoothing, const char* op) {
+                     c10::string_view reduction, double label_smoothing, at::ScalarType loss_dtype,
+                     const char* op) {
   const Reduction parsed = parse_reduction(reduction, op);
   check_floating(input, "input", op);
   TORCH_CHECK(logits_shape.size() >= 2, "fastops::", op,
@@ -38,7 +50,7 @@ LossRules check_loss(const at::Tensor& input, c10::SymIntArrayRef logits_shape,
   row_shape.erase(row_shape.begin() + 1);
   const bool prob_target = at::isFloatingType(target.scalar_type());
   if (prob_target) {
-    check_same_dtype(target, "target", input, "input", op);
+    check_loss_dtype(target, "target", input, loss_dtype, op);
     TORCH_CHECK(target.sym_sizes() == logits_shape, "fastops::", op,
                 ": expected a probability target of the logits' shape ", logits_shape, ", got ",
                 target.sym_sizes());
@@ -51,14 +63,14 @@ LossRules check_loss(const at::Tensor& input, c10::SymIntArrayRef logits_shape,
                 ", got ", target.sym_sizes());
   }
   if (weight.has_value()) {
-    check_same_dtype(*weight, "weight", input, "input", op);
+    check_loss_dtype(*weight, "weight", input, loss_dtype, op);
     check_same_device(*weight, "weight", input, "input", op);
     TORCH_CHECK(weight->dim() == 1 && weight->sym_size(0) == classes, "fastops::", op,
                 ": expected weight of shape [", classes, "], got ", weight->sym_sizes());
   }
   c10::SymInt rows = 1;
   for (const auto& size : row_shape) rows = rows * size;
-  return {parsed, prob_target, std::move(row_shape), std::move(rows)};
+  return {parsed, prob_target, loss_dtype, std::move(row_shape), std::move(rows)};
 }
 
 }  // namespace
@@ -66,7 +78,8 @@ LossRules check_loss(const at::Tensor& input, c10::SymIntArrayRef logits_shape,
 LossRules cross_entropy_rules(const at::Tensor& input, const at::Tensor& target,
                               const std::optional<at::Tensor>& weight, c10::string_view reduction,
                               double label_smoothing, const char* op) {
-  return check_loss(input, input.sym_sizes(), target, weight, reduction, label_smoothing, op);
+  return check_loss(input, input.sym_sizes(), target, weight, reduction, label_smoothing,
+                    input.scalar_type(), op);
 }
 
 LossRules linear_cross_entropy_rules(const at::Tensor& input, const at::Tensor& linear_weight,
@@ -74,8 +87,17 @@ LossRules linear_cross_entropy_rules(const at::Tensor& input, const at::Tensor& 
                                      const at::Tensor& target,
                                      const std::optional<at::Tensor>& weight,
                                      c10::string_view reduction, double label_smoothing,
-                                     const char* op) {
+                                     std::optional<at::ScalarType> loss_dtype, const char* op) {
   check_dim(input, 2, "input", op);
+  // The logits are the GEMM's, in input's dtype; the loss may be computed in a wider one (float32
+  // for bfloat16 logits under autocast, as torch's Linear -> cross_entropy).
+  TORCH_CHECK(!loss_dtype.has_value() ||
+                  (at::isFloatingType(*loss_dtype) &&
+                   at::promoteTypes(input.scalar_type(), *loss_dtype) == *loss_dtype),
+              "fastops::", op,
+              ": expected loss_dtype to be None or a floating-point dtype at least as wide as "
+              "input's (",
+              input.scalar_type(), "), got ", *loss_dtype);
   check_dim(linear_weight, 2, "linear_weight", op);
   check_same_dtype(linear_weight, "linear_weight", input, "input", op);
   check_same_device(linear_weight, "linear_weight", input, "input", op);
@@ -90,7 +112,8 @@ LossRules linear_cross_entropy_rules(const at::Tensor& input, const at::Tensor& 
                 bias->sym_sizes());
   }
   const std::array<c10::SymInt, 2> logits_shape = {input.sym_size(0), linear_weight.sym_size(0)};
-  return check_loss(input, logits_shape, target, weight, reduction, label_smoothing, op);
+  return check_loss(input, logits_shape, target, weight, reduction, label_smoothing,
+                    loss_dtype.value_or(input.scalar_type()), op);
 }
 
 void check_loss_backward(const LossRules& rules, const at::Tensor& input,
@@ -115,12 +138,14 @@ void check_loss_backward(const LossRules& rules, const at::Tensor& input,
 
 namespace {
 
-// loss ([rows...] or []), logsumexp [rows...] and total_weight [] (accumulation dtype).
+// loss ([rows...] or [], the loss dtype), logsumexp [rows...] and total_weight [] (its
+// accumulation dtype).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_outputs(const LossRules& rules,
                                                             const at::Tensor& input) {
-  const auto acc = input.options().dtype(accumulate_type(input.scalar_type()));
-  return {rules.reduction == Reduction::None ? at::empty_symint(rules.row_shape, input.options())
-                                             : at::empty({}, input.options()),
+  const auto options = input.options().dtype(rules.loss_dtype);
+  const auto acc = input.options().dtype(accumulate_type(rules.loss_dtype));
+  return {rules.reduction == Reduction::None ? at::empty_symint(rules.row_shape, options)
+                                             : at::empty({}, options),
           at::empty_symint(rules.row_shape, acc), at::empty({}, acc)};
 }
 
@@ -153,10 +178,10 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_meta(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_meta(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
-    int64_t ignore_index, double label_smoothing) {
+    int64_t ignore_index, double label_smoothing, std::optional<at::ScalarType> loss_dtype) {
   return loss_outputs(
       linear_cross_entropy_rules(input, linear_weight, bias, target, weight, reduction,
-                                 label_smoothing, "linear_cross_entropy"),
+                                 label_smoothing, loss_dtype, "linear_cross_entropy"),
       input);
 }
 
@@ -165,19 +190,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
     const std::optional<at::Tensor>& bias, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
     const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
-    double label_smoothing, std::array<bool, 4> output_mask) {
+    double label_smoothing, std::array<bool, 4> output_mask,
+    std::optional<at::ScalarType> loss_dtype) {
   constexpr const char* op = "linear_cross_entropy_backward";
   const auto rules = linear_cross_entropy_rules(input, linear_weight, bias, target, weight,
-                                                reduction, label_smoothing, op);
+                                                reduction, label_smoothing, loss_dtype, op);
   check_loss_backward(rules, input, grad_loss, logsumexp, total_weight, output_mask[3], op);
-  const auto options = input.options();
-  const auto grad = [&](bool needed, c10::SymIntArrayRef shape) {
+  const auto grad = [&](bool needed, c10::SymIntArrayRef shape, at::ScalarType dtype) {
+    const auto options = input.options().dtype(dtype);
     return needed ? at::empty_symint(shape, options) : at::empty({0}, options);
   };
+  const auto dtype = input.scalar_type();
   const c10::SymInt classes = linear_weight.sym_size(0);
   const std::array<c10::SymInt, 2> target_shape = {input.sym_size(0), classes};
-  return {grad(output_mask[0], input.sym_sizes()), grad(output_mask[1], linear_weight.sym_sizes()),
-          grad(output_mask[2], {classes}), grad(output_mask[3], target_shape)};
+  return {grad(output_mask[0], input.sym_sizes(), dtype),
+          grad(output_mask[1], linear_weight.sym_sizes(), dtype),
+          grad(output_mask[2], {classes}, dtype),
+          grad(output_mask[3], target_shape, rules.loss_dtype)};
 }
 
 }  // namespace
@@ -202,10 +231,10 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
-    int64_t ignore_index, double label_smoothing) {
+    int64_t ignore_index, double label_smoothing, std::optional<at::ScalarType> loss_dtype) {
   static auto op = op_handle<decltype(linear_cross_entropy)>("fastops::linear_cross_entropy");
   return op.call(input, linear_weight, bias, target, weight, reduction, ignore_index,
-                 label_smoothing);
+                 label_smoothing, loss_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
@@ -213,11 +242,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
     const std::optional<at::Tensor>& bias, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
     const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
-    double label_smoothing, std::array<bool, 4> output_mask) {
+    double label_smoothing, std::array<bool, 4> output_mask,
+    std::optional<at::ScalarType> loss_dtype) {
   static auto op =
       op_handle<decltype(linear_cross_entropy_backward)>("fastops::linear_cross_entropy_backward");
   return op.call(grad_loss, input, linear_weight, bias, target, weight, logsumexp, total_weight,
-                 reduction, ignore_index, label_smoothing, output_mask);
+                 reduction, ignore_index, label_smoothing, output_mask, loss_dtype);
 }
 
 TORCH_LIBRARY_FRAGMENT(fastops, m) {
@@ -237,16 +267,21 @@ TORCH_LIBRARY_FRAGMENT(fastops, m) {
       "float label_smoothing, bool[2] output_mask) -> (Tensor, Tensor)");
   // linear_cross_entropy: cross_entropy of input [N, H] @ linear_weight[C, H]^T + bias [C],
   // computed in chunks of rows without the [N, C] logits; weight is the class weight [C].
+  // loss_dtype (None: input's dtype) is the dtype the cross-entropy runs in: the GEMM's logits
+  // are converted to it chunk by chunk, the class weight and a probability target have it, and
+  // so does the loss (float32 for bfloat16 / float16 GEMMs under autocast, as torch's Linear ->
+  // cross_entropy, whose cross_entropy autocast runs in float32).
   m.def(
       "linear_cross_entropy(Tensor input, Tensor linear_weight, Tensor? bias, Tensor target, "
-      "Tensor? weight, str reduction, int ignore_index, float label_smoothing) "
-      "-> (Tensor, Tensor, Tensor)");
-  // Gradients of input, linear_weight, bias and a probability target (logits recomputed).
+      "Tensor? weight, str reduction, int ignore_index, float label_smoothing, "
+      "ScalarType? loss_dtype=None) -> (Tensor, Tensor, Tensor)");
+  // Gradients of input, linear_weight, bias (input's dtype) and a probability target (the loss
+  // dtype); the logits are recomputed.
   m.def(
       "linear_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor linear_weight, "
       "Tensor? bias, Tensor target, Tensor? weight, Tensor logsumexp, Tensor total_weight, "
-      "str reduction, int ignore_index, float label_smoothing, bool[4] output_mask) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "str reduction, int ignore_index, float label_smoothing, bool[4] output_mask, "
+      "ScalarType? loss_dtype=None) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastops, Meta, m) {

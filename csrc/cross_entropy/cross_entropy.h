@@ -21,13 +21,14 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
-    int64_t ignore_index, double label_smoothing);
+    int64_t ignore_index, double label_smoothing, std::optional<at::ScalarType> loss_dtype);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp,
     const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
-    double label_smoothing, std::array<bool, 4> output_mask);
+    double label_smoothing, std::array<bool, 4> output_mask,
+    std::optional<at::ScalarType> loss_dtype);
 
 enum class Reduction { None, Mean, Sum };
 
@@ -37,6 +38,9 @@ enum class Reduction { None, Mean, Sum };
 struct LossRules {
   Reduction reduction;
   bool prob_target;
+  // The dtype the loss is computed in: of the logits (converted to it), the class weight, a
+  // probability target and the loss; input's dtype but for linear_cross_entropy's loss_dtype.
+  at::ScalarType loss_dtype;
   std::vector<c10::SymInt> row_shape;  // the logits' shape without the class dimension
   c10::SymInt rows;                    // its product: one log-sum-exp per row
 };
@@ -48,7 +52,7 @@ LossRules linear_cross_entropy_rules(const at::Tensor& input, const at::Tensor& 
                                      const at::Tensor& target,
                                      const std::optional<at::Tensor>& weight,
                                      c10::string_view reduction, double label_smoothing,
-                                     const char* op);
+                                     std::optional<at::ScalarType> loss_dtype, const char* op);
 // The forward results a backward op is handed back: grad_loss (the loss's shape), logsumexp
 // (one per row) and total_weight (one value), and a target gradient only for probabilities.
 void check_loss_backward(const LossRules& rules, const at::Tensor& input,

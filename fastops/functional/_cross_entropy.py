@@ -139,6 +139,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     ignore_index: None means -100 for class indices; with class probabilities it must stay None
     (as in torch). reduction, label_smoothing and the result as :func:`cross_entropy`; gradients
     flow to input, linear_weight, linear_bias and a probability target.
+    Under ``torch.autocast``, as torch's ``linear`` then ``cross_entropy``: the GEMMs in the
+    autocast dtype, the loss computed (with the class weight and a probability target) and
+    returned in float32.
 
     options: None or a ``torch.nn.LinearCrossEntropyOptions``. In torch it switches from the
     reference computation (full logits) to a chunked one; fastops always chunks (with its own
