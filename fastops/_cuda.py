@@ -7,6 +7,9 @@ import importlib
 
 import torch
 
+# Every registration: op name -> (module of fastops.triton_kernels, launcher function).
+LAUNCHERS = {}
+
 
 def register_cuda_kernels(module, **launchers):
     """Registers ``fastops.triton_kernels.<module>.<launcher>`` as the CUDA kernel of
@@ -16,6 +19,8 @@ def register_cuda_kernels(module, **launchers):
 
 
 def _register(op, module, launcher):
+    LAUNCHERS[op] = (module, launcher)
+
     @functools.cache
     def resolve():
         return getattr(importlib.import_module(f"fastops.triton_kernels.{module}"), launcher)

@@ -100,24 +100,8 @@ F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
 NAN, INF = float("nan"), float("inf")
 OPS = ["linear", "cross_entropy", "linear_cross_entropy", "max_pool2d", "conv2d", "batch_norm",
        "dropout"]
-# The Triton launcher of each raw op (fastops.triton_kernels.<module>.<function>).
-LAUNCHERS = {
-    "linear": ("linear", "linear_forward"),
-    "linear_backward": ("linear", "linear_backward"),
-    "dropout": ("dropout", "dropout_forward"),
-    "dropout_": ("dropout", "dropout_inplace"),
-    "max_pool2d": ("max_pool2d", "max_pool2d_forward"),
-    "max_pool2d_backward": ("max_pool2d", "max_pool2d_backward"),
-    "max_pool2d_indices": ("max_pool2d", "max_pool2d_indices"),
-    "cross_entropy": ("cross_entropy", "cross_entropy_forward"),
-    "cross_entropy_backward": ("cross_entropy", "cross_entropy_backward"),
-    "linear_cross_entropy": ("cross_entropy", "linear_cross_entropy_forward"),
-    "linear_cross_entropy_backward": ("cross_entropy", "linear_cross_entropy_backward"),
-    "conv2d": ("conv2d", "conv2d_forward"),
-    "conv2d_backward": ("conv2d", "conv2d_backward"),
-    "batch_norm": ("batch_norm", "batch_norm_forward"),
-    "batch_norm_backward": ("batch_norm", "batch_norm_backward"),
-}
+# The Triton launcher of each op, as fastops registered it for CUDA.
+LAUNCHERS = fastops._cuda.LAUNCHERS
 
 
 def seeds(prefix, count):

@@ -30,6 +30,8 @@ import pytest
 import torch
 from helpers import raises, requires_cuda
 
+import fastops
+
 BACKENDS = ["cpu", "meta", "interpreter", "cuda"]
 # Triton's interpreter runs the launchers' kernels on CPU tensors (set by conftest.py without a
 # GPU); otherwise "interpreter" can only check that bad calls raise before any launch.
@@ -42,25 +44,8 @@ OTHER_DEVICE = {"cpu": "meta", "meta": "cpu", "interpreter": "meta", "cuda": "cp
 SEED_DEVICE = {"cpu": "cpu", "meta": "meta", "interpreter": "cpu", "cuda": "cpu"}
 OTHER_SEED_DEVICE = {"cpu": "meta", "meta": None, "interpreter": "meta", "cuda": "cuda"}
 
-# The Triton launcher of each op (fastops.triton_kernels.<module>.<launcher>, registered as its
-# CUDA kernel by register_cuda_kernels in fastops/functional/_<op>.py).
-LAUNCHERS = {
-    "linear": ("linear", "linear_forward"),
-    "linear_backward": ("linear", "linear_backward"),
-    "dropout": ("dropout", "dropout_forward"),
-    "dropout_": ("dropout", "dropout_inplace"),
-    "max_pool2d": ("max_pool2d", "max_pool2d_forward"),
-    "max_pool2d_backward": ("max_pool2d", "max_pool2d_backward"),
-    "max_pool2d_indices": ("max_pool2d", "max_pool2d_indices"),
-    "cross_entropy": ("cross_entropy", "cross_entropy_forward"),
-    "cross_entropy_backward": ("cross_entropy", "cross_entropy_backward"),
-    "linear_cross_entropy": ("cross_entropy", "linear_cross_entropy_forward"),
-    "linear_cross_entropy_backward": ("cross_entropy", "linear_cross_entropy_backward"),
-    "conv2d": ("conv2d", "conv2d_forward"),
-    "conv2d_backward": ("conv2d", "conv2d_backward"),
-    "batch_norm": ("batch_norm", "batch_norm_forward"),
-    "batch_norm_backward": ("batch_norm", "batch_norm_backward"),
-}
+# The Triton launcher of each op, as fastops registered it for CUDA.
+LAUNCHERS = fastops._cuda.LAUNCHERS
 
 
 # --------------------------------------------------------------------------- argument specs
