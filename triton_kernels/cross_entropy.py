@@ -86,6 +86,18 @@ def _loss_coefficients(t_rows, weight_ptr, cols, inside, C, stride_tc, smoothing
 
 
 @triton.jit
+def _online_sum_step(running_max, running_sum, x):
+    """One block of columns x [rows, cols] of an online log-sum-exp: the new running max, the
+    running sum of exp(x - shift) re-based on the new shift, and that shift (the max, 0 while a
+    row holds only -inf, so that its sum stays 0 rather than exp(-inf - -inf) = NaN)."""
+    new_max = tl.maximum(running_max, tl.max(x, axis=1))
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+    running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(x - shift[:, None]),
+                                                                      axis=1)
+    return new_max, running_sum, shift
+
+
+@triton.jit
 def _shifted_logsumexp(x_rows, row_in, C, stride_xc, BLOCK_ROWS: tl.constexpr,
                        BLOCK_C: tl.constexpr):
     """(shift, log_sum) of each row, log-sum-exp = shift + log_sum: shift is the row's max
@@ -97,12 +109,8 @@ def _shifted_logsumexp(x_rows, row_in, C, stride_xc, BLOCK_ROWS: tl.constexpr,
         cols = c0 + tl.arange(0, BLOCK_C)
         inside = row_in[:, None] & (cols < C)[None, :]
         x = tl.load(x_rows[:, None] + cols[None, :] * stride_xc, mask=inside, other=float("-inf"))
-        x = x.to(tl.float32)
-        new_max = tl.maximum(running_max, tl.max(x, axis=1))
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        running_sum = (running_sum * tl.exp(running_max - shift)
-                       + tl.sum(tl.exp(x - shift[:, None]), axis=1))
-        running_max = new_max
+        running_max, running_sum, _ = _online_sum_step(running_max, running_sum,
+                                                       x.to(tl.float32))
     shift = tl.where(running_max == float("-inf"), 0.0, running_max)
     return shift, tl.log(tl.where(row_in, running_sum, 1.0))
 
@@ -154,12 +162,7 @@ def cross_entropy_forward_kernel(
         inside = row_in[:, None] & (cols < C)[None, :]
         x = tl.load(x_rows[:, None] + cols[None, :] * stride_xc, mask=inside, other=float("-inf"))
         x = x.to(tl.float32)
-        new_max = tl.maximum(running_max, tl.max(x, axis=1))
-        # While a row holds only -inf its sum stays 0 (exp(-inf - -inf) would be NaN).
-        new_shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        running_sum = (running_sum * tl.exp(running_max - new_shift)
-                       + tl.sum(tl.exp(x - new_shift[:, None]), axis=1))
-        running_max = new_max
+        running_max, running_sum, new_shift = _online_sum_step(running_max, running_sum, x)
         if PROB_TARGET or SMOOTHING:
             # the dot product follows the shift: re-based when the max grows
             dot = tl.where(new_shift != shift, dot - (new_shift - shift) * coefficient_sum, dot)
