@@ -1,14 +1,16 @@
 import copy
+import functools
 import logging
 
 import pytest
 import torch
 import torch.nn.functional as TF
 from helpers import assert_close
+from test_newcomer import BeginnerNet
 from torch import nn
 
 import fastops
-from fastops.convert import FusedAway
+from fastops.convert import FusedAway, twins
 from fastops.models import NAMES, RECIPES, build
 
 
@@ -91,24 +93,33 @@ class SubclassedLinear(nn.Linear):
         return super().forward(x) * 2
 
 
-def test_fuses_relu_calls_of_a_traceable_forward_and_leaves_subclasses_alone():
+def test_keeps_the_users_class_leaves_relu_calls_in_forward_and_subclasses_alone(caplog):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
     torch.manual_seed(0)
     model = CustomForward()
     model.extra = SubclassedLinear(2, 2)
     converted = fastops.convert(model, verbose=False)
-    assert isinstance(converted, torch.fx.GraphModule)
-    assert converted.fc1.activation == "relu" and converted.fc2.activation == "relu"
-    assert converted.head.activation is None
+    assert type(converted) is CustomForward
+    assert isinstance(converted.fc1, fastops.nn.Linear) and converted.fc1.activation is None
+    assert converted.fc2.activation is None and converted.head.activation is None
     assert type(converted.extra) is SubclassedLinear
     assert converted.state_dict().keys() == model.state_dict().keys()
+    # removing TF.relu / torch.relu would mean rewriting forward: said so
+    unfused = [r for r in convert_records(caplog) if r.startswith("not fused")]
+    assert unfused == [
+        f"not fused {name}: the relu after it is a function call in forward ({call}), which "
+        "convert cannot remove without rewriting forward; an nn.ReLU module there would be fused"
+        for name, call in (("fc1", "F.relu"), ("fc2", "torch.relu"))]
     x = torch.randn(4, 5, requires_grad=True)
     assert_close(converted(x), model(x))
     back = fastops.unconvert(converted)
-    assert type(back.fc1) is nn.Linear
+    assert type(back) is CustomForward and type(back.fc1) is nn.Linear
     assert_close(back(x), model(x))
 
 
-def test_untraceable_forward_is_converted_without_fusion():
+def test_untraceable_forward_is_converted_without_fusion_and_says_why(caplog):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
+
     class DataDependent(CustomForward):
         def forward(self, x):
             return self.fc1(x) if x.sum() > 0 else self.head(x)
@@ -117,6 +128,10 @@ def test_untraceable_forward_is_converted_without_fusion():
     converted = fastops.convert(model, verbose=False)
     assert type(converted) is DataDependent and converted.fc1.activation is None
     assert isinstance(converted.fc1, fastops.nn.Linear)
+    assert convert_records(caplog)[-1] == (
+        "not fused in DataDependent.forward: it is not traceable by torch.fx (symbolically traced "
+        "variables cannot be used as inputs to control flow); only layers in nn.Sequential slots "
+        "are fused")
 
 
 def test_converts_the_loss_too():
@@ -195,9 +210,8 @@ def test_verbose_prints_the_summary_and_unconvert_logs_what_it_restores(caplog, 
                                                "restored 1: nn.ReLU",
                                                "restored 2: fastops.nn.Dropout2d -> nn.Dropout2d"]
     caplog.clear()
-    traced = fastops.convert(CustomForward())
-    fastops.unconvert(traced)
-    assert "restored the relu after fc1 in forward (torch.fx)" in convert_records(caplog)
+    fastops.unconvert(fastops.convert(ModuleReLU()))
+    assert "restored act: nn.ReLU" in convert_records(caplog)
 
 
 def test_leaves_logging_configuration_to_the_application(capsys):
@@ -226,29 +240,33 @@ def converted_matches(model, *shapes, train=False):
 
 
 class CalledTwice(nn.Module):
-    """One Linear object called twice: once followed by a ReLU, once not."""
+    """One Linear object called twice: once followed by its ReLU module, then with or without
+    it."""
 
     def __init__(self, relu_after_second=False):
         super().__init__()
         self.fc = nn.Linear(4, 4)
+        self.act = nn.ReLU()
         self.relu_after_second = relu_after_second
 
     def forward(self, x):
-        y = self.fc(TF.relu(self.fc(x)))
-        return torch.relu(y) if self.relu_after_second else y
+        y = self.fc(self.act(self.fc(x)))
+        return self.act(y) if self.relu_after_second else y
 
 
 def test_layer_called_twice_in_forward_is_fused_only_if_both_calls_are_followed_by_relu():
-    converted = converted_matches(CalledTwice(), (3, 4))
-    assert converted.fc.activation is None  # the second call has no ReLU after it
-    model = CalledTwice(relu_after_second=True)
-    converted = converted_matches(model, (3, 4))
-    assert isinstance(converted, torch.fx.GraphModule) and converted.fc.activation == "relu"
-    assert not any(n.target in (torch.relu, TF.relu) for n in converted.graph.nodes)
-    back = fastops.unconvert(converted)
-    assert type(back.fc) is nn.Linear
-    x = torch.randn(2, 4)
-    assert_close(back(x), model(x))
+    for train in (False, True):
+        converted = converted_matches(CalledTwice(), (3, 4), train=train)
+        assert converted.fc.activation is None  # the second call has no ReLU after it
+        assert type(converted.act) is nn.ReLU  # so the first ReLU must still run
+        model = CalledTwice(relu_after_second=True)
+        converted = converted_matches(model, (3, 4), train=train)
+        assert type(converted) is CalledTwice and converted.fc.activation == "relu"
+        assert isinstance(converted.act, FusedAway)
+        back = fastops.unconvert(converted)
+        assert type(back.fc) is nn.Linear and type(back.act) is nn.ReLU
+        x = torch.randn(2, 4)
+        assert_close(back(x), model(x))
 
 
 def test_layer_shared_by_two_sequentials_counts_both_occurrences():
@@ -364,22 +382,22 @@ def test_a_relu_object_shared_between_slots_stays_where_it_is_not_fused():
     assert converted.act is converted.seq[1].original and type(converted.act) is nn.ReLU
 
 
+class ModuleReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.act(self.fc(x)))
+
+
 def test_relu_modules_called_in_forward_are_fused_and_what_is_not_fused_is_reported(caplog):
     caplog.set_level(logging.INFO, logger="fastops.convert")
-
-    class ModuleReLU(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 4)
-            self.act = nn.ReLU()
-            self.out = nn.Linear(4, 2)
-
-        def forward(self, x):
-            return self.out(self.act(self.fc(x)))
-
     converted = converted_matches(ModuleReLU(), (3, 4))
-    assert isinstance(converted, torch.fx.GraphModule) and converted.fc.activation == "relu"
-    assert "fused fc with the relu in forward (torch.fx)" in convert_records(caplog)
+    assert type(converted) is ModuleReLU and converted.fc.activation == "relu"
+    assert "fused fc with act: fastops.nn.Linear(activation='relu')" in convert_records(caplog)
     assert set(converted.state_dict()) == set(ModuleReLU().state_dict())
     caplog.clear()
     converted_matches(CalledTwice(), (3, 4))
@@ -406,12 +424,226 @@ def test_relu_modules_called_in_forward_are_fused_and_what_is_not_fused_is_repor
     assert convert_records(caplog)[-1] == (
         "not fused 0: global module hooks are registered (they would see the ReLU's output)")
     caplog.clear()
-    # a relu call inside a block of an nn.Sequential model: the model stays an nn.Sequential
+    # a relu call inside a block of an nn.Sequential model
     converted = converted_matches(nn.Sequential(CustomForward(), nn.Linear(3, 2)), (3, 5))
-    assert type(converted) is nn.Sequential and converted[0].fc1.activation is None
-    assert convert_records(caplog)[-2] == (
-        "not fused 0.fc1: the relu after 0.fc1 is not the next slot of an nn.Sequential, and "
-        "convert does not rewrite an nn.Sequential's forward")
+    assert type(converted[0]) is CustomForward and converted[0].fc1.activation is None
+    assert any(r.startswith("not fused 0.fc1: the relu after it is a function call in forward "
+                            "(F.relu)") for r in convert_records(caplog))
+
+
+# -- unconvert gives back torch.nn classes only ----------------------------------------------------
+
+def assert_only_torch_classes(back, model):
+    """Every module of ``back`` has the class of the same module of ``model`` (torch's own), with
+    the same settings and tensors."""
+    assert [type(m) for m in back.modules()] == [type(m) for m in model.modules()]
+    assert not [m for m in back.modules() if isinstance(m, (FusedAway, *twins().values()))]
+    assert repr(back) == repr(model)
+    assert back.state_dict().keys() == model.state_dict().keys()
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], tensor), key
+
+
+def dropouts_in_a_row():
+    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.1), nn.Dropout(0.3, inplace=True))
+
+
+def every_converted_layer():
+    """A model with a torch.nn layer of each class that convert replaces."""
+    layers = nn.ModuleDict({
+        "features": nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.MaxPool2d(2), nn.Dropout2d(0.2), nn.Conv2d(4, 4, 1),
+                                  nn.ReLU(inplace=True), nn.Flatten(2), nn.Dropout1d(0.1),
+                                  nn.Unflatten(2, (1, 3, 3)), nn.Dropout3d(0.3), nn.Flatten(),
+                                  nn.Dropout(0.1)),
+        "head": nn.Sequential(nn.Linear(36, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8),
+                              nn.ReLU(), nn.Dropout(0.4), nn.Linear(8, 3)),
+        "loss": nn.CrossEntropyLoss(label_smoothing=0.1),
+    })
+    if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.13
+        layers["head_loss"] = nn.LinearCrossEntropyLoss(8, 3, bias=True)
+    return layers
+
+
+@pytest.mark.parametrize("make", [*(functools.partial(build, name) for name in NAMES),
+                                  dropouts_in_a_row, every_converted_layer],
+                         ids=[*NAMES, "dropouts_in_a_row", "every_converted_layer"])
+def test_unconvert_gives_back_only_torch_classes(make):
+    torch.manual_seed(0)
+    model = make()
+    converted = fastops.convert(model)
+    back = fastops.unconvert(converted)
+    assert_only_torch_classes(back, model)
+    assert_only_torch_classes(fastops.unconvert(converted, inplace=True), model)
+
+
+def test_every_layer_convert_creates_is_a_fastops_twin():
+    created = {type(m) for m in fastops.convert(every_converted_layer()).modules()}
+    assert set(twins().values()) <= created
+
+
+def test_unconvert_restores_fused_dropouts_in_the_models_mode():
+    converted = fastops.convert(dropouts_in_a_row()).eval()
+    back = fastops.unconvert(converted)
+    assert [m.training for m in back.modules()] == [False] * 5
+    assert (back[2].p, back[3].p, back[3].inplace) == (0.1, 0.3, True)
+
+
+def test_unconvert_refuses_a_fused_layer_that_convert_did_not_fuse():
+    model = nn.Sequential(fastops.nn.Linear(4, 4), fastops.nn.Conv2d(1, 1, 1))
+    back = fastops.unconvert(model)
+    assert [type(m) for m in back] == [nn.Linear, nn.Conv2d]
+    for layer in (fastops.nn.LinearReLU(4, 4), fastops.nn.Linear(4, 4, dropout=0.1),
+                  fastops.nn.BatchNorm2dReLU(4)):
+        model = nn.Sequential(nn.Tanh(), layer)
+        with pytest.raises(ValueError, match=r"^fastops.unconvert: 1 \(fastops.nn.\w+\(.*\)\) "
+                                             r"has nn.\w+\(.*\) fused into it, which no torch.nn "
+                                             "layer has"):
+            fastops.unconvert(model, inplace=True)
+        assert model[1] is layer and type(layer).__module__.startswith("fastops")  # untouched
+
+
+# -- a user's own model class: kept, ReLU modules fused where that keeps forward exact -------------
+
+class BeginnerNetWithReLUModule(BeginnerNet):
+    """The blitz Net with one nn.ReLU module shared by every layer instead of F.relu."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        x = self.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc3(self.relu(self.fc2(x)))
+
+
+def test_the_beginners_net_keeps_its_class_and_says_why_its_relu_calls_stay(caplog):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
+    for train in (False, True):
+        converted = converted_matches(BeginnerNet(), (2, 3, 32, 32), train=train)
+        assert type(converted) is BeginnerNet and converted.predict.__func__ is BeginnerNet.predict
+        assert [getattr(converted, n).activation for n in ("conv1", "conv2", "fc1", "fc2")] == [
+            None] * 4
+    assert [r.split(":")[0] for r in convert_records(caplog) if r.startswith("not fused")] == [
+        f"not fused {name}" for name in ("conv1", "conv2", "fc1", "fc2")] * 2
+
+
+def test_a_shared_relu_module_in_a_custom_forward_is_fused_into_every_layer_it_follows(caplog):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
+    for train in (False, True):
+        caplog.clear()
+        model = BeginnerNetWithReLUModule()
+        converted = converted_matches(model, (2, 3, 32, 32), train=train)
+        assert type(converted) is BeginnerNetWithReLUModule and isinstance(converted.relu,
+                                                                           FusedAway)
+        assert [getattr(converted, n).activation for n in ("conv1", "conv2", "fc1", "fc2")] == [
+            "relu"] * 4
+        assert [r for r in convert_records(caplog) if r.startswith("fused")] == [
+            f"fused {name} with relu: fastops.nn.{cls}(activation='relu')"
+            for name, cls in (("conv1", "Conv2d"), ("conv2", "Conv2d"), ("fc1", "Linear"),
+                              ("fc2", "Linear"))]
+        back = fastops.unconvert(converted)
+        assert_only_torch_classes(back, model)
+        assert type(back) is BeginnerNetWithReLUModule and back.relu.training is train
+
+
+class Stack(nn.Module):
+    """Layers in an nn.ModuleList, run by a loop in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
+                                     nn.Linear(4, 2)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_relu_modules_after_layers_anywhere_in_a_traced_forward_are_fused(caplog):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
+    converted = converted_matches(Stack(), (3, 4), train=True)
+    assert [type(m) for m in converted.layers] == [fastops.nn.Linear, FusedAway] * 2 + [
+        fastops.nn.Linear]
+    # the ReLU in a Sequential after the Sequential that holds the layer
+    model = nn.Sequential(nn.Sequential(nn.Linear(4, 4)), nn.ReLU(), nn.Linear(4, 2))
+    converted = converted_matches(model, (3, 4))
+    assert converted[0][0].activation == "relu" and isinstance(converted[1], FusedAway)
+    assert convert_records(caplog)[-1] == "fused 0.0 with 1: fastops.nn.Linear(activation='relu')"
+    assert_only_torch_classes(fastops.unconvert(converted), model)
+
+
+
+def test_a_sequentials_relu_that_forward_also_calls_directly_stays(caplog):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
+
+    class Direct(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+
+        def forward(self, x):
+            return self.seq(x) + self.seq[1](x - 1)  # the slot's ReLU on another value
+
+    converted = converted_matches(Direct(), (3, 4))
+    assert converted.seq[0].activation is None and type(converted.seq[1]) is nn.ReLU
+    assert convert_records(caplog)[-1] == (
+        "not fused seq.0: the nn.ReLU module seq.1 is also called on other values in forward")
+
+class Twice(nn.Module):
+    """fc1 -> relu, fc2 -> relu, and the relu module called once more as ``forward`` says."""
+
+    def __init__(self, third_call):
+        super().__init__()
+        self.fc1, self.fc2, self.relu = nn.Linear(4, 4), nn.Linear(4, 4), nn.ReLU()
+        self.third_call = third_call
+
+    def forward(self, x):
+        y = self.relu(self.fc2(self.relu(self.fc1(x))))
+        return self.third_call(self, y)
+
+
+def inplace_relu_of_a_layer_output_used_again(self, y):
+    z = self.fc1(y)
+    self.relu_inplace(z)  # changes z, which the sum below reads
+    return z + y
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda m: setattr(m, "third_call", lambda self, y: self.relu(y - 1)),
+     "not fused fc1: the nn.ReLU module relu is also called on other values in forward"),
+    (lambda m: setattr(m, "alias", m.relu),
+     "not fused fc1: the nn.ReLU module relu is also registered as alias"),
+    (lambda m: m.relu.register_forward_hook(lambda module, args, output: None),
+     "not fused fc1: the nn.ReLU module relu has hooks"),
+    (lambda m: m.fc2.register_forward_hook(lambda module, args, output: None),
+     "not fused fc1: the nn.ReLU module relu also follows fc2, which is not fused"),
+    (lambda m: setattr(m, "third_call", lambda self, y: self.fc1(y)),
+     "not fused fc1: a call of fc1 in forward is not followed by a ReLU"),
+    (lambda m: (setattr(m, "relu_inplace", nn.ReLU(inplace=True)),
+                setattr(m, "third_call", inplace_relu_of_a_layer_output_used_again)),
+     "not fused fc1: its output in forward goes elsewhere too, not only to the relu after it"),
+    (lambda m: setattr(m, "third_call", lambda self, y: TF.relu(self.fc1(y), inplace=True)),
+     "not fused fc1: the relu after it is a function call in forward (F.relu(inplace=True)), "
+     "which convert cannot remove without rewriting forward; an nn.ReLU module there would be "
+     "fused"),
+], ids=["called-elsewhere", "registered-twice", "relu-hooks", "other-layer-hooks", "reused-layer",
+        "inplace-relu-output-reused", "functional-inplace"])
+def test_a_relu_module_that_must_keep_running_stays_and_the_report_says_why(change, why, caplog):
+    caplog.set_level(logging.INFO, logger="fastops.convert")
+    model = Twice(lambda self, y: y)
+    converted = converted_matches(model, (3, 4))
+    assert isinstance(converted.relu, FusedAway)  # fused without the change
+    model = Twice(lambda self, y: y)
+    change(model)
+    caplog.clear()
+    for train in (False, True):
+        converted = converted_matches(model, (3, 4), train=train)
+        assert type(converted.relu) is nn.ReLU and converted.fc1.activation is None
+    assert why in convert_records(caplog)
 
 
 # -- TorchScript: one clear error; trace, export and compile work --------------------------------
