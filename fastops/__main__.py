@@ -79,15 +79,27 @@ def device_name(device):
     return f"cpu-{_slug(model)}-{os.cpu_count()}-cores"
 
 
+def bench_out_dir(args, device):
+    """The results folder of a bench run: --out, else runs/bench/<machine>[-quick][-filtered]
+    (runs/ is ignored by git), so that no quick, filtered or ad-hoc run overwrites the
+    committed results in benchmarks/results/<machine>/: only an explicit --out does."""
+    if args.out:
+        return args.out
+    name = device_name(device) + ("-quick" if args.quick else "") + ("-filtered" if args.filter
+                                                                     else "")
+    return os.path.join("runs", "bench", name)
+
+
 def bench(args):
-    """Runs the pytest-benchmark suite on one device and writes JSON, table and chart."""
+    """Runs the pytest-benchmark suite on one device and writes JSON, table and charts."""
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU is available here", file=sys.stderr)
         return 2
-    out_dir = args.out or os.path.join("benchmarks", "results", device_name(device))
+    out_dir = bench_out_dir(args, device)
+    print(f"python -m fastops bench: results go to {out_dir}/", flush=True)
     os.makedirs(out_dir, exist_ok=True)
     os.environ["FASTOPS_BENCH_DEVICE"] = device
     os.environ["FASTOPS_BENCH_QUICK"] = "1" if args.quick else "0"
@@ -109,9 +121,14 @@ def bench(args):
     if status != 0:
         return int(status)
     command = "python -m fastops bench " + " ".join(args.raw)
-    print(write_report(json_path, out_dir, command=command.strip()))
-    print(f"results: {out_dir}/ (report.md, summary.json, speedup-ops.png, speedup-models.png; "
-          f"benchmark.json holds every sample and is not committed)")
+    text, written = write_report(json_path, out_dir, command=command.strip())
+    print(text)
+    print(f"results: {out_dir}/ ({', '.join(written)}; benchmark.json holds every sample and is "
+          "not committed)")
+    if not args.out:
+        print("These results are not committed (runs/ is ignored by git). To update the committed "
+              "ones, run the whole suite with "
+              f"--out {os.path.join('benchmarks', 'results', device_name(device))}")
     return 0
 
 
@@ -170,10 +187,13 @@ def main(argv=None):
     commands.add_parser("info", help="versions, extension, device and backend per op")
     bench_parser = commands.add_parser("bench", help="run the benchmark suite, write the report")
     bench_parser.add_argument("--quick", action="store_true",
-                              help="tutorial-sized case of each suite only, no torch.compile")
+                              help="tutorial-sized cases of each suite only, no torch.compile")
     bench_parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
     bench_parser.add_argument("--filter", help="pytest -k expression selecting cases")
-    bench_parser.add_argument("--out", help="results folder (default benchmarks/results/<device>)")
+    bench_parser.add_argument("--out", metavar="DIR",
+                              help="results folder (default runs/bench/<machine>[-quick]"
+                                   "[-filtered], ignored by git); the committed results are "
+                                   "updated only with --out benchmarks/results/<machine>")
     _add_train_parser(commands)
     args = parser.parse_args(argv)
     args.raw = argv[1:]
