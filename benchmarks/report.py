@@ -205,8 +205,8 @@ def chart(rows, path, title):
             facecolor="white", edgecolor="black", hatch="///",
             label=f"{FLAG} spread > {SPREAD_LIMIT:.0%} of the median: not to be trusted")],
             loc="lower right", fontsize=8)
-    ax.set_xlabel("speed-up over torch (median of per-pair torch / fastops ratios, "
-                  "25th-75th percentile as whiskers, log scale)")
+    ax.set_xlabel("speed-up over torch, log scale\n(median of per-pair ratios; whiskers: "
+                  "25th-75th percentile)")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -2,6 +2,7 @@
 (issues: make bench; honest quick benchmarks). Only the last test runs benchmarks; the others
 feed synthetic pytest-benchmark data to the report and the command."""
 
+import glob
 import json
 import os
 import subprocess
@@ -106,6 +107,16 @@ def test_report_renders_a_summary_from_before_pairing(tmp_path):
             in text)
     assert "not timed in pairs" in text and FLAG not in text
     assert written == ["report.md", "summary.json", "speedup-models.png"]
+
+
+@pytest.mark.parametrize("summary", sorted(glob.glob(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks", "results", "*",
+    "summary.json"))))
+def test_report_renders_the_committed_summaries(tmp_path, summary):
+    text, written = write_report(summary, tmp_path)
+    rows = load_rows(summary)[0]
+    assert rows and all(r["speedup"] for r in rows if "fastops" in r["median"])
+    assert text.count("\n| ") == len(rows) + 1 and "speedup-ops.png" in written
 
 
 def test_report_removes_a_chart_the_run_has_no_rows_for(tmp_path):
