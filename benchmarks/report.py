@@ -21,7 +21,6 @@ import math
 import os
 import sys
 
-IMPLS = ("torch", "fastops", "torch.compile")
 # Flag a row when (75th - 25th percentile of its per-pair ratios) / their median exceeds this.
 # At 0.2 the middle half of the pairs spans about +-10 % around the median, the band this
 # project's shared VM moves a ratio between runs anyway (README); wider, and single pairs
