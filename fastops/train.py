@@ -417,6 +417,15 @@ def _first(dataset, limit):
     return dataset if limit is None else TensorDataset(*(t[:limit] for t in dataset.tensors))
 
 
+def _limit_text(limit, splits):
+    """What --limit leaves of each split ({name: (whole, kept)}), counted: a split may hold
+    fewer samples than the limit."""
+    counts = ", ".join(f"all {len(whole)} {name} samples" if len(used) == len(whole)
+                       else f"the first {len(used)} of {len(whole)} {name} samples"
+                       for name, (whole, used) in splits.items())
+    return f" (--limit {limit}: {counts})"
+
+
 def train(options):
     """Trains ``options.model`` as :class:`Options` says; returns {impl: Result}. Raises
     ValueError / FileNotFoundError for bad options or data, naming the option or file."""
@@ -433,8 +442,11 @@ def train(options):
                                 f"{options.impl} in {out} (an earlier run with the same --out "
                                 "writes it)")
 
-    train_set, test_set, description = data.load(recipe.data, options.data)
-    train_set, test_set = _first(train_set, options.limit), _first(test_set, options.limit)
+    whole_train, whole_test, description = data.load(recipe.data, options.data)
+    train_set, test_set = _first(whole_train, options.limit), _first(whole_test, options.limit)
+    if options.limit:
+        description += _limit_text(options.limit, {"train": (whole_train, train_set),
+                                                   "test": (whole_test, test_set)})
     model_kwargs = ({"in_features": train_set.tensors[0].shape[1]}
                     if options.model == "multi_feature_logistic" else {})  # the table's width
     torch.manual_seed(options.seed)  # the same initial weights for every build and process
@@ -450,9 +462,7 @@ def train(options):
             print(f"{options.model}: {recipe.loss} loss, {recipe.optimizer} lr {recipe.lr}, "
                   f"batch {batch_size}" + (f" x {processes.world_size} processes"
                                            if processes.world_size > 1 else "")
-                  + f", {epochs} epochs on {processes.device}\ndata: {description}"
-                  + (f" (first {options.limit} samples of each split)" if options.limit else ""),
-                  flush=True)
+                  + f", {epochs} epochs on {processes.device}\ndata: {description}", flush=True)
         # what the model and the data order depend on: a resumed run must have the same
         config = {"model": options.model, "seed": options.seed, "batch_size": batch_size,
                   "world_size": processes.world_size, "limit": options.limit,

@@ -58,6 +58,14 @@ def test_classifiers_report_accuracy(tmp_path, model, options, features):
     assert all(record["samples"] > 0 for record in result.epochs)
 
 
+def test_limit_reports_the_samples_really_used(tmp_path, capsys):
+    # the built-in digits have 1437 training and 360 test samples: a limit between the two
+    status, out, _ = run_cli(capsys, "--model", "softmax_regression", "--limit", "512",
+                             "--epochs", "1", "--out", str(tmp_path))
+    assert status == 0
+    assert "(--limit 512: the first 512 of 1437 train samples, all 360 test samples)" in out
+
+
 def test_multi_feature_logistic_sized_to_a_csv_table(tmp_path):
     rng = torch.Generator().manual_seed(0)
     features = torch.randint(0, 200, (50, 8), generator=rng)
