@@ -44,6 +44,7 @@ _EVAL_BATCH_SIZE = 256  # evaluation only: no effect on the results
 _STOP_POLL_STEPS = 10  # data-parallel processes agree on a stop request every this many steps
 _POSTFIX_SECONDS = 0.5  # refresh of the bar's loss/accuracy (reading them waits for the GPU)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_LOG_AXIS_SPAN = 100  # max / min of the losses from which their plot's y axis is logarithmic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -488,8 +489,8 @@ def train(options):
             dist.destroy_process_group()
 
 
-def _compare(name, loss_kind, results, out):
-    """Plots both builds' loss curves to <out>/<name>-loss.png; returns the summary line."""
+def _loss_figure(name, loss_kind, results):
+    """Both builds' loss curves, step by step and smoothed, on one matplotlib Figure."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
     figure = Figure(figsize=(8, 4.5), layout="constrained")
@@ -505,13 +506,30 @@ def _compare(name, loss_kind, results, out):
         label = result.impl + (f" (mean of {window} steps)" if window > 1 else "")
         axes.plot(steps[window - 1:], smooth, color=raw.get_color(), linestyle=line_style,
                   linewidth=1.5, label=label)
-    if all(loss > 0 for result in results.values() for loss in result.step_losses):
-        axes.set_yscale("log")
+    _loss_axis(axes, [loss for result in results.values() for loss in result.step_losses])
     axes.set(xlabel="step", ylabel=f"training loss ({loss_kind})",
              title=f"{name}: torch.nn vs fastops, same initial weights and data order")
     axes.legend()
+    return figure
+
+
+def _loss_axis(axes, losses):
+    """A log y axis where the losses span two decades or more, its decades labelled as plain
+    numbers (0.01, 0.1, 1) rather than powers of ten; a linear one over a narrower range, where
+    a log axis has at most one decade to label and labels the rest 2.28x10^0."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    low, high = min(losses), max(losses)
+    if low > 0 and high / low >= _LOG_AXIS_SPAN:
+        axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(FuncFormatter("{:g}".format))
+        axes.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _compare(name, loss_kind, results, out):
+    """Plots both builds' loss curves to <out>/<name>-loss.png; returns the summary line."""
     plot_path = os.path.join(out, f"{name}-loss.png")
-    figure.savefig(plot_path, dpi=120)
+    _loss_figure(name, loss_kind, results).savefig(plot_path, dpi=120)
 
     torch_result, fastops_result = results["torch"], results["fastops"]
     metrics = ", ".join(f"{impl} {_metric_text(loss_kind, result.epochs[-1]['test_metric'])}"

@@ -13,7 +13,8 @@ import torch.multiprocessing
 from helpers import HAS_CUDA
 
 from fastops.__main__ import main
-from fastops.train import INTERRUPTED, Options, train
+from fastops.models import IMPLS
+from fastops.train import INTERRUPTED, Options, Result, _loss_figure, train
 
 
 @pytest.fixture(autouse=True)
@@ -220,3 +221,23 @@ def test_both_impls_of_a_cnn_train_alike(tmp_path, model):
     fastops_losses = torch.tensor(results["fastops"].step_losses)
     assert len(torch_losses) == 4
     torch.testing.assert_close(fastops_losses, torch_losses, atol=1e-3, rtol=1e-3)
+
+
+def tick_labels(figure):
+    """The y tick labels a reader sees (major and minor), as drawn."""
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    return [label.get_text() for label in axes.get_yticklabels(which="both") if label.get_text()]
+
+
+@pytest.mark.parametrize("low,high,scale", [(2.2, 2.3, "linear"), (0.3, 2.3, "linear"),
+                                            (0.004, 2.3, "log")])
+def test_loss_plot_ticks_read_as_plain_numbers(low, high, scale):
+    losses = torch.linspace(high, low, 50).tolist()
+    results = {impl: Result(impl, None, losses, [], False) for impl in IMPLS}
+    figure = _loss_figure("mlp", "cross_entropy", results)
+    assert figure.axes[0].get_yscale() == scale  # log only where it spans decades
+    labels = tick_labels(figure)
+    assert len(labels) >= 3
+    for label in labels:  # 2.25 or 0.01, never 2.28x10^0 or 10^-2
+        float(label.replace("\N{MINUS SIGN}", "-"))
