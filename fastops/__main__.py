@@ -163,8 +163,10 @@ def _add_train_parser(commands):
     parser.add_argument("--model", required=True, choices=NAMES, metavar="NAME",
                         help=f"one of {', '.join(NAMES)}")
     parser.add_argument("--impl", default="torch", choices=[*IMPLS, "both"],
-                        help="both: torch then fastops from the same initial weights and data "
-                             "order, with a loss-curve plot and a summary line (default torch)")
+                        help="both: torch and fastops from the same initial weights and data "
+                             "order, taking turns a block of steps at a time, with a loss-curve "
+                             "plot and a summary: accuracy, speed ratio (median, spread) after "
+                             "warm-up (default torch)")
     parser.add_argument("--data", metavar="DIR",
                         help="folder of the real data set (MNIST/Fashion-MNIST IDX files, "
                              "cifar-10-batches-py, or the CSV table); default: built-in data")

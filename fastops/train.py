@@ -4,6 +4,12 @@ both from the same initial weights and the same data order, to compare them.
 
     train(Options(model="cifar_net", impl="both")) -> {impl: Result}
 
+Both builds train in turns, a block of steps (a tenth of an epoch) at a time, which goes first
+alternating from one pair of blocks to the next, each with its own RNG state, so each trains
+exactly as it would alone. Their speed ratio is the median, with quartiles and range, over the
+pairs of blocks after each build's first (its warm-up): neither build pays the process's
+warm-up nor always runs after the other.
+
 Each epoch shows a tqdm bar (loss, accuracy, samples/s) and ends with a line giving the test
 accuracy (the test MSE for regressions) and the epoch's time. Under ``torchrun
 --nproc_per_node=P`` the same code trains data-parallel: one process per CPU (gloo) or GPU
@@ -44,6 +50,7 @@ _EVAL_BATCH_SIZE = 256  # evaluation only: no effect on the results
 _STOP_POLL_STEPS = 10  # data-parallel processes agree on a stop request every this many steps
 _POSTFIX_SECONDS = 0.5  # refresh of the bar's loss/accuracy (reading them waits for the GPU)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BLOCKS_PER_EPOCH = 10  # an epoch's steps are timed in this many blocks, the builds taking turns
 _LOG_AXIS_SPAN = 100  # max / min of the losses from which their plot's y axis is logarithmic
 
 
@@ -64,17 +71,33 @@ class Options:
     sync_bn: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Steps of one build timed together (forward, backward, optimiser step; not evaluation or
+    checkpoints): the epoch and step they start at, how many, the samples of all processes and
+    this process's seconds. The first block a build trains in a process is its warm-up."""
+
+    epoch: int
+    first_step: int
+    steps: int
+    samples: int
+    seconds: float
+    warm_up: bool
+
+
 @dataclasses.dataclass
 class Result:
     """One build's training: the trained model (not DDP-wrapped), the loss of every step (this
     process's batch), one record per finished epoch (train_loss, train_metric, test_loss,
-    test_metric, seconds, samples) and whether a signal stopped it."""
+    test_metric, seconds, samples), whether a signal stopped it, and the Blocks it trained in
+    this process (in order; a resumed run's earlier blocks are not among them)."""
 
     impl: str
     model: nn.Module
     step_losses: list
     epochs: list
     interrupted: bool
+    blocks: list = dataclasses.field(default_factory=list)
 
     def samples_per_second(self):
         seconds = sum(record["seconds"] for record in self.epochs)
@@ -223,7 +246,7 @@ def _set_rng_state(state, device):
 
 class _Run:
     """Training of one build (impl): model, optimiser, where it stands (epoch, step within the
-    epoch), and its checkpoint."""
+    epoch), its RNG state (dropout masks), its timed blocks and its checkpoint."""
 
     def __init__(self, impl, options, config, path, processes, initial_state, model_kwargs):
         self.impl, self.options, self.config, self.processes = impl, options, config, processes
@@ -238,10 +261,13 @@ class _Run:
         self.step_losses, self.epoch_records = [], []
         self.epoch_seconds = 0.0  # spent so far in the unfinished epoch
         self.totals = _Totals(processes.device)
+        self.blocks = []
+        self._block_start, self._block_samples = None, 0  # (time, step) of the open block
         if options.resume and os.path.exists(self.path):
             self._restore()
         else:
             torch.manual_seed(options.seed + processes.rank)  # dropout differs across processes
+            self.rng = _rng_state(processes.device)
 
     def _restore(self):
         checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
@@ -258,7 +284,7 @@ class _Run:
         self.epoch_seconds = checkpoint["epoch_seconds"]
         mine = checkpoint["processes"][self.processes.rank]
         self.totals = _Totals(self.processes.device, mine["totals"])
-        _set_rng_state(mine["rng"], self.processes.device)
+        self.rng = mine["rng"]
         if self.processes.main:
             print(f"{self.impl}: resuming {self.path} at epoch {self.epoch + 1}, step {self.step}")
 
@@ -294,22 +320,31 @@ class _Run:
         return bool(flag.item())
 
     def train(self, train_set, test_set, epochs, batch_size, stop):
-        """Trains up to ``epochs`` epochs; returns the Result (interrupted if a stop came)."""
+        """A generator that trains up to ``epochs`` epochs, pausing (yield) after every block of
+        steps to let the other build train one (see _take_turns); returns the Result
+        (interrupted if a stop came)."""
         processes, loss_kind = self.processes, self.recipe.loss
         network = self.model
         if processes.world_size > 1:
             device_ids = [processes.device] if processes.device.type == "cuda" else None
             network = DistributedDataParallel(self.model, device_ids=device_ids)
+        _set_rng_state(self.rng, processes.device)
         while self.epoch < epochs:
             order = _epoch_order(train_set, processes, self.options.seed, self.epoch)
+            steps = -(-len(order) // batch_size)  # the last batch may be short
+            block_steps = -(-steps // _BLOCKS_PER_EPOCH)
             bar = tqdm(total=len(order) * processes.world_size, unit="sample", unit_scale=True,
                        desc=f"{self.impl} epoch {self.epoch + 1}/{epochs}", leave=False,
                        disable=not processes.main, dynamic_ncols=True,
                        initial=min(self.step * batch_size, len(order)) * processes.world_size)
             pending_losses, last_postfix = [], time.monotonic()
-            started = time.perf_counter()
             for inputs, targets in _batches(train_set, order[self.step * batch_size:], batch_size,
                                             processes.device):
+                if self._block_start is None:  # a stop may have come during the other's turn
+                    if self._stop_agreed(stop, force=True):
+                        bar.close()
+                        return self._interrupted(pending_losses)
+                    self._start_block()
                 outputs = network(inputs)
                 loss = self.loss_fn(outputs, targets)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -318,23 +353,47 @@ class _Run:
                 self.step += 1
                 self.totals.add(loss, len(targets), _correct(loss_kind, outputs, targets))
                 pending_losses.append(loss.detach())
+                self._block_samples += len(targets) * processes.world_size
                 bar.update(len(targets) * processes.world_size)
                 if processes.main and time.monotonic() - last_postfix > _POSTFIX_SECONDS:
                     bar.set_postfix_str(self._running_text(), refresh=False)
                     last_postfix = time.monotonic()
                 if self._stop_agreed(stop):
+                    self._end_block()
                     bar.close()
-                    self.epoch_seconds += time.perf_counter() - started
                     return self._interrupted(pending_losses)
-            if processes.device.type == "cuda":
-                torch.cuda.synchronize(processes.device)
-            self.epoch_seconds += time.perf_counter() - started
+                if self.step % block_steps == 0 or self.step == steps:
+                    self._end_block()
+                    yield from self._pause()
             bar.close()
             self._finish_epoch(test_set, epochs)
             self.save(pending_losses)
-            if self.epoch < epochs and self._stop_agreed(stop, force=True):
-                return self._interrupted([])
-        return Result(self.impl, self.model, self.step_losses, self.epoch_records, False)
+        return self._result(interrupted=False)
+
+    def _start_block(self):
+        self._block_start, self._block_samples = (time.perf_counter(), self.step), 0
+
+    def _end_block(self):
+        """Times the steps since _start_block as a Block, and adds them to the epoch's time."""
+        if self.processes.device.type == "cuda":
+            torch.cuda.synchronize(self.processes.device)
+        started, first_step = self._block_start
+        seconds = time.perf_counter() - started
+        self.epoch_seconds += seconds
+        self.blocks.append(Block(self.epoch, first_step, self.step - first_step,
+                                 self._block_samples, seconds, warm_up=not self.blocks))
+        self._block_start = None
+
+    def _pause(self):
+        """Yields to the other build, keeping this build's RNG state (its dropout masks) apart
+        from the other's, as if each had trained alone."""
+        self.rng = _rng_state(self.processes.device)
+        yield
+        _set_rng_state(self.rng, self.processes.device)
+
+    def _result(self, interrupted):
+        return Result(self.impl, self.model, self.step_losses, self.epoch_records, interrupted,
+                      self.blocks)
 
     def _running_text(self):
         count = max(self.totals.count.item(), 1)
@@ -367,7 +426,7 @@ class _Run:
         if self.processes.main:
             print(f"{self.impl}: stopped at epoch {self.epoch + 1}, step {self.step}; checkpoint "
                   f"{self.path} (continue with --resume)", flush=True)
-        return Result(self.impl, self.model, self.step_losses, self.epoch_records, True)
+        return self._result(interrupted=True)
 
 
 def _resolve_device(requested):
@@ -468,14 +527,13 @@ def train(options):
         config = {"model": options.model, "seed": options.seed, "batch_size": batch_size,
                   "world_size": processes.world_size, "limit": options.limit,
                   "data": options.data, "sync_bn": options.sync_bn}
-        results = {}
+        runs = [_Run(impl, options, dict(config, impl=impl), checkpoints[impl], processes,
+                     reference_model.state_dict(), model_kwargs) for impl in impls]
         with _StopRequest() as stop:
-            for impl in impls:
-                run = _Run(impl, options, dict(config, impl=impl), checkpoints[impl], processes,
-                           reference_model.state_dict(), model_kwargs)
-                results[impl] = run.train(train_set, test_set, epochs, batch_size, stop)
-                if results[impl].interrupted:
-                    return results
+            results = _take_turns([run.train(train_set, test_set, epochs, batch_size, stop)
+                                   for run in runs])
+        if any(result.interrupted for result in results.values()):
+            return results
         if processes.main:
             for result in results.values():
                 text = _metric_text(recipe.loss, result.epochs[-1]["test_metric"])
@@ -526,16 +584,51 @@ def _loss_axis(axes, losses):
         axes.yaxis.set_minor_formatter(NullFormatter())
 
 
+def _take_turns(trainings):
+    """Runs the builds' training generators (_Run.train) a block each in turn until all are
+    done; {impl: Result}. Which build goes first alternates from one round to the next, so
+    that neither is always the one to start after the other (a cache the other filled, a
+    frequency it raised)."""
+    results, turn = [None] * len(trainings), list(range(len(trainings)))
+    while turn:
+        for index in list(turn):
+            try:
+                next(trainings[index])
+            except StopIteration as finished:
+                results[index] = finished.value
+                turn.remove(index)
+        turn.reverse()
+    return {result.impl: result for result in results}
+
+
 def _compare(name, loss_kind, results, out):
-    """Plots both builds' loss curves to <out>/<name>-loss.png; returns the summary line."""
+    """Plots both builds' loss curves to <out>/<name>-loss.png; returns the summary lines."""
     plot_path = os.path.join(out, f"{name}-loss.png")
     _loss_figure(name, loss_kind, results).savefig(plot_path, dpi=120)
 
-    torch_result, fastops_result = results["torch"], results["fastops"]
     metrics = ", ".join(f"{impl} {_metric_text(loss_kind, result.epochs[-1]['test_metric'])}"
                         for impl, result in results.items())
-    torch_speed = torch_result.samples_per_second()
-    fastops_speed = fastops_result.samples_per_second()
-    return (f"summary {name}: test {metrics}; speed fastops/torch "
-            f"{fastops_speed / torch_speed:.2f}x ({torch_speed:,.0f} vs {fastops_speed:,.0f} "
-            f"samples/s); loss curves {plot_path}")
+    return (f"summary {name}: test {metrics}; loss curves {plot_path}\n"
+            + _speed_text(results["torch"].blocks, results["fastops"].blocks))
+
+
+def _speed_text(torch_blocks, fastops_blocks):
+    """The fastops/torch speed ratio, its median and spread over the pairs of blocks of the
+    same steps that both builds trained after their warm-up, and what was timed."""
+    timed = {(block.epoch, block.first_step): block for block in torch_blocks if not block.warm_up}
+    pairs = [(timed[key], block) for block in fastops_blocks
+             if (key := (block.epoch, block.first_step)) in timed and not block.warm_up]
+    if not pairs:
+        return ("speed fastops/torch: not measured (each build's first block of steps is its "
+                "warm-up and no other block was trained; train more steps)")
+    speeds = np.array([[block.samples / block.seconds for block in pair] for pair in pairs])
+    ratios = speeds[:, 1] / speeds[:, 0]
+    low_quartile, median, high_quartile = np.percentile(ratios, [25, 50, 75])
+    torch_speed, fastops_speed = np.median(speeds, axis=0)
+    steps = max(block.steps for pair in pairs for block in pair)
+    return (f"speed fastops/torch: {median:.2f}x median over {len(pairs)} block pairs, quartiles "
+            f"{low_quartile:.2f}x-{high_quartile:.2f}x, range {ratios.min():.2f}x-"
+            f"{ratios.max():.2f}x (torch {torch_speed:,.0f}, fastops {fastops_speed:,.0f} "
+            f"samples/s median); timed: training steps (forward, backward, optimiser step) in "
+            f"blocks of {steps} steps, the builds taking turns and the first of each pair "
+            "alternating, after one untimed warm-up block of each build")

@@ -14,7 +14,7 @@ from helpers import HAS_CUDA
 
 from fastops.__main__ import main
 from fastops.models import IMPLS
-from fastops.train import INTERRUPTED, Options, Result, _loss_figure, train
+from fastops.train import INTERRUPTED, Options, Result, _loss_figure, _Run, train
 
 
 @pytest.fixture(autouse=True)
@@ -84,11 +84,39 @@ def test_both_impls_from_the_same_weights_plot_and_summary(tmp_path, capsys):
     assert type(fastops_model[0]).__module__.startswith("fastops")
     for ours, theirs in zip(fastops_model.parameters(), torch_model.parameters(), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    assert re.search(r"summary linear_regression: test torch MSE \S+, fastops MSE \S+; speed "
-                     r"fastops/torch \d+\.\d\dx \(\S+ vs \S+ samples/s\); loss curves \S+", out)
+    assert re.search(r"summary linear_regression: test torch MSE \S+, fastops MSE \S+; loss "
+                     r"curves \S+", out)
     plot = tmp_path / "linear_regression-loss.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(results["torch"].step_losses) == len(results["fastops"].step_losses) == 100
+
+
+def test_both_impls_speed_ratio_after_warm_up_in_alternating_blocks(tmp_path, capsys,
+                                                                   monkeypatch):
+    ended = []  # the impl of every timed block, in the order they ran
+    end_block = _Run._end_block
+    monkeypatch.setattr(_Run, "_end_block", lambda run: ended.append(run.impl) or end_block(run))
+    # 200 samples in batches of 10: 20 steps an epoch, timed in 10 blocks of 2 steps
+    results = train(Options(model="linear_regression", impl="both", epochs=2, limit=200,
+                            out=str(tmp_path)))
+    for result in results.values():
+        assert [(block.epoch, block.first_step, block.steps) for block in result.blocks] == [
+            (epoch, step, 2) for epoch in range(2) for step in range(0, 20, 2)]
+        assert [block.warm_up for block in result.blocks] == [True] + [False] * 19
+        assert all(block.samples == 20 and block.seconds > 0 for block in result.blocks)
+        # an epoch's time is its blocks', not the other build's turns in between
+        assert result.epochs[0]["seconds"] == pytest.approx(
+            sum(block.seconds for block in result.blocks[:10]))
+    # the builds take turns block by block, which goes first alternating from pair to pair
+    assert ended == [impl for pair in range(20) for impl in (IMPLS if pair % 2 == 0
+                                                              else IMPLS[::-1])]
+    out = capsys.readouterr().out
+    speed = re.search(r"speed fastops/torch: (\S+)x median over 19 block pairs, quartiles "
+                      r"(\S+)x-(\S+)x, range (\S+)x-(\S+)x \(torch \S+, fastops \S+ samples/s "
+                      r"median\); timed: training steps \(forward, backward, optimiser step\) in "
+                      r"blocks of 2 steps, .* after one untimed warm-up block of each build", out)
+    median, low_quartile, high_quartile, low, high = map(float, speed.groups())
+    assert low <= low_quartile <= median <= high_quartile <= high
 
 
 class _SignalAtStep:
@@ -138,6 +166,34 @@ def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     for record, resumed_record in zip(whole["epochs"], resumed["epochs"], strict=True):
         assert {**record, "seconds": 0} == {**resumed_record, "seconds": 0}  # all but the time
     assert resumed["epochs"][1]["samples"] == 192  # the resumed epoch counts all its samples
+
+
+def test_both_impls_interrupted_and_resumed_train_as_uninterrupted_and_alone(tmp_path, capsys,
+                                                                            monkeypatch):
+    # mlp: dropout, so each build must keep its own RNG state while they take turns; 320
+    # samples in batches of 16: 20 steps an epoch, in blocks of 2 steps
+    argv = ["--model", "mlp", "--limit", "320", "--batch-size", "16", "--epochs", "2"]
+    assert run_cli(capsys, *argv, "--out", str(tmp_path / "alone"))[0] == 0
+    assert run_cli(capsys, *argv, "--impl", "both", "--out", str(tmp_path / "whole"))[0] == 0
+    with monkeypatch.context() as patch:
+        # steps in turn: torch 1-2, fastops 1-2, fastops 3-4, torch 3-4, torch 5: a block's middle
+        _SignalAtStep(patch, at_call=9)
+        status, out, _ = run_cli(capsys, *argv, "--impl", "both", "--out", str(tmp_path / "parts"))
+    assert status == INTERRUPTED
+    assert "torch: stopped at epoch 1, step 5" in out
+    assert "fastops: stopped at epoch 1, step 4" in out
+    status, out, _ = run_cli(capsys, *argv, "--impl", "both", "--out", str(tmp_path / "parts"),
+                             "--resume")
+    assert status == 0 and out.count(": resuming") == 2
+    for impl in IMPLS:
+        whole, resumed = (torch.load(tmp_path / run / f"mlp-{impl}.pt", weights_only=True)
+                          for run in ("whole", "parts"))
+        assert resumed["step_losses"] == whole["step_losses"], impl
+        for key, value in whole["model"].items():
+            assert torch.equal(resumed["model"][key], value), (impl, key)
+    alone, both = (torch.load(tmp_path / run / "mlp-torch.pt", weights_only=True)
+                   for run in ("alone", "whole"))
+    assert alone["step_losses"] == both["step_losses"]  # taking turns changed nothing
 
 
 def test_resume_with_more_epochs_goes_on(tmp_path):
