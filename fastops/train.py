@@ -119,10 +119,12 @@ class _Processes:
 
 class _StopRequest:
     """Turns the first SIGINT/SIGTERM into a request the training loop honours at the next
-    step boundary; a second signal stops at once (KeyboardInterrupt), without a checkpoint."""
+    step boundary; a second signal stops at once (KeyboardInterrupt), without a checkpoint.
+    ``announce``: say so (the main process; under torchrun every process gets the signal)."""
 
-    def __init__(self):
+    def __init__(self, announce=True):
         self.requested = False
+        self._announce = announce
         self._previous = {}
 
     def __enter__(self):
@@ -139,8 +141,10 @@ class _StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint "
-              "(a second Ctrl-C stops at once, without one)", file=sys.stderr, flush=True)
+        if self._announce:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step to save a "
+                  "checkpoint (a second Ctrl-C stops at once, without one)", file=sys.stderr,
+                  flush=True)
 
 
 class _Totals:
@@ -529,7 +533,7 @@ def train(options):
                   "data": options.data, "sync_bn": options.sync_bn}
         runs = [_Run(impl, options, dict(config, impl=impl), checkpoints[impl], processes,
                      reference_model.state_dict(), model_kwargs) for impl in impls]
-        with _StopRequest() as stop:
+        with _StopRequest(announce=processes.main) as stop:
             results = _take_turns([run.train(train_set, test_set, epochs, batch_size, stop)
                                    for run in runs])
         if any(result.interrupted for result in results.values()):

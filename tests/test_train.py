@@ -14,7 +14,7 @@ from helpers import HAS_CUDA
 
 from fastops.__main__ import main
 from fastops.models import IMPLS
-from fastops.train import INTERRUPTED, Options, Result, _loss_figure, _Run, train
+from fastops.train import INTERRUPTED, Options, Result, _loss_figure, _Run, _StopRequest, train
 
 
 @pytest.fixture(autouse=True)
@@ -196,6 +196,15 @@ def test_both_impls_interrupted_and_resumed_train_as_uninterrupted_and_alone(tmp
     assert alone["step_losses"] == both["step_losses"]  # taking turns changed nothing
 
 
+@pytest.mark.parametrize("main_process", [True, False])
+def test_only_the_main_process_announces_a_stop(capsys, main_process):
+    # under torchrun every process gets the Ctrl-C: one announcement is enough
+    with _StopRequest(announce=main_process) as stop:
+        signal.raise_signal(signal.SIGINT)
+    assert stop.requested
+    assert ("SIGINT: stopping after this step" in capsys.readouterr().err) == main_process
+
+
 def test_resume_with_more_epochs_goes_on(tmp_path):
     first = train(Options(model="logistic_regression", epochs=1, out=str(tmp_path)))["torch"]
     more = train(Options(model="logistic_regression", epochs=2, out=str(tmp_path), resume=True))
@@ -239,6 +248,9 @@ def _ddp_worker(rank, world_size, port, options, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
+    # what the process prints (the bar goes to sys.stderr as it is when the bar is made)
+    sys.stdout = open(os.path.join(out_dir, f"rank{rank}.out"), "w")
+    sys.stderr = open(os.path.join(out_dir, f"rank{rank}.err"), "w")
     result = train(options)["torch"]
     torch.save({"model": result.model.state_dict(), "epochs": result.epochs},
                os.path.join(out_dir, f"rank{rank}.pt"))
@@ -267,6 +279,9 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
         assert ddp_epoch["test_metric"] == pytest.approx(single_epoch["test_metric"], rel=1e-5)
     checkpoint = torch.load(tmp_path / "ddp" / "linear_regression-torch.pt", weights_only=True)
     assert checkpoint["config"]["world_size"] == 2 and len(checkpoint["processes"]) == 2
+    # messages once, from rank 0
+    assert "torch epoch 2/2" in (tmp_path / "rank0.out").read_text()
+    assert (tmp_path / "rank1.out").read_text() == (tmp_path / "rank1.err").read_text() == ""
 
 
 @pytest.mark.parametrize("model", ["mnist_cnn", "lenet_bn"])
