@@ -10,8 +10,10 @@ exactly as it would alone. Their speed ratio is the median, with quartiles and r
 pairs of blocks after each build's first (its warm-up): neither build pays the process's
 warm-up nor always runs after the other.
 
-Each epoch shows a tqdm bar (loss, accuracy, samples/s) and ends with a line giving the test
-accuracy (the test MSE for regressions) and the epoch's time. Under ``torchrun
+Each epoch shows a tqdm bar (loss, accuracy, time and samples/s so far) in a terminal and ends
+with a line giving the test accuracy (the test MSE for regressions) and the epoch's time and
+samples/s, timed the same way (training steps only). Only the main process prints, errors
+aside. Under ``torchrun
 --nproc_per_node=P`` the same code trains data-parallel: one process per CPU (gloo) or GPU
 (NCCL), DistributedDataParallel, each process a 1/P share of every epoch (DistributedSampler);
 the batch size is per process.
@@ -48,7 +50,9 @@ INTERRUPTED = 130  # exit status of a run stopped by a signal (128 + SIGINT), as
 IMPL_CHOICES = IMPLS + ("both",)
 _EVAL_BATCH_SIZE = 256  # evaluation only: no effect on the results
 _STOP_POLL_STEPS = 10  # data-parallel processes agree on a stop request every this many steps
-_POSTFIX_SECONDS = 0.5  # refresh of the bar's loss/accuracy (reading them waits for the GPU)
+_POSTFIX_SECONDS = 0.5  # refresh of the bar's loss/accuracy/rate (reading them waits for the GPU)
+# no tqdm elapsed time or rate: they would count the other build's turns; the postfix has ours
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}"  # ", " postfix
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _BLOCKS_PER_EPOCH = 10  # an epoch's steps are timed in this many blocks, the builds taking turns
 _LOG_AXIS_SPAN = 100  # max / min of the losses from which their plot's y axis is logarithmic
@@ -337,9 +341,11 @@ class _Run:
             order = _epoch_order(train_set, processes, self.options.seed, self.epoch)
             steps = -(-len(order) // batch_size)  # the last batch may be short
             block_steps = -(-steps // _BLOCKS_PER_EPOCH)
-            bar = tqdm(total=len(order) * processes.world_size, unit="sample", unit_scale=True,
+            # disable=None: no bar where stderr is no terminal (a log gets the epoch lines)
+            bar = tqdm(total=len(order) * processes.world_size, unit_scale=True,
                        desc=f"{self.impl} epoch {self.epoch + 1}/{epochs}", leave=False,
-                       disable=not processes.main, dynamic_ncols=True,
+                       disable=None if processes.main else True, dynamic_ncols=True,
+                       bar_format=_BAR_FORMAT,
                        initial=min(self.step * batch_size, len(order)) * processes.world_size)
             pending_losses, last_postfix = [], time.monotonic()
             for inputs, targets in _batches(train_set, order[self.step * batch_size:], batch_size,
@@ -359,7 +365,7 @@ class _Run:
                 pending_losses.append(loss.detach())
                 self._block_samples += len(targets) * processes.world_size
                 bar.update(len(targets) * processes.world_size)
-                if processes.main and time.monotonic() - last_postfix > _POSTFIX_SECONDS:
+                if not bar.disable and time.monotonic() - last_postfix > _POSTFIX_SECONDS:
                     bar.set_postfix_str(self._running_text(), refresh=False)
                     last_postfix = time.monotonic()
                 if self._stop_agreed(stop):
@@ -369,6 +375,8 @@ class _Run:
                 if self.step % block_steps == 0 or self.step == steps:
                     self._end_block()
                     yield from self._pause()
+            if not bar.disable:  # the bar's last state: the numbers of the epoch line
+                bar.set_postfix_str(self._running_text())
             bar.close()
             self._finish_epoch(test_set, epochs)
             self.save(pending_losses)
@@ -400,11 +408,16 @@ class _Run:
                       self.blocks)
 
     def _running_text(self):
+        """The bar's postfix: this process's running loss (and accuracy), and the epoch's time
+        and rate so far, timed as the epoch line's."""
         count = max(self.totals.count.item(), 1)
         text = f"loss {self.totals.loss_sum.item() / count:.4f}"
         if self.recipe.loss != "mse":
             text += f", acc {100 * self.totals.correct.item() / count:.1f}%"
-        return text
+        seconds = self.epoch_seconds
+        if self._block_start is not None:
+            seconds += time.perf_counter() - self._block_start[0]
+        return f"{text}, {_rate_text(count * self.processes.world_size, seconds)}"
 
     def _finish_epoch(self, test_set, epochs):
         """Scores the epoch, prints its line, and moves on to the next epoch."""
@@ -421,7 +434,7 @@ class _Run:
             tqdm.write(f"{self.impl} epoch {self.epoch + 1}/{epochs}: train loss {train_loss:.4g}"
                        f", {_metric_text(loss_kind, train_metric)} | test loss {test_loss:.4g}, "
                        f"{_metric_text(loss_kind, test_metric)} | "
-                       f"{self.epoch_seconds:.2f} s, {samples / self.epoch_seconds:,.0f} samples/s")
+                       f"{_rate_text(samples, self.epoch_seconds)}")
         self.epoch, self.step, self.epoch_seconds = self.epoch + 1, 0, 0.0
         self.totals = _Totals(self.processes.device)
 
@@ -431,6 +444,10 @@ class _Run:
             print(f"{self.impl}: stopped at epoch {self.epoch + 1}, step {self.step}; checkpoint "
                   f"{self.path} (continue with --resume)", flush=True)
         return self._result(interrupted=True)
+
+
+def _rate_text(samples, seconds):
+    return f"{seconds:.2f} s, {samples / seconds:,.0f} samples/s"
 
 
 def _resolve_device(requested):

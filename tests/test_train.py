@@ -1,6 +1,7 @@
 """python -m fastops train: end to end on the built-in data, --impl both, checkpoint and
 --resume after a signal, option errors, and data-parallel training over 2 gloo processes."""
 
+import io
 import os
 import re
 import signal
@@ -35,14 +36,36 @@ def run_cli(capsys, *argv):
 
 
 def test_linear_regression_learns_the_formula(tmp_path, capsys):
-    status, out, _ = run_cli(capsys, "--model", "linear_regression", "--out", str(tmp_path))
+    status, out, err = run_cli(capsys, "--model", "linear_regression", "--out", str(tmp_path))
     assert status == 0
+    assert err == ""  # a log, not a terminal: no progress bar, only the epoch lines
     assert "data: built-in synthetic linear regression" in out
     assert re.search(r"torch epoch 3/3: train loss \S+, MSE \S+ \| test loss \S+, MSE \S+ \| "
                      r"\S+ s, \S+ samples/s", out)
     mse = float(re.search(r"torch: test MSE (\S+) after epoch 3,", out).group(1))
     assert mse < 1e-3  # the noise alone gives 1e-4
     assert (tmp_path / "linear_regression-torch.pt").exists()
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, keeping what is written to it."""
+
+    def isatty(self):
+        return True
+
+
+def test_the_bar_and_the_epoch_line_give_the_same_time_and_rate(tmp_path, capsys, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(Options(model="mlp", impl="both", epochs=1, limit=256, batch_size=32,
+                  out=str(tmp_path)))
+    out, bars = capsys.readouterr().out, terminal.getvalue()
+    for impl in IMPLS:
+        line = re.search(rf"{impl} epoch 1/1: .* \| (\S+ s, \S+ samples/s)\n", out)[1]
+        # the bar's last state, before it is cleared: the rate of all the epoch's steps
+        last_bar = re.findall(rf"{impl} epoch 1/1: 100%.*?(\S+ s, \S+ samples/s)", bars)[-1]
+        assert last_bar == line
+    assert "it/s" not in bars and "sample/s" not in bars  # no rate of tqdm's own
 
 
 @pytest.mark.parametrize("model,options,features", [
