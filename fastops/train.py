@@ -642,14 +642,15 @@ def _speed_text(torch_blocks, fastops_blocks):
     if not pairs:
         return ("speed fastops/torch: not measured (each build's first block of steps is its "
                 "warm-up and no other block was trained; train more steps)")
-    speeds = np.array([[block.samples / block.seconds for block in pair] for pair in pairs])
-    ratios = speeds[:, 1] / speeds[:, 0]
+    samples, seconds = (np.array([[getattr(block, field) for block in pair] for pair in pairs])
+                        for field in ("samples", "seconds"))
+    ratios = (samples[:, 1] / seconds[:, 1]) / (samples[:, 0] / seconds[:, 0])
     low_quartile, median, high_quartile = np.percentile(ratios, [25, 50, 75])
-    torch_speed, fastops_speed = np.median(speeds, axis=0)
+    torch_speed, fastops_speed = samples.sum(axis=0) / seconds.sum(axis=0)
     steps = max(block.steps for pair in pairs for block in pair)
     return (f"speed fastops/torch: {median:.2f}x median over {len(pairs)} block pairs, quartiles "
             f"{low_quartile:.2f}x-{high_quartile:.2f}x, range {ratios.min():.2f}x-"
             f"{ratios.max():.2f}x (torch {torch_speed:,.0f}, fastops {fastops_speed:,.0f} "
-            f"samples/s median); timed: training steps (forward, backward, optimiser step) in "
-            f"blocks of {steps} steps, the builds taking turns and the first of each pair "
-            "alternating, after one untimed warm-up block of each build")
+            f"samples/s over those blocks); timed: training steps (forward, backward, optimiser "
+            f"step) in blocks of {steps} step{'s' if steps > 1 else ''}, the builds taking turns "
+            "and the first of each pair alternating, after one untimed warm-up block of each build")

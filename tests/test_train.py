@@ -136,8 +136,9 @@ def test_both_impls_speed_ratio_after_warm_up_in_alternating_blocks(tmp_path, ca
     out = capsys.readouterr().out
     speed = re.search(r"speed fastops/torch: (\S+)x median over 19 block pairs, quartiles "
                       r"(\S+)x-(\S+)x, range (\S+)x-(\S+)x \(torch \S+, fastops \S+ samples/s "
-                      r"median\); timed: training steps \(forward, backward, optimiser step\) in "
-                      r"blocks of 2 steps, .* after one untimed warm-up block of each build", out)
+                      r"over those blocks\); timed: training steps \(forward, backward, "
+                      r"optimiser step\) in blocks of 2 steps, .* after one untimed warm-up "
+                      r"block of each build", out)
     median, low_quartile, high_quartile, low, high = map(float, speed.groups())
     assert low <= low_quartile <= median <= high_quartile <= high
 
