@@ -12,11 +12,10 @@ warm-up nor always runs after the other.
 
 Each epoch shows a tqdm bar (loss, accuracy, time and samples/s so far) in a terminal and ends
 with a line giving the test accuracy (the test MSE for regressions) and the epoch's time and
-samples/s, timed the same way (training steps only). Only the main process prints, errors
-aside. Under ``torchrun
---nproc_per_node=P`` the same code trains data-parallel: one process per CPU (gloo) or GPU
-(NCCL), DistributedDataParallel, each process a 1/P share of every epoch (DistributedSampler);
-the batch size is per process.
+samples/s, timed the same way (training steps only). Under ``torchrun --nproc_per_node=P`` the
+same code trains data-parallel: one process per CPU (gloo) or GPU (NCCL),
+DistributedDataParallel, each process a 1/P share of every epoch (DistributedSampler); the batch
+size is per process, and only the main process prints (errors aside).
 
 Ctrl-C (SIGINT; torchrun passes it on to its workers) or SIGTERM (what schedulers send) stops
 at the next step boundary, where model, optimiser and RNG state are consistent, and saves a
