@@ -46,6 +46,8 @@ lint: $(VENV)/.deps
 format: $(VENV)/.deps
 	$(VENV)/bin/clang-format --style=file -i $(CXX_SOURCES)
 
+# Both write to runs/bench/<machine>[-quick]/ (ignored by git): the committed results in
+# benchmarks/results/<machine>/ change only with `python -m fastops bench --out <that folder>`.
 bench: build
 	$(PY) -m fastops bench
 

@@ -34,5 +34,5 @@ def bench_batch_norm_relu(benchmark, impl, case, mode, dtype):
     inputs = [randn(*shape, dtype=dtype, requires_grad=backward, scale=2.0),
               torch.zeros(channels, device=DEVICE), torch.ones(channels, device=DEVICE),
               randn(channels, requires_grad=backward), randn(channels, requires_grad=backward)]
-    bench(benchmark, "batch_norm_relu", f"{case} {mode}", impl, IMPLS[mode][impl], inputs, backward,
+    bench(benchmark, "batch_norm_relu", f"{case} {mode}", impl, IMPLS[mode], inputs, backward,
           dtype)

@@ -29,4 +29,4 @@ def bench_conv2d_relu(benchmark, impl, case, backward, dtype):
                     scale=fan_in**-0.5),
               randn(out_channels, dtype=dtype, requires_grad=backward),
               padding]
-    bench(benchmark, "conv2d_relu", case, impl, IMPLS[impl], inputs, backward, dtype)
+    bench(benchmark, "conv2d_relu", case, impl, IMPLS, inputs, backward, dtype)

@@ -36,7 +36,7 @@ def bench_cross_entropy(benchmark, impl, case, backward, dtype):
     rows, classes = CASES[case]
     inputs = [randn(rows, classes, dtype=dtype, requires_grad=backward, scale=3.0),
               targets(rows, classes)]
-    bench(benchmark, "cross_entropy", case, impl, IMPLS[impl], inputs, backward, dtype)
+    bench(benchmark, "cross_entropy", case, impl, IMPLS, inputs, backward, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -49,5 +49,4 @@ def bench_linear_cross_entropy(benchmark, impl, case, backward, dtype):
               randn(classes, hidden, dtype=dtype, requires_grad=backward, scale=hidden**-0.5),
               randn(classes, dtype=dtype, requires_grad=backward),
               targets(rows, classes)]
-    bench(benchmark, "linear_cross_entropy", case, impl, LINEAR_IMPLS[impl], inputs, backward,
-          dtype)
+    bench(benchmark, "linear_cross_entropy", case, impl, LINEAR_IMPLS, inputs, backward, dtype)

@@ -26,7 +26,7 @@ MLP_IMPLS = implementations(lambda x, w, b: TF.dropout(torch.relu(TF.linear(x, w
 @pytest.mark.parametrize("impl", IMPLS)
 def bench_dropout(benchmark, impl, case, backward, dtype):
     inputs = [randn(*CASES[case], dtype=dtype, requires_grad=backward)]
-    bench(benchmark, "dropout", case, impl, IMPLS[impl], inputs, backward, dtype)
+    bench(benchmark, "dropout", case, impl, IMPLS, inputs, backward, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -35,7 +35,7 @@ def bench_dropout(benchmark, impl, case, backward, dtype):
 def bench_dropout2d(benchmark, impl, backward, dtype):
     case = "64x4x128x128"
     inputs = [randn(*CASES[case], dtype=dtype, requires_grad=backward)]
-    bench(benchmark, "dropout2d", case, impl, CHANNEL_IMPLS[impl], inputs, backward, dtype)
+    bench(benchmark, "dropout2d", case, impl, CHANNEL_IMPLS, inputs, backward, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -47,5 +47,5 @@ def bench_linear_relu_dropout(benchmark, impl, backward, dtype):
               randn(out_features, in_features, dtype=dtype, requires_grad=backward,
                     scale=in_features**-0.5),
               randn(out_features, dtype=dtype, requires_grad=backward)]
-    bench(benchmark, "linear_relu_dropout", "mlp 256x784->256", impl, MLP_IMPLS[impl], inputs,
+    bench(benchmark, "linear_relu_dropout", "mlp 256x784->256", impl, MLP_IMPLS, inputs,
           backward, dtype)

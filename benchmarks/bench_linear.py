@@ -24,4 +24,4 @@ def bench_linear_relu(benchmark, impl, case, backward, dtype):
               randn(out_features, in_features, dtype=dtype, requires_grad=backward,
                     scale=in_features**-0.5),
               randn(out_features, dtype=dtype, requires_grad=backward)]
-    bench(benchmark, "linear_relu", case, impl, IMPLS[impl], inputs, backward, dtype)
+    bench(benchmark, "linear_relu", case, impl, IMPLS, inputs, backward, dtype)

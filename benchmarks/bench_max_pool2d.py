@@ -24,4 +24,4 @@ IMPLS = {case: implementations(lambda x, k=k, s=s, p=p: TF.max_pool2d(x, k, s, p
 def bench_max_pool2d(benchmark, impl, case, backward, dtype):
     shape = CASES[case][0]
     inputs = [randn(*shape, dtype=dtype, requires_grad=backward)]
-    bench(benchmark, "max_pool2d", case, impl, IMPLS[case][impl], inputs, backward, dtype)
+    bench(benchmark, "max_pool2d", case, impl, IMPLS[case], inputs, backward, dtype)

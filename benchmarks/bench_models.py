@@ -11,6 +11,8 @@ from fastops.models import NAMES, RECIPES, build
 IMPLS = ("torch", "fastops")
 # name -> batch size of the benchmark: the course's batch, at least 64 so a step is measurable.
 MODELS = {name: max(RECIPES[name].batch_size, 64) for name in NAMES}
+# The quick suite's models: the ones a newcomer trains first (a few ms per step here).
+QUICK_MODELS = ("mlp", "mnist_cnn", "cifar_net")
 
 
 def _batch(name, batch_size):
@@ -32,35 +34,39 @@ def _model(name, impl):
     return model.to(DEVICE)
 
 
-@pytest.mark.parametrize("train", [True, False], ids=["train-step", "inference"])
-@pytest.mark.parametrize("name", cases(MODELS))
-@pytest.mark.parametrize("impl", IMPLS)
-def bench_model(benchmark, impl, name, train):
+def _step(name, impl, train, x, y):
+    """(one training or inference step of the ``impl`` build, bytes saved for backward)."""
     recipe = RECIPES[name]
-    batch_size = MODELS[name]
     model = _model(name, impl)
-    x, y = _batch(name, batch_size)
-    loss_fn = recipe.make_loss(impl)
-    case = f"{name} batch {batch_size}"
-
-    if train:
-        model.train()
-        optimizer = recipe.make_optimizer(model.parameters())
-        saved = fastops.saved_tensor_bytes(lambda: loss_fn(model(x), y))[1]
-
-        def run():
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            optimizer.step()
-            sync()
-    else:
+    if not train:
         model.eval()
-        saved = None
 
         def run():
             with torch.no_grad():
                 model(x)
             sync()
+        return run, None
 
-    record(benchmark, "model", case, impl, "train step" if train else "inference", run,
-           saved_bytes=saved)
+    model.train()
+    loss_fn = recipe.make_loss(impl)
+    optimizer = recipe.make_optimizer(model.parameters())
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        sync()
+    return run, fastops.saved_tensor_bytes(lambda: loss_fn(model(x), y))[1]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train-step", "inference"])
+@pytest.mark.parametrize("name", cases(MODELS, tutorial=QUICK_MODELS))
+@pytest.mark.parametrize("impl", IMPLS)
+def bench_model(benchmark, impl, name, train):
+    batch_size = MODELS[name]
+    x, y = _batch(name, batch_size)
+    run, saved = _step(name, impl, train, x, y)
+    # The fastops build is timed in pairs with the torch build's step on the same batch.
+    torch_run = _step(name, "torch", train, x, y)[0] if impl == "fastops" else None
+    record(benchmark, "model", f"{name} batch {batch_size}", impl,
+           "train step" if train else "inference", run, saved_bytes=saved, torch_run=torch_run)

@@ -2,15 +2,21 @@
 timed step. Every case is recorded with pytest-benchmark; ``group`` holds the cases compared
 side by side (torch vs fastops vs torch.compile), ``extra_info`` what the report needs.
 
+The fastops case of a group is timed in pairs with its torch counterpart (see ``_paired``):
+the speed-up the report gives is the median of the per-pair ratios, with their quartiles.
+
 Environment (set by ``python -m fastops bench``):
   FASTOPS_BENCH_DEVICE  cpu | cuda (default: cuda when available)
-  FASTOPS_BENCH_QUICK   1: on the CPU, only each suite's first (tutorial-sized) case in float32,
-                        no torch.compile; on CUDA (where a run is one short lease and compiling
-                        is what costs) the first and the last (largest) case, float32 and
-                        bfloat16, torch.compile included
+  FASTOPS_BENCH_QUICK   1: on the CPU, only each suite's tutorial-sized cases (its first case;
+                        the models: mlp, mnist_cnn, cifar_net) in float32, no torch.compile;
+                        on CUDA (where a run is one short lease and compiling is what costs)
+                        the largest case too, float32 and bfloat16, torch.compile included
 """
 
+import math
 import os
+import statistics
+import time
 
 import torch
 
@@ -23,15 +29,23 @@ DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32
 # cases are not flattered by a warm cache (the do_bench recipe).
 CUDA_ROUNDS = 50
 _L2_FLUSH_BYTES = 256 * 1024 * 1024
+# Fewest (torch, fastops) pairs of a case: the quartiles of fewer ratios say little.
+MIN_PAIRS = 7
+# pytest-benchmark's --benchmark-max-time and --benchmark-min-rounds, which also bound the
+# pairs; conftest.py sets them from the command line (these are pytest-benchmark's defaults).
+ROUNDS = dict(max_time=1.0, min_rounds=5)
 
 
-def cases(all_cases):
-    """The cases of a suite: all of them, or with --quick the first (tutorial-sized) one, and
-    on CUDA the last (largest) one too."""
+def cases(all_cases, tutorial=None):
+    """The cases of a suite: all of them, or with --quick the tutorial-sized ones (``tutorial``,
+    default the first case), and on CUDA the last (largest) one too."""
     names = list(all_cases)
     if not QUICK:
         return names
-    return names[:1] + names[1:][-1:] if DEVICE == "cuda" else names[:1]
+    quick = list(tutorial) if tutorial else names[:1]
+    if DEVICE == "cuda" and names[-1] not in quick:
+        quick.append(names[-1])
+    return quick
 
 
 def sync():
@@ -66,21 +80,77 @@ def _step(fn, inputs, backward):
     return run
 
 
+def _cache_flush():
+    """A callable run (untimed) before every timed CUDA call: a write over a buffer larger than
+    L2, so small cases are not flattered by a warm cache. Nothing to do on the CPU."""
+    if DEVICE != "cuda":
+        return lambda: None
+    flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+
+    def run():
+        flush.zero_()
+        torch.cuda.synchronize()
+    return run
+
+
 def _timed(benchmark, run):
     if DEVICE != "cuda":
         benchmark(run)
         return
-    flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    benchmark.pedantic(run, setup=_cache_flush(), rounds=CUDA_ROUNDS, warmup_rounds=3)
+
+
+def _seconds(run):
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _paired(benchmark, torch_run, run):
+    """Times ``run`` (fastops) with pytest-benchmark, each round preceded by one timed call of
+    ``torch_run``; returns {pairs, torch_median (seconds), ratio: the 25th, 50th and 75th
+    percentiles of the per-pair ratios torch / fastops} (None under --benchmark-disable, which
+    times nothing).
+
+    Timing all rounds of one implementation and then all of the other lets a slow spell of a
+    shared machine (seconds long) fall on one side and move the ratio by up to 2x; in pairs,
+    both calls of a ratio share the spell. The calls alternate strictly (torch, fastops, torch,
+    ...), so each call follows a call of the other implementation and neither side runs in a
+    cache the other warmed more often. The number of pairs follows pytest-benchmark's own rule
+    (--benchmark-max-time of pair time, at least --benchmark-min-rounds) and is at least
+    MIN_PAIRS; on CUDA it is CUDA_ROUNDS, each call after an L2 flush."""
+    flush = _cache_flush()
+    torch_run()  # warm-up (record warmed ``run`` up)
+    if DEVICE == "cuda":
+        pairs = CUDA_ROUNDS
+    else:  # one more pair sizes the rounds
+        pair_seconds = _seconds(torch_run) + _seconds(run)
+        pairs = max(MIN_PAIRS, ROUNDS["min_rounds"], math.ceil(ROUNDS["max_time"] / pair_seconds))
+    torch_seconds = []
 
     def setup():
-        flush.zero_()
-        torch.cuda.synchronize()
+        flush()
+        torch_seconds.append(_seconds(torch_run))
+        flush()
 
-    benchmark.pedantic(run, setup=setup, rounds=CUDA_ROUNDS, warmup_rounds=3)
+    benchmark.pedantic(run, setup=setup, rounds=pairs)
+    if benchmark.disabled:
+        return None
+    ratios = [t / f for t, f in zip(torch_seconds, benchmark.stats.stats.data, strict=True)]
+    return dict(pairs=len(ratios), torch_median=_significant(statistics.median(torch_seconds)),
+                ratio=[_significant(q) for q in statistics.quantiles(ratios, n=4)])
 
 
-def record(benchmark, op, case, impl, pass_name, run, dtype=torch.float32, saved_bytes=None):
-    """Times ``run()`` (which synchronises) under the group of cases compared side by side."""
+def _significant(value):
+    """Four significant digits: more than the report shows, and summary.json stays compact."""
+    return float(f"{value:.4g}")
+
+
+def record(benchmark, op, case, impl, pass_name, run, dtype=torch.float32, saved_bytes=None,
+           torch_run=None):
+    """Times ``run()`` (which synchronises) under the group of cases compared side by side; with
+    ``torch_run`` (the torch counterpart of a fastops case) in pairs with it, the pairs'
+    summary in ``extra_info["paired"]``."""
     dtype_name = str(dtype).replace("torch.", "")
     benchmark.group = f"{op} | {case} | {pass_name} | {dtype_name} | {DEVICE}"
     info = dict(op=op, case=case, impl=impl, pass_=pass_name, dtype=dtype_name, device=DEVICE)
@@ -92,14 +162,20 @@ def record(benchmark, op, case, impl, pass_name, run, dtype=torch.float32, saved
         run()
         info["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     benchmark.extra_info.update(info)
-    _timed(benchmark, run)
+    if torch_run is None:
+        _timed(benchmark, run)
+    else:
+        benchmark.extra_info["paired"] = _paired(benchmark, torch_run, run)
 
 
-def bench(benchmark, op, case, impl, fn, inputs, backward, dtype=torch.float32):
-    """Times ``fn(*inputs)`` (forward, or forward + backward) and records the case."""
+def bench(benchmark, op, case, impl, impls, inputs, backward, dtype=torch.float32):
+    """Times ``impls[impl](*inputs)`` (forward, or forward + backward) and records the case; the
+    fastops case in pairs with ``impls["torch"]``."""
+    fn = impls[impl]
     saved = fastops.saved_tensor_bytes(fn, *inputs)[1] if backward else None
+    torch_run = _step(impls["torch"], inputs, backward) if impl == "fastops" else None
     record(benchmark, op, case, impl, "fwd+bwd" if backward else "fwd",
-           _step(fn, inputs, backward), dtype, saved)
+           _step(fn, inputs, backward), dtype, saved, torch_run)
 
 
 def randn(*shape, dtype=torch.float32, requires_grad=False, scale=1.0):

@@ -1,11 +1,18 @@
 """Turns a pytest-benchmark JSON file into the report: a markdown table (one row per case:
-median time of each implementation, speed-up = torch / fastops, saved-bytes ratio), PNG
-charts of the speed-up per case, ops and tutorial models apart (log scale, 1.0 marked), and
-summary.json, the compact machine-readable results (medians, quartiles, saved bytes per case:
-tens of KB, where pytest-benchmark's JSON holds every timing sample, megabytes, and is not
-committed).
+median time of each implementation, speed-up of fastops over torch with its quartile range,
+saved-bytes ratio), PNG charts of the speed-up per case, ops and tutorial models apart (log
+scale, 1.0 marked), and summary.json, the compact machine-readable results (medians, quartiles,
+the pairs' ratios and saved bytes per case: tens of KB, where pytest-benchmark's JSON holds every
+timing sample, megabytes, and is not committed).
+
+The speed-up is the median of the ratios torch / fastops of pairs of calls timed alternately
+(benchmarks/common.py, ``_paired``), and its quartile range says how far single pairs stray.
+A row whose range is wider than SPREAD_LIMIT of the median is flagged as not to be trusted.
 
     python benchmarks/report.py RESULTS.json OUT_DIR
+
+RESULTS.json is pytest-benchmark's JSON or a summary.json written earlier (to re-render a
+committed run's table and charts without rerunning it).
 """
 
 import collections
@@ -14,13 +21,36 @@ import math
 import os
 import sys
 
-IMPLS = ("torch", "fastops", "torch.compile")
+# Flag a row when (75th - 25th percentile of its per-pair ratios) / their median exceeds this.
+# At 0.2 the middle half of the pairs spans about +-10 % around the median, the band this
+# project's shared VM moves a ratio between runs anyway (README); wider, and single pairs
+# disagree on whether fastops is faster, so one rerun may reverse the row's verdict.
+SPREAD_LIMIT = 0.2
+FLAG = "\u26a0"  # a warning sign, after the speed-up of a flagged row
 
 
-def load_rows(json_path):
-    """One row per benchmark group: {op, case, pass, dtype, device, median[impl], saved[impl]}."""
-    with open(json_path) as f:
-        data = json.load(f)
+def _derive(row):
+    """Adds what follows from a row's measurements: speed-up (the pairs' median ratio, or for a
+    case not timed in pairs the ratio of medians), its quartile range, spread, flag and
+    memory ratio."""
+    median, paired = row["median"], row.get("paired")
+    if paired:
+        q1, ratio, q3 = paired["ratio"]
+        row["speedup"], row["speedup_range"] = ratio, [q1, q3]
+        row["spread"] = (q3 - q1) / ratio
+    else:
+        row["speedup"] = (median["torch"] / median["fastops"]
+                          if "torch" in median and "fastops" in median else None)
+        row["speedup_range"] = row["spread"] = None
+    row["flagged"] = row["spread"] is not None and row["spread"] > SPREAD_LIMIT
+    saved = row["saved"]
+    row["memory_ratio"] = (saved["fastops"] / saved["torch"]
+                           if saved.get("torch") and "fastops" in saved else None)
+    return row
+
+
+def _benchmark_rows(data):
+    """One row per benchmark group of pytest-benchmark's JSON."""
     groups = collections.OrderedDict()
     for entry in data["benchmarks"]:
         info = entry["extra_info"]
@@ -35,14 +65,26 @@ def load_rows(json_path):
             row["saved"][info["impl"]] = info["saved_bytes"]
         if "peak_cuda_bytes" in info:
             row["peak"][info["impl"]] = info["peak_cuda_bytes"]
-    for row in groups.values():
-        median = row["median"]
-        row["speedup"] = (median["torch"] / median["fastops"]
-                          if "torch" in median and "fastops" in median else None)
-        saved = row["saved"]
-        row["memory_ratio"] = (saved["fastops"] / saved["torch"]
-                               if saved.get("torch") and "fastops" in saved else None)
-    return list(groups.values()), data.get("machine_info", {}), data.get("datetime", "")
+        if info.get("paired"):
+            row["paired"] = info["paired"]
+    return list(groups.values())
+
+
+def load_rows(path):
+    """(rows, machine {node, cpu, count}, date, command or None) of a pytest-benchmark JSON file
+    or of a summary.json. A row: {op, case, pass_, dtype, device, median[impl],
+    quartiles[impl], saved[impl], peak[impl], paired (when timed in pairs)} and what
+    ``_derive`` adds."""
+    with open(path) as f:
+        data = json.load(f)
+    if "cases" in data:  # a summary.json
+        return ([_derive(row) for row in data["cases"]], data["machine"], data["date"],
+                data.get("command"))
+    info = data.get("machine_info", {})
+    cpu = info.get("cpu", {})
+    machine = dict(node=info.get("node"), cpu=cpu.get("brand_raw") or info.get("processor"),
+                   count=cpu.get("count"))
+    return [_derive(row) for row in _benchmark_rows(data)], machine, data.get("datetime", ""), None
 
 
 def _time(seconds):
@@ -63,93 +105,144 @@ def _bytes(n):
     return f"{n} B"
 
 
+def _speedup(row):
+    if row["speedup"] is None:
+        return "-", "-"
+    text = f"{row['speedup']:.2f}x" + (f" {FLAG}" if row["flagged"] else "")
+    quartiles = row["speedup_range"]
+    return text, f"{quartiles[0]:.2f} - {quartiles[1]:.2f}x" if quartiles else "-"
+
+
 def markdown(rows, machine, date, command):
-    cpu = machine.get("cpu", {}).get("brand_raw") or machine.get("processor") or "unknown CPU"
+    """The report: the run's machine, date and command, the table and its footnotes."""
+    device = rows[0]["device"] if rows else "?"
     lines = [
-        f"Machine: {machine.get('node', '?')} ({cpu}, {machine.get('cpu', {}).get('count', '?')} "
-        f"logical CPUs); device: {rows[0]['device'] if rows else '?'}; date: {date}; "
+        f"Machine: {machine.get('node') or '?'} ({machine.get('cpu') or 'unknown CPU'}, "
+        f"{machine.get('count') or '?'} logical CPUs); device: {device}; date: {date}; "
         f"command: `{command}`",
         "",
-        "Speed-up = torch median / fastops median (> 1: fastops faster), measured side by side in "
-        "this run. Saved = bytes autograd keeps for backward (fastops / torch).",
+        "Speed-up = torch time / fastops time (> 1: fastops faster): the median over pairs of "
+        "calls timed alternately in this run, and the 25th-75th percentile of the pairs' ratios. "
+        "torch, fastops: median times (torch's of the pairs); torch.compile (of the torch code, "
+        "compile time excluded): its median, timed apart. Saved = bytes autograd keeps for "
+        "backward (fastops / torch).",
         "",
-        "| op | case | pass | dtype | torch | fastops | torch.compile | speed-up "
-        "| saved fastops / torch |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| op | case | pass | dtype | torch | fastops | torch.compile | speed-up | 25th-75th "
+        "percentile | saved fastops / torch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         m = row["median"]
-        speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+        torch_time = row["paired"]["torch_median"] if row.get("paired") else m.get("torch")
+        speedup, quartiles = _speedup(row)
         saved = (f"{_bytes(row['saved'].get('fastops'))} / {_bytes(row['saved'].get('torch'))}"
                  if row["saved"] else "-")
         lines.append(f"| {row['op']} | {row['case']} | {row['pass_']} | {row['dtype']} | "
-                     f"{_time(m.get('torch'))} | {_time(m.get('fastops'))} | "
-                     f"{_time(m.get('torch.compile'))} | {speedup} | {saved} |")
+                     f"{_time(torch_time)} | {_time(m.get('fastops'))} | "
+                     f"{_time(m.get('torch.compile'))} | {speedup} | {quartiles} | {saved} |")
+    flagged = sum(row["flagged"] for row in rows)
+    if flagged:
+        lines += ["", f"{FLAG} {flagged} of {len(rows)} rows: the pairs' 25th-75th percentile "
+                  f"range is wider than {SPREAD_LIMIT:.0%} of their median, so single pairs "
+                  "disagree too much to trust that speed-up (a rerun may reverse it); time it "
+                  "again on a quieter machine, e.g. with `--filter`."]
+    if any(row["speedup"] and not row["speedup_range"] for row in rows):
+        lines += ["", "A speed-up without a percentile range was not timed in pairs (results "
+                  "from before pairing): it is the ratio of medians timed apart, and unflagged."]
     return "\n".join(lines) + "\n"
 
 
 def write_summary(rows, machine, date, command, path):
     """summary.json: the run's machine, date and command, and per case the medians and
-    quartiles (seconds), speed-up and saved bytes of every implementation."""
-    cpu = machine.get("cpu", {}).get("brand_raw") or machine.get("processor")
+    quartiles (seconds) and saved bytes of every implementation, the pairs' summary and the
+    speed-up with its range."""
     with open(path, "w") as f:
-        json.dump(dict(machine=dict(node=machine.get("node"), cpu=cpu), date=date,
-                       command=command, cases=rows), f, indent=1)
+        json.dump(dict(machine=machine, date=date, command=command, cases=rows), f, indent=1)
 
 
 def chart(rows, path, title):
+    """A bar per row with a speed-up (its quartile range as an error bar; flagged rows hatched
+    and marked), written to ``path``; False (nothing written) when no row has a speed-up."""
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use("Agg")
+    import matplotlib.patches
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if r["speedup"]]
     if not rows:
-        return None
-    labels = [f"{r['op']} {r['case']} {r['pass_']} {r['dtype']}" for r in rows]
+        return False
+    labels = [f"{r['op']} {r['case']} {r['pass_']} {r['dtype']}" + (f" {FLAG}" if r["flagged"]
+                                                                      else "") for r in rows]
     values = [r["speedup"] for r in rows]
+    # Quartiles of the pairs' ratios; a row not timed in pairs has none (no whisker).
+    ranges = [r["speedup_range"] or [r["speedup"]] * 2 for r in rows]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.5))
     colors = ["tab:green" if v >= 1 else "tab:red" for v in values]
-    ax.barh(range(len(rows)), values, color=colors)
+    whiskers = [[v - q1 for v, (q1, _) in zip(values, ranges, strict=True)],
+                [q3 - v for v, (_, q3) in zip(values, ranges, strict=True)]]
+    bars = ax.barh(range(len(rows)), values, color=colors, xerr=whiskers,
+                   error_kw=dict(ecolor="black", elinewidth=0.8, capsize=2))
+    for bar, row in zip(bars, rows, strict=True):
+        if row["flagged"]:
+            bar.set_alpha(0.45)
+            bar.set_hatch("///")
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    low, high = min(values + [1.0]), max(values + [1.0])
+    low = min([q1 for q1, _ in ranges] + [1.0])
+    high = max([q3 for _, q3 in ranges] + [1.0])
     ax.set_xlim(2 ** math.floor(math.log2(low) - 0.5), 2 ** math.ceil(math.log2(high) + 0.5))
     # Ticks at powers of two, labelled as plain ratios (log scale's minor labels overlap).
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=2))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.axvline(1.0, color="black", linewidth=1)
-    ax.set_xlabel("speed-up over torch (torch median / fastops median, log scale)")
+    if any(row["flagged"] for row in rows):
+        ax.legend(handles=[matplotlib.patches.Patch(
+            facecolor="white", edgecolor="black", hatch="///",
+            label=f"{FLAG} spread > {SPREAD_LIMIT:.0%} of the median: not to be trusted")],
+            loc="lower right", fontsize=8)
+    ax.set_xlabel("speed-up over torch, log scale\n(median of per-pair ratios; whiskers: "
+                  "25th-75th percentile)")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+    return True
 
 
-def write_report(json_path, out_dir, command="python -m fastops bench"):
+def write_report(json_path, out_dir, command=None):
     """Writes report.md, summary.json and the charts into out_dir: speedup-ops.png (the op
     cases) and speedup-models.png (the tutorial models' steps), each only when the run has such
-    cases. Returns the markdown."""
-    rows, machine, date = load_rows(json_path)
+    cases; a chart this run does not have is removed from out_dir, so none there is left from
+    an earlier run. ``command`` defaults to a summary.json's own, else `python -m fastops
+    bench`. Returns (the markdown, the names of the files written)."""
+    rows, machine, date, recorded_command = load_rows(json_path)
+    command = command or recorded_command or "python -m fastops bench"
     os.makedirs(out_dir, exist_ok=True)
     text = markdown(rows, machine, date, command)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(text)
     write_summary(rows, machine, date, command, os.path.join(out_dir, "summary.json"))
+    written = ["report.md", "summary.json"]
     device = rows[0]["device"] if rows else "?"
-    ops = [r for r in rows if r["op"] != "model"]
-    models = [r for r in rows if r["op"] == "model"]
-    chart(ops, os.path.join(out_dir, "speedup-ops.png"), f"fastops vs torch on {device}: ops")
-    chart(models, os.path.join(out_dir, "speedup-models.png"),
-          f"fastops vs torch on {device}: tutorial models (fastops build / torch build)")
-    return text
+    parts = {"speedup-ops.png": ([r for r in rows if r["op"] != "model"],
+                                 f"fastops vs torch on {device}: ops"),
+             "speedup-models.png": ([r for r in rows if r["op"] == "model"],
+                                    f"fastops vs torch on {device}: tutorial models "
+                                    "(fastops build / torch build)")}
+    for name, (part, title) in parts.items():
+        path = os.path.join(out_dir, name)
+        if chart(part, path, title):
+            written.append(name)
+        elif os.path.exists(path):
+            os.remove(path)
+    return text, written
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    print(write_report(sys.argv[1], sys.argv[2]))
+    print(write_report(sys.argv[1], sys.argv[2])[0])

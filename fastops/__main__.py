@@ -7,6 +7,12 @@ import platform
 import re
 import sys
 
+# The CPU flags that csrc/shared/isa.h's cpu_has_avx512() asks for (__builtin_cpu_supports). That
+# C++ check is what picks the kernels; info reads the same flags only to report them, from the
+# kernel's /proc/cpuinfo, which lists an extension only where the OS also enabled it.
+_AVX512_FLAGS = ("avx512f", "avx512vl", "avx512dq", "avx512bw")
+_COLUMN_GAP = "   "
+
 
 def _backends():
     """For every public fastops op: the kernel each device would run."""
@@ -18,7 +24,6 @@ def _backends():
         name for name in torch._C._dispatch_get_all_op_names()
         if name.startswith("fastops::") and not name.endswith("_backward")
     )
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     rows = []
     for name in names:
         cpu = "C++ CPU" if torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU") else "-"
@@ -28,35 +33,67 @@ def _backends():
             cuda = "Triton CUDA"
         else:
             cuda = "Triton CUDA (no GPU here)"
-        interpreter = "Triton interpreter (CPU tensors, launchers only)" if interpreted else ""
-        rows.append((name, cpu, cuda, interpreter))
+        rows.append((name, cpu, cuda))
     return rows
+
+
+def _avx512_text(cpuinfo="/proc/cpuinfo"):
+    """Whether fastops' C++ kernels take their AVX-512 paths here, and torch's own choice."""
+    import torch
+
+    aten = f"torch's ATen: {torch.backends.cpu.get_cpu_capability()}"
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"no: {platform.machine()} is not x86-64; {aten}"
+    try:
+        with open(cpuinfo) as file:
+            flags = next(line.split(":", 1)[1].split() for line in file
+                         if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return f"unknown: no CPU flags in {cpuinfo}; {aten}"
+    missing = [flag for flag in _AVX512_FLAGS if flag not in flags]
+    if missing:
+        return f"no: the CPU lacks {', '.join(missing)}: portable C++ kernels; {aten}"
+    return (f"yes: the CPU has {', '.join(_AVX512_FLAGS)} ({cpuinfo}): AVX-512 C++ kernels "
+            f"(in a GCC build); {aten}")
+
+
+def _aligned(rows):
+    """``rows`` (tuples of strings) as lines, each column as wide as its widest cell."""
+    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
+    lines = (_COLUMN_GAP.join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in rows)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def info():
     import torch
 
-    print(f"python    {platform.python_version()} ({sys.executable})")
-    print(f"torch     {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
+    fields = [("python", f"{platform.python_version()} ({sys.executable})"),
+              ("torch", f"{torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")]
     try:
         import triton
 
-        print(f"triton    {triton.__version__}")
+        interpret = os.environ.get("TRITON_INTERPRET", "")
+        fields.append(("triton", f"{triton.__version__}; TRITON_INTERPRET={interpret!r}" + (
+            " (Triton kernels run in the interpreter, on CPU tensors)"
+            if interpret not in ("", "0") else "")))
     except ImportError:
-        print("triton    not installed (CUDA kernels unavailable)")
+        fields.append(("triton", "not installed (CUDA kernels unavailable)"))
     try:
         import fastops
 
-        print(f"fastops   {fastops.__version__}; C++ extension loaded from {fastops._C.__file__}")
+        fields.append(("fastops", f"{fastops.__version__}; C++ extension loaded from "
+                                  f"{fastops._C.__file__}"))
     except Exception as error:  # report, don't hide, why the extension did not load
-        print(f"fastops   C++ extension failed to load: {error}")
+        fields.append(("fastops", f"C++ extension failed to load: {error}"))
+        print(_aligned(fields))
         return 1
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no CUDA GPU)"
-    print(f"device    {device}; CPU threads: {torch.get_num_threads()}")
-    print(f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!r}")
-    print("\nop                       CPU       CUDA")
-    for name, cpu, cuda, interpreter in _backends():
-        print(f"{name:<24} {cpu:<9} {cuda} {interpreter}".rstrip())
+    fields += [("device", f"{device}; CPU threads: {torch.get_num_threads()}"),
+               ("AVX-512", _avx512_text())]
+    print(_aligned(fields))
+    print()
+    print(_aligned([("op", "CPU", "CUDA"), *_backends()]))
     return 0
 
 
@@ -79,15 +116,27 @@ def device_name(device):
     return f"cpu-{_slug(model)}-{os.cpu_count()}-cores"
 
 
+def bench_out_dir(args, device):
+    """The results folder of a bench run: --out, else runs/bench/<machine>[-quick][-filtered]
+    (runs/ is ignored by git), so that no quick, filtered or ad-hoc run overwrites the
+    committed results in benchmarks/results/<machine>/: only an explicit --out does."""
+    if args.out:
+        return args.out
+    name = device_name(device) + ("-quick" if args.quick else "") + ("-filtered" if args.filter
+                                                                     else "")
+    return os.path.join("runs", "bench", name)
+
+
 def bench(args):
-    """Runs the pytest-benchmark suite on one device and writes JSON, table and chart."""
+    """Runs the pytest-benchmark suite on one device and writes JSON, table and charts."""
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU is available here", file=sys.stderr)
         return 2
-    out_dir = args.out or os.path.join("benchmarks", "results", device_name(device))
+    out_dir = bench_out_dir(args, device)
+    print(f"python -m fastops bench: results go to {out_dir}/", flush=True)
     os.makedirs(out_dir, exist_ok=True)
     os.environ["FASTOPS_BENCH_DEVICE"] = device
     os.environ["FASTOPS_BENCH_QUICK"] = "1" if args.quick else "0"
@@ -109,9 +158,14 @@ def bench(args):
     if status != 0:
         return int(status)
     command = "python -m fastops bench " + " ".join(args.raw)
-    print(write_report(json_path, out_dir, command=command.strip()))
-    print(f"results: {out_dir}/ (report.md, summary.json, speedup-ops.png, speedup-models.png; "
-          f"benchmark.json holds every sample and is not committed)")
+    text, written = write_report(json_path, out_dir, command=command.strip())
+    print(text)
+    print(f"results: {out_dir}/ ({', '.join(written)}; benchmark.json holds every sample and is "
+          "not committed)")
+    if not args.out:
+        print("These results are not committed (runs/ is ignored by git). To update the committed "
+              "ones, run the whole suite with "
+              f"--out {os.path.join('benchmarks', 'results', device_name(device))}")
     return 0
 
 
@@ -126,8 +180,10 @@ def _add_train_parser(commands):
     parser.add_argument("--model", required=True, choices=NAMES, metavar="NAME",
                         help=f"one of {', '.join(NAMES)}")
     parser.add_argument("--impl", default="torch", choices=[*IMPLS, "both"],
-                        help="both: torch then fastops from the same initial weights and data "
-                             "order, with a loss-curve plot and a summary line (default torch)")
+                        help="both: torch and fastops from the same initial weights and data "
+                             "order, taking turns a block of steps at a time, with a loss-curve "
+                             "plot and a summary: accuracy, speed ratio (median, spread) after "
+                             "warm-up (default torch)")
     parser.add_argument("--data", metavar="DIR",
                         help="folder of the real data set (MNIST/Fashion-MNIST IDX files, "
                              "cifar-10-batches-py, or the CSV table); default: built-in data")
@@ -170,10 +226,13 @@ def main(argv=None):
     commands.add_parser("info", help="versions, extension, device and backend per op")
     bench_parser = commands.add_parser("bench", help="run the benchmark suite, write the report")
     bench_parser.add_argument("--quick", action="store_true",
-                              help="tutorial-sized case of each suite only, no torch.compile")
+                              help="tutorial-sized cases of each suite only, no torch.compile")
     bench_parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
     bench_parser.add_argument("--filter", help="pytest -k expression selecting cases")
-    bench_parser.add_argument("--out", help="results folder (default benchmarks/results/<device>)")
+    bench_parser.add_argument("--out", metavar="DIR",
+                              help="results folder (default runs/bench/<machine>[-quick]"
+                                   "[-filtered], ignored by git); the committed results are "
+                                   "updated only with --out benchmarks/results/<machine>")
     _add_train_parser(commands)
     args = parser.parse_args(argv)
     args.raw = argv[1:]

@@ -4,11 +4,18 @@ both from the same initial weights and the same data order, to compare them.
 
     train(Options(model="cifar_net", impl="both")) -> {impl: Result}
 
-Each epoch shows a tqdm bar (loss, accuracy, samples/s) and ends with a line giving the test
-accuracy (the test MSE for regressions) and the epoch's time. Under ``torchrun
---nproc_per_node=P`` the same code trains data-parallel: one process per CPU (gloo) or GPU
-(NCCL), DistributedDataParallel, each process a 1/P share of every epoch (DistributedSampler);
-the batch size is per process.
+Both builds train in turns, a block of steps (a tenth of an epoch) at a time, which goes first
+alternating from one pair of blocks to the next, each with its own RNG state, so each trains
+exactly as it would alone. Their speed ratio is the median, with quartiles and range, over the
+pairs of blocks after each build's first (its warm-up): neither build pays the process's
+warm-up nor always runs after the other.
+
+Each epoch shows a tqdm bar (loss, accuracy, time and samples/s so far) in a terminal and ends
+with a line giving the test accuracy (the test MSE for regressions) and the epoch's time and
+samples/s, timed the same way (training steps only). Under ``torchrun --nproc_per_node=P`` the
+same code trains data-parallel: one process per CPU (gloo) or GPU (NCCL),
+DistributedDataParallel, each process a 1/P share of every epoch (DistributedSampler); the batch
+size is per process, and only the main process prints (errors aside).
 
 Ctrl-C (SIGINT; torchrun passes it on to its workers) or SIGTERM (what schedulers send) stops
 at the next step boundary, where model, optimiser and RNG state are consistent, and saves a
@@ -42,8 +49,12 @@ INTERRUPTED = 130  # exit status of a run stopped by a signal (128 + SIGINT), as
 IMPL_CHOICES = IMPLS + ("both",)
 _EVAL_BATCH_SIZE = 256  # evaluation only: no effect on the results
 _STOP_POLL_STEPS = 10  # data-parallel processes agree on a stop request every this many steps
-_POSTFIX_SECONDS = 0.5  # refresh of the bar's loss/accuracy (reading them waits for the GPU)
+_POSTFIX_SECONDS = 0.5  # refresh of the bar's loss/accuracy/rate (reading them waits for the GPU)
+# no tqdm elapsed time or rate: they would count the other build's turns; the postfix has ours
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}"  # ", " postfix
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BLOCKS_PER_EPOCH = 10  # an epoch's steps are timed in this many blocks, the builds taking turns
+_LOG_AXIS_SPAN = 100  # max / min of the losses from which their plot's y axis is logarithmic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,17 +74,33 @@ class Options:
     sync_bn: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Steps of one build timed together (forward, backward, optimiser step; not evaluation or
+    checkpoints): the epoch and step they start at, how many, the samples of all processes and
+    this process's seconds. The first block a build trains in a process is its warm-up."""
+
+    epoch: int
+    first_step: int
+    steps: int
+    samples: int
+    seconds: float
+    warm_up: bool
+
+
 @dataclasses.dataclass
 class Result:
     """One build's training: the trained model (not DDP-wrapped), the loss of every step (this
     process's batch), one record per finished epoch (train_loss, train_metric, test_loss,
-    test_metric, seconds, samples) and whether a signal stopped it."""
+    test_metric, seconds, samples), whether a signal stopped it, and the Blocks it trained in
+    this process (in order; a resumed run's earlier blocks are not among them)."""
 
     impl: str
     model: nn.Module
     step_losses: list
     epochs: list
     interrupted: bool
+    blocks: list = dataclasses.field(default_factory=list)
 
     def samples_per_second(self):
         seconds = sum(record["seconds"] for record in self.epochs)
@@ -95,10 +122,12 @@ class _Processes:
 
 class _StopRequest:
     """Turns the first SIGINT/SIGTERM into a request the training loop honours at the next
-    step boundary; a second signal stops at once (KeyboardInterrupt), without a checkpoint."""
+    step boundary; a second signal stops at once (KeyboardInterrupt), without a checkpoint.
+    ``announce``: say so (the main process; under torchrun every process gets the signal)."""
 
-    def __init__(self):
+    def __init__(self, announce=True):
         self.requested = False
+        self._announce = announce
         self._previous = {}
 
     def __enter__(self):
@@ -115,8 +144,10 @@ class _StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint "
-              "(a second Ctrl-C stops at once, without one)", file=sys.stderr, flush=True)
+        if self._announce:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step to save a "
+                  "checkpoint (a second Ctrl-C stops at once, without one)", file=sys.stderr,
+                  flush=True)
 
 
 class _Totals:
@@ -222,7 +253,7 @@ def _set_rng_state(state, device):
 
 class _Run:
     """Training of one build (impl): model, optimiser, where it stands (epoch, step within the
-    epoch), and its checkpoint."""
+    epoch), its RNG state (dropout masks), its timed blocks and its checkpoint."""
 
     def __init__(self, impl, options, config, path, processes, initial_state, model_kwargs):
         self.impl, self.options, self.config, self.processes = impl, options, config, processes
@@ -237,10 +268,13 @@ class _Run:
         self.step_losses, self.epoch_records = [], []
         self.epoch_seconds = 0.0  # spent so far in the unfinished epoch
         self.totals = _Totals(processes.device)
+        self.blocks = []
+        self._block_start, self._block_samples = None, 0  # (time, step) of the open block
         if options.resume and os.path.exists(self.path):
             self._restore()
         else:
             torch.manual_seed(options.seed + processes.rank)  # dropout differs across processes
+            self.rng = _rng_state(processes.device)
 
     def _restore(self):
         checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
@@ -257,7 +291,7 @@ class _Run:
         self.epoch_seconds = checkpoint["epoch_seconds"]
         mine = checkpoint["processes"][self.processes.rank]
         self.totals = _Totals(self.processes.device, mine["totals"])
-        _set_rng_state(mine["rng"], self.processes.device)
+        self.rng = mine["rng"]
         if self.processes.main:
             print(f"{self.impl}: resuming {self.path} at epoch {self.epoch + 1}, step {self.step}")
 
@@ -293,22 +327,33 @@ class _Run:
         return bool(flag.item())
 
     def train(self, train_set, test_set, epochs, batch_size, stop):
-        """Trains up to ``epochs`` epochs; returns the Result (interrupted if a stop came)."""
+        """A generator that trains up to ``epochs`` epochs, pausing (yield) after every block of
+        steps to let the other build train one (see _take_turns); returns the Result
+        (interrupted if a stop came)."""
         processes, loss_kind = self.processes, self.recipe.loss
         network = self.model
         if processes.world_size > 1:
             device_ids = [processes.device] if processes.device.type == "cuda" else None
             network = DistributedDataParallel(self.model, device_ids=device_ids)
+        _set_rng_state(self.rng, processes.device)
         while self.epoch < epochs:
             order = _epoch_order(train_set, processes, self.options.seed, self.epoch)
-            bar = tqdm(total=len(order) * processes.world_size, unit="sample", unit_scale=True,
+            steps = -(-len(order) // batch_size)  # the last batch may be short
+            block_steps = -(-steps // _BLOCKS_PER_EPOCH)
+            # disable=None: no bar where stderr is no terminal (a log gets the epoch lines)
+            bar = tqdm(total=len(order) * processes.world_size, unit_scale=True,
                        desc=f"{self.impl} epoch {self.epoch + 1}/{epochs}", leave=False,
-                       disable=not processes.main, dynamic_ncols=True,
+                       disable=None if processes.main else True, dynamic_ncols=True,
+                       bar_format=_BAR_FORMAT,
                        initial=min(self.step * batch_size, len(order)) * processes.world_size)
             pending_losses, last_postfix = [], time.monotonic()
-            started = time.perf_counter()
             for inputs, targets in _batches(train_set, order[self.step * batch_size:], batch_size,
                                             processes.device):
+                if self._block_start is None:  # a stop may have come during the other's turn
+                    if self._stop_agreed(stop, force=True):
+                        bar.close()
+                        return self._interrupted(pending_losses)
+                    self._start_block()
                 outputs = network(inputs)
                 loss = self.loss_fn(outputs, targets)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -317,30 +362,61 @@ class _Run:
                 self.step += 1
                 self.totals.add(loss, len(targets), _correct(loss_kind, outputs, targets))
                 pending_losses.append(loss.detach())
+                self._block_samples += len(targets) * processes.world_size
                 bar.update(len(targets) * processes.world_size)
-                if processes.main and time.monotonic() - last_postfix > _POSTFIX_SECONDS:
+                if not bar.disable and time.monotonic() - last_postfix > _POSTFIX_SECONDS:
                     bar.set_postfix_str(self._running_text(), refresh=False)
                     last_postfix = time.monotonic()
                 if self._stop_agreed(stop):
+                    self._end_block()
                     bar.close()
-                    self.epoch_seconds += time.perf_counter() - started
                     return self._interrupted(pending_losses)
-            if processes.device.type == "cuda":
-                torch.cuda.synchronize(processes.device)
-            self.epoch_seconds += time.perf_counter() - started
+                if self.step % block_steps == 0 or self.step == steps:
+                    self._end_block()
+                    yield from self._pause()
+            if not bar.disable:  # the bar's last state: the numbers of the epoch line
+                bar.set_postfix_str(self._running_text())
             bar.close()
             self._finish_epoch(test_set, epochs)
             self.save(pending_losses)
-            if self.epoch < epochs and self._stop_agreed(stop, force=True):
-                return self._interrupted([])
-        return Result(self.impl, self.model, self.step_losses, self.epoch_records, False)
+        return self._result(interrupted=False)
+
+    def _start_block(self):
+        self._block_start, self._block_samples = (time.perf_counter(), self.step), 0
+
+    def _end_block(self):
+        """Times the steps since _start_block as a Block, and adds them to the epoch's time."""
+        if self.processes.device.type == "cuda":
+            torch.cuda.synchronize(self.processes.device)
+        started, first_step = self._block_start
+        seconds = time.perf_counter() - started
+        self.epoch_seconds += seconds
+        self.blocks.append(Block(self.epoch, first_step, self.step - first_step,
+                                 self._block_samples, seconds, warm_up=not self.blocks))
+        self._block_start = None
+
+    def _pause(self):
+        """Yields to the other build, keeping this build's RNG state (its dropout masks) apart
+        from the other's, as if each had trained alone."""
+        self.rng = _rng_state(self.processes.device)
+        yield
+        _set_rng_state(self.rng, self.processes.device)
+
+    def _result(self, interrupted):
+        return Result(self.impl, self.model, self.step_losses, self.epoch_records, interrupted,
+                      self.blocks)
 
     def _running_text(self):
+        """The bar's postfix: this process's running loss (and accuracy), and the epoch's time
+        and rate so far, timed as the epoch line's."""
         count = max(self.totals.count.item(), 1)
         text = f"loss {self.totals.loss_sum.item() / count:.4f}"
         if self.recipe.loss != "mse":
             text += f", acc {100 * self.totals.correct.item() / count:.1f}%"
-        return text
+        seconds = self.epoch_seconds
+        if self._block_start is not None:
+            seconds += time.perf_counter() - self._block_start[0]
+        return f"{text}, {_rate_text(count * self.processes.world_size, seconds)}"
 
     def _finish_epoch(self, test_set, epochs):
         """Scores the epoch, prints its line, and moves on to the next epoch."""
@@ -357,7 +433,7 @@ class _Run:
             tqdm.write(f"{self.impl} epoch {self.epoch + 1}/{epochs}: train loss {train_loss:.4g}"
                        f", {_metric_text(loss_kind, train_metric)} | test loss {test_loss:.4g}, "
                        f"{_metric_text(loss_kind, test_metric)} | "
-                       f"{self.epoch_seconds:.2f} s, {samples / self.epoch_seconds:,.0f} samples/s")
+                       f"{_rate_text(samples, self.epoch_seconds)}")
         self.epoch, self.step, self.epoch_seconds = self.epoch + 1, 0, 0.0
         self.totals = _Totals(self.processes.device)
 
@@ -366,7 +442,11 @@ class _Run:
         if self.processes.main:
             print(f"{self.impl}: stopped at epoch {self.epoch + 1}, step {self.step}; checkpoint "
                   f"{self.path} (continue with --resume)", flush=True)
-        return Result(self.impl, self.model, self.step_losses, self.epoch_records, True)
+        return self._result(interrupted=True)
+
+
+def _rate_text(samples, seconds):
+    return f"{seconds:.2f} s, {samples / seconds:,.0f} samples/s"
 
 
 def _resolve_device(requested):
@@ -417,6 +497,15 @@ def _first(dataset, limit):
     return dataset if limit is None else TensorDataset(*(t[:limit] for t in dataset.tensors))
 
 
+def _limit_text(limit, splits):
+    """What --limit leaves of each split ({name: (whole, kept)}), counted: a split may hold
+    fewer samples than the limit."""
+    counts = ", ".join(f"all {len(whole)} {name} samples" if len(used) == len(whole)
+                       else f"the first {len(used)} of {len(whole)} {name} samples"
+                       for name, (whole, used) in splits.items())
+    return f" (--limit {limit}: {counts})"
+
+
 def train(options):
     """Trains ``options.model`` as :class:`Options` says; returns {impl: Result}. Raises
     ValueError / FileNotFoundError for bad options or data, naming the option or file."""
@@ -433,8 +522,11 @@ def train(options):
                                 f"{options.impl} in {out} (an earlier run with the same --out "
                                 "writes it)")
 
-    train_set, test_set, description = data.load(recipe.data, options.data)
-    train_set, test_set = _first(train_set, options.limit), _first(test_set, options.limit)
+    whole_train, whole_test, description = data.load(recipe.data, options.data)
+    train_set, test_set = _first(whole_train, options.limit), _first(whole_test, options.limit)
+    if options.limit:
+        description += _limit_text(options.limit, {"train": (whole_train, train_set),
+                                                   "test": (whole_test, test_set)})
     model_kwargs = ({"in_features": train_set.tensors[0].shape[1]}
                     if options.model == "multi_feature_logistic" else {})  # the table's width
     torch.manual_seed(options.seed)  # the same initial weights for every build and process
@@ -450,21 +542,18 @@ def train(options):
             print(f"{options.model}: {recipe.loss} loss, {recipe.optimizer} lr {recipe.lr}, "
                   f"batch {batch_size}" + (f" x {processes.world_size} processes"
                                            if processes.world_size > 1 else "")
-                  + f", {epochs} epochs on {processes.device}\ndata: {description}"
-                  + (f" (first {options.limit} samples of each split)" if options.limit else ""),
-                  flush=True)
+                  + f", {epochs} epochs on {processes.device}\ndata: {description}", flush=True)
         # what the model and the data order depend on: a resumed run must have the same
         config = {"model": options.model, "seed": options.seed, "batch_size": batch_size,
                   "world_size": processes.world_size, "limit": options.limit,
                   "data": options.data, "sync_bn": options.sync_bn}
-        results = {}
-        with _StopRequest() as stop:
-            for impl in impls:
-                run = _Run(impl, options, dict(config, impl=impl), checkpoints[impl], processes,
-                           reference_model.state_dict(), model_kwargs)
-                results[impl] = run.train(train_set, test_set, epochs, batch_size, stop)
-                if results[impl].interrupted:
-                    return results
+        runs = [_Run(impl, options, dict(config, impl=impl), checkpoints[impl], processes,
+                     reference_model.state_dict(), model_kwargs) for impl in impls]
+        with _StopRequest(announce=processes.main) as stop:
+            results = _take_turns([run.train(train_set, test_set, epochs, batch_size, stop)
+                                   for run in runs])
+        if any(result.interrupted for result in results.values()):
+            return results
         if processes.main:
             for result in results.values():
                 text = _metric_text(recipe.loss, result.epochs[-1]["test_metric"])
@@ -478,8 +567,8 @@ def train(options):
             dist.destroy_process_group()
 
 
-def _compare(name, loss_kind, results, out):
-    """Plots both builds' loss curves to <out>/<name>-loss.png; returns the summary line."""
+def _loss_figure(name, loss_kind, results):
+    """Both builds' loss curves, step by step and smoothed, on one matplotlib Figure."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
     figure = Figure(figsize=(8, 4.5), layout="constrained")
@@ -495,19 +584,72 @@ def _compare(name, loss_kind, results, out):
         label = result.impl + (f" (mean of {window} steps)" if window > 1 else "")
         axes.plot(steps[window - 1:], smooth, color=raw.get_color(), linestyle=line_style,
                   linewidth=1.5, label=label)
-    if all(loss > 0 for result in results.values() for loss in result.step_losses):
-        axes.set_yscale("log")
+    _loss_axis(axes, [loss for result in results.values() for loss in result.step_losses])
     axes.set(xlabel="step", ylabel=f"training loss ({loss_kind})",
              title=f"{name}: torch.nn vs fastops, same initial weights and data order")
     axes.legend()
-    plot_path = os.path.join(out, f"{name}-loss.png")
-    figure.savefig(plot_path, dpi=120)
+    return figure
 
-    torch_result, fastops_result = results["torch"], results["fastops"]
+
+def _loss_axis(axes, losses):
+    """A log y axis where the losses span two decades or more, its decades labelled as plain
+    numbers (0.01, 0.1, 1) rather than powers of ten; a linear one over a narrower range, where
+    a log axis has at most one decade to label and labels the rest 2.28x10^0."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    low, high = min(losses), max(losses)
+    if low > 0 and high / low >= _LOG_AXIS_SPAN:
+        axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(FuncFormatter("{:g}".format))
+        axes.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _take_turns(trainings):
+    """Runs the builds' training generators (_Run.train) a block each in turn until all are
+    done; {impl: Result}. Which build goes first alternates from one round to the next, so
+    that neither is always the one to start after the other (a cache the other filled, a
+    frequency it raised)."""
+    results, turn = [None] * len(trainings), list(range(len(trainings)))
+    while turn:
+        for index in list(turn):
+            try:
+                next(trainings[index])
+            except StopIteration as finished:
+                results[index] = finished.value
+                turn.remove(index)
+        turn.reverse()
+    return {result.impl: result for result in results}
+
+
+def _compare(name, loss_kind, results, out):
+    """Plots both builds' loss curves to <out>/<name>-loss.png; returns the summary lines."""
+    plot_path = os.path.join(out, f"{name}-loss.png")
+    _loss_figure(name, loss_kind, results).savefig(plot_path, dpi=120)
+
     metrics = ", ".join(f"{impl} {_metric_text(loss_kind, result.epochs[-1]['test_metric'])}"
                         for impl, result in results.items())
-    torch_speed = torch_result.samples_per_second()
-    fastops_speed = fastops_result.samples_per_second()
-    return (f"summary {name}: test {metrics}; speed fastops/torch "
-            f"{fastops_speed / torch_speed:.2f}x ({torch_speed:,.0f} vs {fastops_speed:,.0f} "
-            f"samples/s); loss curves {plot_path}")
+    return (f"summary {name}: test {metrics}; loss curves {plot_path}\n"
+            + _speed_text(results["torch"].blocks, results["fastops"].blocks))
+
+
+def _speed_text(torch_blocks, fastops_blocks):
+    """The fastops/torch speed ratio, its median and spread over the pairs of blocks of the
+    same steps that both builds trained after their warm-up, and what was timed."""
+    timed = {(block.epoch, block.first_step): block for block in torch_blocks if not block.warm_up}
+    pairs = [(timed[key], block) for block in fastops_blocks
+             if (key := (block.epoch, block.first_step)) in timed and not block.warm_up]
+    if not pairs:
+        return ("speed fastops/torch: not measured (each build's first block of steps is its "
+                "warm-up and no other block was trained; train more steps)")
+    samples, seconds = (np.array([[getattr(block, field) for block in pair] for pair in pairs])
+                        for field in ("samples", "seconds"))
+    ratios = (samples[:, 1] / seconds[:, 1]) / (samples[:, 0] / seconds[:, 0])
+    low_quartile, median, high_quartile = np.percentile(ratios, [25, 50, 75])
+    torch_speed, fastops_speed = samples.sum(axis=0) / seconds.sum(axis=0)
+    steps = max(block.steps for pair in pairs for block in pair)
+    return (f"speed fastops/torch: {median:.2f}x median over {len(pairs)} block pairs, quartiles "
+            f"{low_quartile:.2f}x-{high_quartile:.2f}x, range {ratios.min():.2f}x-"
+            f"{ratios.max():.2f}x (torch {torch_speed:,.0f}, fastops {fastops_speed:,.0f} "
+            f"samples/s over those blocks); timed: training steps (forward, backward, optimiser "
+            f"step) in blocks of {steps} step{'s' if steps > 1 else ''}, the builds taking turns "
+            "and the first of each pair alternating, after one untimed warm-up block of each build")

@@ -1,38 +1,70 @@
-"""The benchmark report writer and the --quick suite (issue: make bench)."""
+"""The benchmark report writer, the bench command's results folder and the --quick suite
+(issues: make bench; honest quick benchmarks). Only the last test runs benchmarks; the others
+feed synthetic pytest-benchmark data to the report and the command."""
 
+import glob
 import json
 import os
 import subprocess
 import sys
 
-from fastops.benchmarks.report import load_rows, write_report
+import pytest
+
+from fastops.__main__ import device_name, main
+from fastops.benchmarks.report import FLAG, SPREAD_LIMIT, load_rows, write_report
+
+MACHINE = dict(node="box", cpu=dict(brand_raw="Test CPU", count=2))
 
 
-def entry(impl, median, saved=None, case="small", pass_="fwd+bwd"):
-    info = dict(op="linear_relu", case=case, impl=impl, pass_=pass_, dtype="float32", device="cpu")
+def entry(impl, median, saved=None, case="small", pass_="fwd+bwd", op="linear_relu",
+          paired=None):
+    """One pytest-benchmark entry as the suite records it; ``paired`` = (torch median, [25th,
+    50th, 75th percentile of the ratios]) for a fastops case timed in pairs."""
+    info = dict(op=op, case=case, impl=impl, pass_=pass_, dtype="float32", device="cpu")
     if saved is not None:
         info["saved_bytes"] = saved
+    if paired:
+        info["paired"] = dict(pairs=21, torch_median=paired[0], ratio=paired[1])
     return dict(extra_info=info, stats=dict(median=median, q1=0.9 * median, q3=1.2 * median))
 
 
-def test_report_table_and_chart_from_recorded_json(tmp_path):
-    recorded = dict(machine_info=dict(node="box", cpu=dict(brand_raw="Test CPU", count=2)),
-                    datetime="2026-11-23T00:00:00",
-                    benchmarks=[entry("torch", 2e-3, 4096), entry("fastops", 1e-3, 1024),
-                                entry("torch.compile", 1.5e-3, 2048),
-                                entry("torch", 1e-3, case="large", pass_="fwd"),
-                                entry("fastops", 4e-3, case="large", pass_="fwd")])
+def recorded(tmp_path, *benchmarks):
     path = tmp_path / "benchmark.json"
-    path.write_text(json.dumps(recorded))
-    rows, _, _ = load_rows(path)
-    assert [round(r["speedup"], 3) for r in rows] == [2.0, 0.25]
+    path.write_text(json.dumps(dict(machine_info=MACHINE, datetime="2026-11-23T00:00:00",
+                                    benchmarks=list(benchmarks))))
+    return path
+
+
+def table_row(text, case, pass_):
+    return next(line for line in text.splitlines() if line.startswith(f"| linear_relu | {case} "
+                                                                       f"| {pass_} |"))
+
+
+def test_report_table_and_chart_from_recorded_json(tmp_path):
+    path = recorded(tmp_path,
+                    entry("torch", 2.2e-3, 4096), entry("torch.compile", 1.5e-3, 2048),
+                    entry("fastops", 1e-3, 1024, paired=(2e-3, [1.9, 2.0, 2.1])),
+                    entry("torch", 1e-3, case="large", pass_="fwd"),
+                    entry("fastops", 4e-3, case="large", pass_="fwd"))
+    rows, machine, date, command = load_rows(path)
+    assert (machine, date, command) == (dict(node="box", cpu="Test CPU", count=2),
+                                        "2026-11-23T00:00:00", None)
+    # Paired: the pairs' median ratio, not the ratio of medians (2.2); unpaired: medians.
+    assert [r["speedup"] for r in rows] == [2.0, 0.25]
+    assert rows[0]["speedup_range"] == [1.9, 2.1] and rows[1]["speedup_range"] is None
     assert rows[0]["memory_ratio"] == 0.25 and rows[1]["memory_ratio"] is None
 
-    text = write_report(path, tmp_path / "out", command="python -m fastops bench --quick")
-    assert "Test CPU" in text and "2026-11-23" in text and "python -m fastops bench --quick" in text
-    assert ("| linear_relu | small | fwd+bwd | float32 | 2 ms | 1 ms | 1.5 ms | 2.00x "
-            "| 1 KiB / 4 KiB |") in text
-    assert "| linear_relu | large | fwd | float32 | 1 ms | 4 ms | - | 0.25x | - |" in text
+    text, written = write_report(path, tmp_path / "out", command="python -m fastops bench --quick")
+    assert "Test CPU, 2 logical CPUs" in text and "2026-11-23" in text
+    assert "python -m fastops bench --quick" in text
+    # The torch column of a paired row is the pairs' torch median.
+    assert table_row(text, "small", "fwd+bwd") == (
+        "| linear_relu | small | fwd+bwd | float32 | 2 ms | 1 ms | 1.5 ms | 2.00x | 1.90 - 2.10x "
+        "| 1 KiB / 4 KiB |")
+    assert table_row(text, "large", "fwd") == (
+        "| linear_relu | large | fwd | float32 | 1 ms | 4 ms | - | 0.25x | - | - |")
+    assert FLAG not in text  # no row too spread
+    assert written == ["report.md", "summary.json", "speedup-ops.png"]
     assert (tmp_path / "out" / "report.md").read_text() == text
     assert (tmp_path / "out" / "speedup-ops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "out" / "speedup-models.png").exists()  # no model cases recorded
@@ -41,16 +73,120 @@ def test_report_table_and_chart_from_recorded_json(tmp_path):
     small = summary["cases"][0]
     assert small["median"]["fastops"] == 1e-3
     assert small["quartiles"]["fastops"] == [0.9 * 1e-3, 1.2 * 1e-3]
+    assert small["paired"] == dict(pairs=21, torch_median=2e-3, ratio=[1.9, 2.0, 2.1])
     assert small["saved"] == {"torch": 4096, "fastops": 1024, "torch.compile": 2048}
+
+
+def test_report_flags_rows_whose_pairs_spread_too_wide(tmp_path):
+    wide = [0.9, 1.0, 0.9 + SPREAD_LIMIT + 0.01]  # range just over SPREAD_LIMIT of the median
+    path = recorded(tmp_path,
+                    entry("fastops", 1e-3, case="wide", paired=(1e-3, wide)),
+                    entry("fastops", 1e-3, case="within", paired=(1e-3, [0.92, 1.0, 1.1])),
+                    entry("fastops", 1e-3, case="narrow", paired=(1e-3, [0.99, 1.0, 1.01])))
+    rows = load_rows(path)[0]
+    assert [r["flagged"] for r in rows] == [True, False, False]
+    text = write_report(path, tmp_path / "out")[0]
+    assert f"| 1.00x {FLAG} | 0.90 - 1.11x |" in table_row(text, "wide", "fwd+bwd")
+    assert "| 1.00x | 0.92 - 1.10x |" in table_row(text, "within", "fwd+bwd")
+    # The footnote explains the marker and counts the flagged rows.
+    assert f"{FLAG} 1 of 3 rows: the pairs' 25th-75th percentile range is wider than 20%" in text
+
+
+def test_report_renders_a_summary_from_before_pairing(tmp_path):
+    """The committed summary.json of a run without pairs still renders: ratio of medians, no
+    range, no flag, its own command."""
+    path = tmp_path / "summary.json"
+    case = dict(op="model", case="mlp batch 256", pass_="train step", dtype="float32",
+                device="cpu", median=dict(torch=4e-3, fastops=2e-3), quartiles={}, saved={},
+                peak={}, speedup=2.0, memory_ratio=None)
+    path.write_text(json.dumps(dict(machine=dict(node="vm", cpu="AMD EPYC"), date="2026-11-23",
+                                    command="python -m fastops bench", cases=[case])))
+    text, written = write_report(path, tmp_path / "out")
+    assert "vm (AMD EPYC, ? logical CPUs)" in text and "`python -m fastops bench`" in text
+    assert ("| model | mlp batch 256 | train step | float32 | 4 ms | 2 ms | - | 2.00x | - | - |"
+            in text)
+    assert "not timed in pairs" in text and FLAG not in text
+    assert written == ["report.md", "summary.json", "speedup-models.png"]
+
+
+@pytest.mark.parametrize("summary", sorted(glob.glob(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks", "results", "*",
+    "summary.json"))))
+def test_report_renders_the_committed_summaries(tmp_path, summary):
+    text, written = write_report(summary, tmp_path)
+    rows = load_rows(summary)[0]
+    assert rows and all(r["speedup"] for r in rows if "fastops" in r["median"])
+    assert text.count("\n| ") == len(rows) + 1 and "speedup-ops.png" in written
+
+
+def test_report_removes_a_chart_the_run_has_no_rows_for(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "speedup-models.png").write_bytes(b"stale chart of an earlier run")
+    path = recorded(tmp_path, entry("torch", 2e-3), entry("fastops", 1e-3))
+    assert write_report(path, out)[1] == ["report.md", "summary.json", "speedup-ops.png"]
+    assert sorted(os.listdir(out)) == ["report.md", "speedup-ops.png", "summary.json"]
+
+
+def fake_suite(benchmarks, calls):
+    """Stands in for pytest.main: records its arguments and writes the given results where
+    --benchmark-json asks, as the suite would."""
+    def run(args):
+        calls.append(args)
+        json_path = next(a for a in args if a.startswith("--benchmark-json=")).split("=", 1)[1]
+        with open(json_path, "w") as f:
+            json.dump(dict(machine_info=MACHINE, datetime="2026-11-23", benchmarks=benchmarks), f)
+        return 0
+    return run
+
+
+@pytest.mark.parametrize("argv, folder", [
+    ([], ""), (["--quick"], "-quick"), (["--filter", "linear"], "-filtered"),
+    (["--quick", "--filter", "linear"], "-quick-filtered")])
+def test_bench_writes_ad_hoc_runs_outside_the_committed_results(tmp_path, monkeypatch, capsys,
+                                                                argv, folder):
+    calls = []
+    monkeypatch.setattr(pytest, "main", fake_suite([entry("fastops", 1e-3, paired=(2e-3, [
+        1.9, 2.0, 2.1]))], calls))
+    monkeypatch.chdir(tmp_path)
+    machine = device_name("cpu")
+    stale = tmp_path / "runs" / "bench" / (machine + folder) / "speedup-models.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale chart of an earlier run")
+
+    assert main(["bench", "--device", "cpu", *argv]) == 0
+    out = os.path.join("runs", "bench", machine + folder)
+    assert f"--benchmark-json={os.path.join(out, 'benchmark.json')}" in calls[0]
+    assert not (tmp_path / "benchmarks").exists()
+    assert sorted(os.listdir(out)) == ["benchmark.json", "report.md", "speedup-ops.png",
+                                       "summary.json"]
+    printed = capsys.readouterr().out
+    assert f"results go to {out}/" in printed
+    # It names what it wrote (no models chart: the run had no model rows) and how to commit.
+    assert f"results: {out}/ (report.md, summary.json, speedup-ops.png;" in printed
+    assert "speedup-models.png" not in printed
+    assert f"--out {os.path.join('benchmarks', 'results', machine)}" in printed
+
+
+def test_bench_out_writes_where_told(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(pytest, "main", fake_suite([entry("fastops", 1e-3)], calls))
+    out = tmp_path / "benchmarks" / "results" / "box"
+    assert main(["bench", "--device", "cpu", "--out", str(out)]) == 0
+    assert f"--benchmark-json={out / 'benchmark.json'}" in calls[0]
+    assert (out / "report.md").exists()
+    assert "not committed (runs/" not in capsys.readouterr().out
 
 
 def test_quick_bench_command_writes_json_table_and_chart(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="0")
     result = subprocess.run(
         [sys.executable, "-m", "fastops", "bench", "--quick", "--device", "cpu",
-         "--filter", "linear and fwd and not bwd", "--out", str(tmp_path)],
+         "--filter", "linear_relu and fwd and not bwd and not dropout", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert {"benchmark.json", "report.md", "speedup-ops.png"} <= set(os.listdir(tmp_path))
-    rows, _, _ = load_rows(tmp_path / "benchmark.json")
+    rows = load_rows(tmp_path / "benchmark.json")[0]
     assert rows and all(r["speedup"] > 0 for r in rows)
+    # The fastops case was timed in pairs with torch: the speed-up has its quartile range.
+    assert all(r["paired"]["pairs"] >= 7 and r["speedup_range"] for r in rows)

@@ -1,6 +1,7 @@
 """python -m fastops train: end to end on the built-in data, --impl both, checkpoint and
 --resume after a signal, option errors, and data-parallel training over 2 gloo processes."""
 
+import io
 import os
 import re
 import signal
@@ -13,7 +14,8 @@ import torch.multiprocessing
 from helpers import HAS_CUDA
 
 from fastops.__main__ import main
-from fastops.train import INTERRUPTED, Options, train
+from fastops.models import IMPLS
+from fastops.train import INTERRUPTED, Options, Result, _loss_figure, _Run, _StopRequest, train
 
 
 @pytest.fixture(autouse=True)
@@ -34,14 +36,36 @@ def run_cli(capsys, *argv):
 
 
 def test_linear_regression_learns_the_formula(tmp_path, capsys):
-    status, out, _ = run_cli(capsys, "--model", "linear_regression", "--out", str(tmp_path))
+    status, out, err = run_cli(capsys, "--model", "linear_regression", "--out", str(tmp_path))
     assert status == 0
+    assert err == ""  # a log, not a terminal: no progress bar, only the epoch lines
     assert "data: built-in synthetic linear regression" in out
     assert re.search(r"torch epoch 3/3: train loss \S+, MSE \S+ \| test loss \S+, MSE \S+ \| "
                      r"\S+ s, \S+ samples/s", out)
     mse = float(re.search(r"torch: test MSE (\S+) after epoch 3,", out).group(1))
     assert mse < 1e-3  # the noise alone gives 1e-4
     assert (tmp_path / "linear_regression-torch.pt").exists()
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, keeping what is written to it."""
+
+    def isatty(self):
+        return True
+
+
+def test_the_bar_and_the_epoch_line_give_the_same_time_and_rate(tmp_path, capsys, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(Options(model="mlp", impl="both", epochs=1, limit=256, batch_size=32,
+                  out=str(tmp_path)))
+    out, bars = capsys.readouterr().out, terminal.getvalue()
+    for impl in IMPLS:
+        line = re.search(rf"{impl} epoch 1/1: .* \| (\S+ s, \S+ samples/s)\n", out)[1]
+        # the bar's last state, before it is cleared: the rate of all the epoch's steps
+        last_bar = re.findall(rf"{impl} epoch 1/1: 100%.*?(\S+ s, \S+ samples/s)", bars)[-1]
+        assert last_bar == line
+    assert "it/s" not in bars and "sample/s" not in bars  # no rate of tqdm's own
 
 
 @pytest.mark.parametrize("model,options,features", [
@@ -56,6 +80,14 @@ def test_classifiers_report_accuracy(tmp_path, model, options, features):
     assert first_layer.in_features == features
     assert result.epochs[-1]["test_metric"] > 0.8  # accuracy: all three sets are easy
     assert all(record["samples"] > 0 for record in result.epochs)
+
+
+def test_limit_reports_the_samples_really_used(tmp_path, capsys):
+    # the built-in digits have 1437 training and 360 test samples: a limit between the two
+    status, out, _ = run_cli(capsys, "--model", "softmax_regression", "--limit", "512",
+                             "--epochs", "1", "--out", str(tmp_path))
+    assert status == 0
+    assert "(--limit 512: the first 512 of 1437 train samples, all 360 test samples)" in out
 
 
 def test_multi_feature_logistic_sized_to_a_csv_table(tmp_path):
@@ -75,11 +107,40 @@ def test_both_impls_from_the_same_weights_plot_and_summary(tmp_path, capsys):
     assert type(fastops_model[0]).__module__.startswith("fastops")
     for ours, theirs in zip(fastops_model.parameters(), torch_model.parameters(), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    assert re.search(r"summary linear_regression: test torch MSE \S+, fastops MSE \S+; speed "
-                     r"fastops/torch \d+\.\d\dx \(\S+ vs \S+ samples/s\); loss curves \S+", out)
+    assert re.search(r"summary linear_regression: test torch MSE \S+, fastops MSE \S+; loss "
+                     r"curves \S+", out)
     plot = tmp_path / "linear_regression-loss.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(results["torch"].step_losses) == len(results["fastops"].step_losses) == 100
+
+
+def test_both_impls_speed_ratio_after_warm_up_in_alternating_blocks(tmp_path, capsys,
+                                                                   monkeypatch):
+    ended = []  # the impl of every timed block, in the order they ran
+    end_block = _Run._end_block
+    monkeypatch.setattr(_Run, "_end_block", lambda run: ended.append(run.impl) or end_block(run))
+    # 200 samples in batches of 10: 20 steps an epoch, timed in 10 blocks of 2 steps
+    results = train(Options(model="linear_regression", impl="both", epochs=2, limit=200,
+                            out=str(tmp_path)))
+    for result in results.values():
+        assert [(block.epoch, block.first_step, block.steps) for block in result.blocks] == [
+            (epoch, step, 2) for epoch in range(2) for step in range(0, 20, 2)]
+        assert [block.warm_up for block in result.blocks] == [True] + [False] * 19
+        assert all(block.samples == 20 and block.seconds > 0 for block in result.blocks)
+        # an epoch's time is its blocks', not the other build's turns in between
+        assert result.epochs[0]["seconds"] == pytest.approx(
+            sum(block.seconds for block in result.blocks[:10]))
+    # the builds take turns block by block, which goes first alternating from pair to pair
+    assert ended == [impl for pair in range(20) for impl in (IMPLS if pair % 2 == 0
+                                                              else IMPLS[::-1])]
+    out = capsys.readouterr().out
+    speed = re.search(r"speed fastops/torch: (\S+)x median over 19 block pairs, quartiles "
+                      r"(\S+)x-(\S+)x, range (\S+)x-(\S+)x \(torch \S+, fastops \S+ samples/s "
+                      r"over those blocks\); timed: training steps \(forward, backward, "
+                      r"optimiser step\) in blocks of 2 steps, .* after one untimed warm-up "
+                      r"block of each build", out)
+    median, low_quartile, high_quartile, low, high = map(float, speed.groups())
+    assert low <= low_quartile <= median <= high_quartile <= high
 
 
 class _SignalAtStep:
@@ -131,6 +192,43 @@ def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     assert resumed["epochs"][1]["samples"] == 192  # the resumed epoch counts all its samples
 
 
+def test_both_impls_interrupted_and_resumed_train_as_uninterrupted_and_alone(tmp_path, capsys,
+                                                                            monkeypatch):
+    # mlp: dropout, so each build must keep its own RNG state while they take turns; 320
+    # samples in batches of 16: 20 steps an epoch, in blocks of 2 steps
+    argv = ["--model", "mlp", "--limit", "320", "--batch-size", "16", "--epochs", "2"]
+    assert run_cli(capsys, *argv, "--out", str(tmp_path / "alone"))[0] == 0
+    assert run_cli(capsys, *argv, "--impl", "both", "--out", str(tmp_path / "whole"))[0] == 0
+    with monkeypatch.context() as patch:
+        # steps in turn: torch 1-2, fastops 1-2, fastops 3-4, torch 3-4, torch 5: a block's middle
+        _SignalAtStep(patch, at_call=9)
+        status, out, _ = run_cli(capsys, *argv, "--impl", "both", "--out", str(tmp_path / "parts"))
+    assert status == INTERRUPTED
+    assert "torch: stopped at epoch 1, step 5" in out
+    assert "fastops: stopped at epoch 1, step 4" in out
+    status, out, _ = run_cli(capsys, *argv, "--impl", "both", "--out", str(tmp_path / "parts"),
+                             "--resume")
+    assert status == 0 and out.count(": resuming") == 2
+    for impl in IMPLS:
+        whole, resumed = (torch.load(tmp_path / run / f"mlp-{impl}.pt", weights_only=True)
+                          for run in ("whole", "parts"))
+        assert resumed["step_losses"] == whole["step_losses"], impl
+        for key, value in whole["model"].items():
+            assert torch.equal(resumed["model"][key], value), (impl, key)
+    alone, both = (torch.load(tmp_path / run / "mlp-torch.pt", weights_only=True)
+                   for run in ("alone", "whole"))
+    assert alone["step_losses"] == both["step_losses"]  # taking turns changed nothing
+
+
+@pytest.mark.parametrize("main_process", [True, False])
+def test_only_the_main_process_announces_a_stop(capsys, main_process):
+    # under torchrun every process gets the Ctrl-C: one announcement is enough
+    with _StopRequest(announce=main_process) as stop:
+        signal.raise_signal(signal.SIGINT)
+    assert stop.requested
+    assert ("SIGINT: stopping after this step" in capsys.readouterr().err) == main_process
+
+
 def test_resume_with_more_epochs_goes_on(tmp_path):
     first = train(Options(model="logistic_regression", epochs=1, out=str(tmp_path)))["torch"]
     more = train(Options(model="logistic_regression", epochs=2, out=str(tmp_path), resume=True))
@@ -174,6 +272,9 @@ def _ddp_worker(rank, world_size, port, options, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
+    # what the process prints (the bar goes to sys.stderr as it is when the bar is made)
+    sys.stdout = open(os.path.join(out_dir, f"rank{rank}.out"), "w")
+    sys.stderr = open(os.path.join(out_dir, f"rank{rank}.err"), "w")
     result = train(options)["torch"]
     torch.save({"model": result.model.state_dict(), "epochs": result.epochs},
                os.path.join(out_dir, f"rank{rank}.pt"))
@@ -202,6 +303,9 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
         assert ddp_epoch["test_metric"] == pytest.approx(single_epoch["test_metric"], rel=1e-5)
     checkpoint = torch.load(tmp_path / "ddp" / "linear_regression-torch.pt", weights_only=True)
     assert checkpoint["config"]["world_size"] == 2 and len(checkpoint["processes"]) == 2
+    # messages once, from rank 0
+    assert "torch epoch 2/2" in (tmp_path / "rank0.out").read_text()
+    assert (tmp_path / "rank1.out").read_text() == (tmp_path / "rank1.err").read_text() == ""
 
 
 @pytest.mark.parametrize("model", ["mnist_cnn", "lenet_bn"])
@@ -212,3 +316,23 @@ def test_both_impls_of_a_cnn_train_alike(tmp_path, model):
     fastops_losses = torch.tensor(results["fastops"].step_losses)
     assert len(torch_losses) == 4
     torch.testing.assert_close(fastops_losses, torch_losses, atol=1e-3, rtol=1e-3)
+
+
+def tick_labels(figure):
+    """The y tick labels a reader sees (major and minor), as drawn."""
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    return [label.get_text() for label in axes.get_yticklabels(which="both") if label.get_text()]
+
+
+@pytest.mark.parametrize("low,high,scale", [(2.2, 2.3, "linear"), (0.3, 2.3, "linear"),
+                                            (0.004, 2.3, "log")])
+def test_loss_plot_ticks_read_as_plain_numbers(low, high, scale):
+    losses = torch.linspace(high, low, 50).tolist()
+    results = {impl: Result(impl, None, losses, [], False) for impl in IMPLS}
+    figure = _loss_figure("mlp", "cross_entropy", results)
+    assert figure.axes[0].get_yscale() == scale  # log only where it spans decades
+    labels = tick_labels(figure)
+    assert len(labels) >= 3
+    for label in labels:  # 2.25 or 0.01, never 2.28x10^0 or 10^-2
+        float(label.replace("\N{MINUS SIGN}", "-"))
