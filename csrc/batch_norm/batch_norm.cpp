@@ -3,6 +3,8 @@
 // and the C++ entry points.
 #include "batch_norm/batch_norm.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include "shared/op_handle.h"

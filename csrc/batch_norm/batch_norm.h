@@ -2,7 +2,7 @@
 // batch_norm.cpp).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <tuple>

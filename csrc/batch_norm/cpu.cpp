@@ -14,9 +14,12 @@
 //
 // Over 500 lines on purpose: forward and backward walk the same two layouts with the same span
 // helpers, which a split would have to export.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/accumulate.h>
 #include <torch/library.h>
 

@@ -1,7 +1,7 @@
 // fastops::conv2d and fastops::conv2d_backward: entry points and rules (see conv2d.cpp).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <tuple>

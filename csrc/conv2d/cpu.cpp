@@ -6,8 +6,10 @@
 //
 // Float32 convolutions with few output channels run the direct kernel (cpu_direct.cpp) instead
 // where the CPU has AVX-512. The im2col pieces shared with the backward are in cpu_im2col.h.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <optional>

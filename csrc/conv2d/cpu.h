@@ -11,7 +11,7 @@
 // in that file's anonymous namespace.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <array>

@@ -8,9 +8,13 @@
 // Float32 convolutions with few channels run the direct kernels (cpu_direct.cpp) instead where
 // the CPU has AVX-512 and their conditions hold. The im2col pieces shared with the forward are in
 // cpu_im2col.h.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <array>

@@ -14,8 +14,9 @@
 // The kernels' inner loops are FASTOPS_AVX512_FN functions (shared/isa.h); a build without
 // FASTOPS_AVX512_KERNELS (clang) compiles none of this file, and every convolution takes the GEMM
 // path.
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <array>

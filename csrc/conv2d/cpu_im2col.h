@@ -7,8 +7,8 @@
 // (their opmath type), so each result is rounded once, as oneDNN does.
 #pragma once
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cstdint>

@@ -6,9 +6,15 @@
 // and the dot products the loss terms need); only the row's log-sum-exp is saved. Backward: one
 // pass writing (softmax - target_dist) * scale. The fused linear variant runs the same row
 // kernels on chunks of rows of the logits, recomputing them in the backward.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
 

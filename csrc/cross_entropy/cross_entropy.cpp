@@ -3,6 +3,7 @@
 // them first, the Meta kernels are them) and the C++ entry points.
 #include "cross_entropy/cross_entropy.h"
 
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <string>

@@ -2,7 +2,7 @@
 // and rules (see cross_entropy.cpp).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <tuple>

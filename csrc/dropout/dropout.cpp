@@ -3,6 +3,7 @@
 // and the C++ entry points.
 #include "dropout/dropout.h"
 
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "shared/common.h"

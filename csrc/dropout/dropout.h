@@ -1,7 +1,7 @@
 // fastops::dropout and fastops::dropout_: entry points and rules (see dropout.cpp).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace fastops {
 

@@ -9,8 +9,8 @@
 // a dropped one by 0 (a multiplication, as torch's input * noise, so NaN and inf stay NaN).
 #pragma once
 
-#include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cstdint>

@@ -2,9 +2,12 @@
 // dropout, and a backward whose only elementwise pass applies the ReLU mask (taken from the saved
 // output) and the dropout noise (regenerated from the seed) and accumulates the bias gradient
 // at the same time.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>

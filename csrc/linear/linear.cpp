@@ -3,6 +3,7 @@
 // and the C++ entry points.
 #include "linear/linear.h"
 
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "dropout/dropout.h"

@@ -1,7 +1,7 @@
 // fastops::linear and fastops::linear_backward: entry points and rules (see linear.cpp).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <tuple>

@@ -7,9 +7,11 @@
 // rows, so no bounds checks) or across channels (channels-last). Backward: a task owns whole
 // planes (NCHW) or images / channel slices of one (channels-last) and scatters into them, so
 // overlapping windows accumulate without races.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <limits>

@@ -3,6 +3,7 @@
 // and the C++ entry points.
 #include "max_pool2d/max_pool2d.h"
 
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <limits>

@@ -2,7 +2,7 @@
 // max_pool2d.cpp).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 #include <vector>

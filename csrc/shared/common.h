@@ -4,7 +4,10 @@
 // symbolic sizes (sym_size), so the rules also run on FakeTensors with dynamic shapes.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/string_view.h>
 
 #include <bit>

@@ -8,7 +8,7 @@
 // products, builds without oneDNN, torch.backends.mkldnn disabled) to ATen's addmm / mm.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 

@@ -1,7 +1,7 @@
 // Fresh CPU tensors that a kernel is about to write in full.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 
