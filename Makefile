@@ -6,6 +6,9 @@
 # `make test-installed`: it builds against the current interpreter's torch and never downloads.
 
 PYTHON ?= python3
+# pipefail: a failed compile fails the build even though its output goes through sed.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
@@ -25,11 +28,14 @@ $(VENV)/.deps: $(PY) pyproject.toml
 		pytest pytest-benchmark expecttest matplotlib tqdm scikit-learn ruff clang-format
 	touch $@
 
-# The first time, an editable install (it compiles fastops._C into fastops/); afterwards a
-# changed source only triggers an incremental in-place rebuild (ninja recompiles what changed).
+# Compiles fastops._C into fastops/ with ninja, which recompiles only the sources that changed
+# (objects stay in build/temp); each compiled file is printed as "[n/N] csrc/<file>" while the
+# build runs. The first time, an editable install then registers the package in the venv (its
+# build finds every object up to date).
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
-	if [ -f $(VENV)/.installed ]; then $(PY) setup.py -q build_ext --inplace; \
-	else $(PIP) install --no-build-isolation --no-deps -e . && touch $(VENV)/.installed; fi
+	$(PY) setup.py -q build_ext --inplace 2>&1 | sed -E 's|^\[([0-9]+/[0-9]+)\] .* -c [^ ]*/(csrc/[^ ]*) .*|[\1] \2|'
+	[ -f $(VENV)/.installed ] || { $(PIP) install -q --no-build-isolation --no-deps -e . \
+		&& touch $(VENV)/.installed; }
 	touch $@
 
 build: $(VENV)/.built
