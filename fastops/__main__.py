@@ -7,6 +7,8 @@ import platform
 import re
 import sys
 
+from ._extras import MissingExtra, require
+
 # The CPU flags that csrc/shared/isa.h's cpu_has_avx512() asks for (__builtin_cpu_supports). That
 # C++ check is what picks the kernels; info reads the same flags only to report them, from the
 # kernel's /proc/cpuinfo, which lists an extension only where the OS also enabled it.
@@ -135,6 +137,7 @@ def bench(args):
     if device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU is available here", file=sys.stderr)
         return 2
+    require("bench", "python -m fastops bench")
     out_dir = bench_out_dir(args, device)
     print(f"python -m fastops bench: results go to {out_dir}/", flush=True)
     os.makedirs(out_dir, exist_ok=True)
@@ -236,11 +239,15 @@ def main(argv=None):
     _add_train_parser(commands)
     args = parser.parse_args(argv)
     args.raw = argv[1:]
-    if args.command == "info":
-        return info()
-    if args.command == "train":
-        return train(args)
-    return bench(args)
+    try:
+        if args.command == "info":
+            return info()
+        if args.command == "train":
+            return train(args)
+        return bench(args)
+    except MissingExtra as error:
+        print(f"python -m fastops {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

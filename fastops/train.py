@@ -39,11 +39,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
-from tqdm import tqdm
 
 from . import data
+from ._extras import require
 from .convert import convert
 from .models import IMPLS, NAMES, RECIPES, build
+
+# Checked before importing them, so that a missing one is named with its pip extra.
+require("models", "fastops.train")
+from tqdm import tqdm  # noqa: E402
 
 INTERRUPTED = 130  # exit status of a run stopped by a signal (128 + SIGINT), as shells report it
 IMPL_CHOICES = IMPLS + ("both",)

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from fastops.benchmarks.report import FLAG, SPREAD_LIMIT, load_rows, write_report
 
 from fastops.__main__ import device_name, main
-from fastops.benchmarks.report import FLAG, SPREAD_LIMIT, load_rows, write_report
 
 MACHINE = dict(node="box", cpu=dict(brand_raw="Test CPU", count=2))
 

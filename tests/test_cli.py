@@ -1,11 +1,13 @@
-"""python -m fastops info: what it reports and how it lays it out."""
+"""python -m fastops: what info reports and how it lays it out; a missing optional dependency."""
 
 import os
 import re
+import sys
 
 import pytest
 import torch
 
+from fastops import _extras
 from fastops.__main__ import _avx512_text, main
 
 AVX512_FLAGS = "avx512f avx512vl avx512dq avx512bw"  # what csrc/shared/isa.h checks
@@ -57,3 +59,20 @@ def test_avx512_detection_reads_the_flags_the_kernels_check(tmp_path, monkeypatc
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
     assert re.match(expected, _avx512_text(str(cpuinfo)).replace(str(cpuinfo), "/proc/cpuinfo"))
     assert _avx512_text(str(tmp_path / "none")).startswith("unknown")
+
+
+@pytest.mark.parametrize("command, extra, module", [
+    (["bench", "--quick"], "bench", "pytest_benchmark"),
+    (["train", "--model", "mlp"], "models", "sklearn"),
+])
+def test_a_missing_optional_dependency_names_its_extra(monkeypatch, capsys, command, extra,
+                                                       module):
+    find_spec = _extras.importlib.util.find_spec
+    monkeypatch.setattr(_extras.importlib.util, "find_spec",
+                        lambda name: None if name == module else find_spec(name))
+    monkeypatch.delitem(sys.modules, "fastops.train", raising=False)  # re-import: it checks
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1  # one line, no traceback
+    assert f"pip install 'fastops[{extra}]'" in error
+    assert _extras._PIP_NAMES.get(module, module) in error

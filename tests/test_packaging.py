@@ -1,11 +1,17 @@
 """The package as a user meets it: the command line, the installed layout."""
 
+import os
+import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import fastops
+from fastops import _extras
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(*args):
@@ -50,3 +56,24 @@ def test_every_public_op_has_cpu_cuda_autograd_and_fake_kernels():
 def test_top_level_api():
     assert callable(fastops.convert) and callable(fastops.unconvert)
     assert fastops.ops.linear is torch.ops.fastops.linear
+
+
+def pyproject():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as file:
+        return tomllib.load(file)["project"]
+
+
+def test_license_file_matches_the_metadata():
+    project = pyproject()
+    assert project["license"] == "BSD-3-Clause"
+    for name in project["license-files"]:
+        with open(os.path.join(ROOT, name)) as file:
+            assert file.readline().strip() == "BSD 3-Clause License"
+
+
+def test_each_optional_module_is_installed_by_the_extra_named_in_its_message():
+    extras = pyproject()["optional-dependencies"]
+    for extra, modules in _extras.EXTRAS.items():
+        packages = {re.split(r"[<>=\[ ]", spec)[0] for spec in extras[extra]}
+        assert {_extras._PIP_NAMES.get(module, module) for module in modules} <= packages
