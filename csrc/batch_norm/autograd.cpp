@@ -105,6 +105,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_autograd(
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     c10::string_view activation) {
   check_no_inference_tensor_recorded(input, weight, bias, running_mean, running_var);
+  if (!needs_graph(input, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return fastops::batch_norm(input, weight, bias, running_mean, running_var, training, momentum,
+                               eps, activation);
+  }
   const auto outputs = BatchNormFunction::apply(input, weight, bias, running_mean, running_var,
                                                 training, momentum, eps, activation);
   return {outputs[0], outputs[1], outputs[2]};

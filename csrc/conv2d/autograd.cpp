@@ -62,6 +62,10 @@ at::Tensor conv2d_autograd(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            c10::string_view activation) {
+  if (!needs_graph(input, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return fastops::conv2d(input, weight, bias, stride, padding, dilation, groups, activation);
+  }
   return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups, activation);
 }
 

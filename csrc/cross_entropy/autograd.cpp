@@ -132,6 +132,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_autograd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
   check_weight_not_differentiable(weight, "cross_entropy");
+  if (!needs_graph(input)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return fastops::cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing);
+  }
   return as_tuple(
       CrossEntropyFunction::apply(input, target, weight, reduction, ignore_index, label_smoothing));
 }
@@ -141,6 +145,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_autograd(
     const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
     int64_t ignore_index, double label_smoothing, std::optional<at::ScalarType> loss_dtype) {
   check_weight_not_differentiable(weight, "linear_cross_entropy");
+  if (!needs_graph(input, linear_weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return fastops::linear_cross_entropy(input, linear_weight, bias, target, weight, reduction,
+                                         ignore_index, label_smoothing, loss_dtype);
+  }
   return as_tuple(LinearCrossEntropyFunction::apply(input, linear_weight, bias, target, weight,
                                                     reduction, ignore_index, label_smoothing,
                                                     loss_dtype));

@@ -64,6 +64,10 @@ class DropoutInplaceFunction : public torch::autograd::Function<DropoutInplaceFu
 
 at::Tensor dropout_autograd(const at::Tensor& input, const at::Tensor& seed, double p,
                             int64_t channel_size) {
+  if (!needs_graph(input)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return fastops::dropout(input, seed, p, channel_size);
+  }
   return DropoutFunction::apply(input, seed, p, channel_size);
 }
 

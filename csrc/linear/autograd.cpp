@@ -54,6 +54,10 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
 at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, c10::string_view activation,
                            const std::optional<at::Tensor>& dropout_seed, double dropout_p) {
+  if (!needs_graph(input, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return fastops::linear(input, weight, bias, activation, dropout_seed, dropout_p);
+  }
   return LinearFunction::apply(input, weight, bias, activation, dropout_seed, dropout_p);
 }
 

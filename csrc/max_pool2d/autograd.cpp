@@ -50,6 +50,10 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_autograd(const at::Tensor& input,
                                                        at::IntArrayRef stride,
                                                        at::IntArrayRef padding,
                                                        at::IntArrayRef dilation, bool ceil_mode) {
+  if (!needs_graph(input)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return fastops::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
+  }
   const auto outputs =
       MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode);
   return {outputs[0], outputs[1]};

@@ -21,6 +21,21 @@ inline torch::autograd::Variable grad_or_undefined(bool needed, const at::Tensor
   return needed ? grad : torch::autograd::Variable();
 }
 
+// Whether a call must build an autograd graph node: grad mode is on and a tensor argument
+// requires grad. Otherwise the autograd kernels call the op below autograd directly:
+// Function::apply creates a node and saves tensors even when no gradient can flow (about a
+// microsecond per call, as much as a tiny op's kernel).
+inline bool requires_grad(const at::Tensor& tensor) {
+  return tensor.defined() && tensor.requires_grad();
+}
+inline bool requires_grad(const std::optional<at::Tensor>& tensor) {
+  return tensor.has_value() && requires_grad(*tensor);
+}
+template <typename... Tensors>
+bool needs_graph(const Tensors&... tensors) {
+  return at::GradMode::is_enabled() && (requires_grad(tensors) || ...);
+}
+
 // The saved tensors of a Function that are optional arguments of a backward op.
 inline std::optional<at::Tensor> optional_tensor(const at::Tensor& saved) {
   return saved.defined() ? std::optional<at::Tensor>(saved) : std::nullopt;

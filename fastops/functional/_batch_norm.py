@@ -7,8 +7,9 @@ import torch
 
 from .._checks import SUPPORTED_DTYPES, check_activation, check_tensor, fail
 from .._cuda import register_cuda_kernels
+from .._dispatch import operator
 
-_ops = torch.ops.fastops
+batch_norm_op = operator("batch_norm")
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -90,7 +91,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if len(dtypes) > 1:
         fail(fn, "expected weight, bias, running_mean and running_var to share one dtype, got "
                  f"{sorted(str(d) for d in dtypes)}")
-    output, _, _ = _ops.batch_norm(input, weight, bias, running_mean, running_var, bool(training),
+    output, _, _ = batch_norm_op(input, weight, bias, running_mean, running_var, bool(training),
                                    float(momentum), float(eps), activation)
     return output
 

@@ -5,9 +5,10 @@ import torch
 
 from .._checks import check_activation, check_float_dtype, check_tensor, fail
 from .._cuda import register_cuda_kernels
+from .._dispatch import operator
 from ._linear import _check_like_input
 
-_ops = torch.ops.fastops
+conv2d_op = operator("conv2d")
 
 def _pair(value, name, fn):
     """An int or a sequence of 1 or 2 ints, as torch accepts them -> a 2-tuple."""
@@ -110,7 +111,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         input = input.unsqueeze(0)
     input, padding = _conv2d_padding(input, weight, padding, stride, dilation, fn)
     _check_conv2d_config(input, weight, bias, stride, padding, dilation, groups, fn)
-    output = _ops.conv2d(input, weight, bias, stride, padding, dilation, groups, activation)
+    output = conv2d_op(input, weight, bias, stride, padding, dilation, groups, activation)
     return output.squeeze(0) if unbatched else output
 
 

@@ -8,8 +8,10 @@ import torch
 
 from .._checks import check_float_dtype, check_like, check_tensor, fail
 from .._cuda import register_cuda_kernels
+from .._dispatch import operator
 
-_ops = torch.ops.fastops
+cross_entropy_op = operator("cross_entropy")
+linear_cross_entropy_op = operator("linear_cross_entropy")
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -109,7 +111,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     if vector:  # one sample: [C] -> [1, C]
         input = input.unsqueeze(0)
         target = target.unsqueeze(0) if prob_target else target.reshape(1)
-    loss = _ops.cross_entropy(input, target, weight, reduction, ignore_index,
+    loss = cross_entropy_op(input, target, weight, reduction, ignore_index,
                               float(label_smoothing))[0]
     return loss.squeeze(0) if vector and reduction == "none" else loss
 
@@ -194,7 +196,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     if vector:
         input = input.unsqueeze(0)
         target = target.unsqueeze(0) if prob_target else target.reshape(1)
-    loss = _ops.linear_cross_entropy(input, linear_weight, linear_bias, target, weight,
+    loss = linear_cross_entropy_op(input, linear_weight, linear_bias, target, weight,
                                      reduction, ignore_index, float(label_smoothing))[0]
     return loss.squeeze(0) if vector and reduction == "none" else loss
 
@@ -220,7 +222,7 @@ def _linear_cross_entropy_positions(input, linear_weight, linear_bias, target, w
     # [N, d...] -> [N, P] (class indices), [N, C, d...] -> [N, C, P] (probabilities)
     targets = target.reshape(*target.shape[:2 if prob_target else 1], positions)
     per_position = "none" if reduction == "none" else "sum"
-    outputs = [_ops.linear_cross_entropy(input, heads[:, p],
+    outputs = [linear_cross_entropy_op(input, heads[:, p],
                                          None if biases is None else biases[:, p],
                                          targets[..., p], weight, per_position, ignore_index,
                                          label_smoothing)

@@ -7,8 +7,10 @@ import torch
 
 from .._checks import check_float_dtype, check_tensor, fail
 from .._cuda import register_cuda_kernels
+from .._dispatch import operator
 
-_ops = torch.ops.fastops
+dropout_op = operator("dropout")
+dropout__op = operator("dropout_")
 
 def _dropout_seed():
     """The seed of one dropout call: drawn from torch's default CPU generator, so
@@ -37,9 +39,9 @@ def _dropout(input, p, training, inplace, fn, channel_size):
     # p = 1 zeroes everything, units or not (torch checks the feature shape only for p < 1).
     size = 1 if p == 1 else channel_size()
     if inplace:
-        _ops.dropout_(input, _dropout_seed(), float(p), size)
+        dropout__op(input, _dropout_seed(), float(p), size)
         return input
-    output = _ops.dropout(input, _dropout_seed(), float(p), size)
+    output = dropout_op(input, _dropout_seed(), float(p), size)
     # torch's output keeps a channels-last input's layout; the kernels write row-major.
     for memory_format in (torch.channels_last, torch.channels_last_3d):
         if not input.is_contiguous() and input.is_contiguous(memory_format=memory_format):

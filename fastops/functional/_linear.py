@@ -5,9 +5,10 @@ import torch
 
 from .._checks import check_activation, check_float_dtype, check_like, check_tensor, fail
 from .._cuda import register_cuda_kernels
+from .._dispatch import operator
 from ._dropout import _check_p, _dropout, _dropout_seed
 
-_ops = torch.ops.fastops
+linear_op = operator("linear")
 
 
 def _cast_by_autocast(tensor):
@@ -58,7 +59,7 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
              f"weight expects in_features = {weight_2d.shape[1]} (input {tuple(input.shape)}, "
              f"weight {tuple(weight.shape)})")
     if bias is None:
-        output = _ops.linear(input, weight_2d, None, activation,
+        output = linear_op(input, weight_2d, None, activation,
                              *_linear_dropout(fused_dropout, dropout))
     else:
         check_tensor(bias, "bias", fn)
@@ -69,7 +70,7 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
         if bias.dim() <= 1 and bias.numel() in (1, out_features):
             if bias.shape != (out_features,):  # [] or [1]: broadcast along the features
                 bias = bias.reshape(-1).expand(out_features)
-            output = _ops.linear(input, weight_2d, bias, activation,
+            output = linear_op(input, weight_2d, bias, activation,
                                  *_linear_dropout(fused_dropout, dropout))
         else:
             # torch also accepts any bias that broadcasts to the output (e.g. one per row):
@@ -83,7 +84,7 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
                 fail(fn,
                      f"expected bias of shape [{out_features}] or broadcastable to the output "
                      f"{list(out_shape)}, got {list(bias.shape)}")
-            output = _ops.linear(input, weight_2d, None, "none") + bias
+            output = linear_op(input, weight_2d, None, "none") + bias
             if activation == "relu":
                 output = torch.relu(output)
             output = _dropout(output, dropout, training, False, fn, lambda: 1)

@@ -5,8 +5,10 @@ import torch
 
 from .._checks import check_tensor, fail
 from .._cuda import register_cuda_kernels
+from .._dispatch import operator
 
-_ops = torch.ops.fastops
+max_pool2d_op = operator("max_pool2d")
+max_pool2d_indices_op = operator("max_pool2d_indices")
 
 _MAX_POOL2D_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8,
                       torch.int8, torch.int16, torch.int32, torch.int64)
@@ -57,11 +59,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     batched = input.dim() == 4
     # An unbatched input gets torch's contiguous output whatever its strides (torch picks
     # channels-last only for 4-D inputs).
-    output, argmax = _ops.max_pool2d(input if batched else input.unsqueeze(0).contiguous(), kernel,
+    output, argmax = max_pool2d_op(input if batched else input.unsqueeze(0).contiguous(), kernel,
                                      stride, padding, dilation, ceil_mode)
     results = (output,)
     if return_indices:
-        results += (_ops.max_pool2d_indices(argmax, input.shape[-1], kernel, stride, padding,
+        results += (max_pool2d_indices_op(argmax, input.shape[-1], kernel, stride, padding,
                                             dilation),)
     if not batched:
         results = tuple(t.squeeze(0) for t in results)
