@@ -205,6 +205,7 @@ def _add_train_parser(commands):
 
 def train(args):
     """Runs fastops.train with the command line's options; 130 when a signal stopped it."""
+    require("models", "python -m fastops train")
     from fastops import train as training
 
     options = training.Options(
