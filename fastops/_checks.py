@@ -41,3 +41,16 @@ def check_activation(activation, fn, allowed=("relu",)):
         fail(fn, f"activation must be None or one of {list(allowed)}, got {activation!r}",
              ValueError)
     return activation
+
+
+def call_checked(op, args, torch_checks):
+    """``op(*args)``; when the op rejects the call, ``torch_checks()`` raises torch's error for it
+    (or the op's own error stands). The op's rules check every argument before any kernel runs,
+    so nothing has changed by then, and a valid call does not pay for the Python checks, which
+    only word the error as torch does."""
+    try:
+        return op(*args)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        op_error = error
+    torch_checks()
+    raise op_error

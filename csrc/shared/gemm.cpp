@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <utility>
+#include <vector>
 
 #include "shared/common.h"
 #include "shared/huge_pages.h"
@@ -171,13 +172,25 @@ bool use_thin(const at::Tensor& x, const at::Tensor& w) {
 void thin_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
                  const at::Tensor& out, bool accumulate) {
   // b = w^T with unit column stride: w^T itself when w is column-major, else a packed copy
-  // ([K, N], N <= 16 or K <= 16 in the linear layers: small).
-  const at::Tensor b = w.stride(0) == 1 ? w.t() : w.t().contiguous();
+  // ([K, N], N <= 16 or K <= 16 in the linear layers: small), packed here rather than by
+  // w.t().contiguous(), whose dispatch and allocation cost more than a tiny product itself.
+  const int64_t N = w.size(0), K = w.size(1);
+  std::vector<float> packed;
+  const float* b = w.const_data_ptr<float>();
+  int64_t b_row = w.stride(1);
+  if (w.stride(0) != 1) {
+    packed.resize(K * N);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t k = 0; k < K; ++k) packed[k * N + n] = b[n * w.stride(0) + k * w.stride(1)];
+    }
+    b = packed.data();
+    b_row = N;
+  }
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  thin_gemm({x.const_data_ptr<float>(), x.stride(0), x.stride(1), b.const_data_ptr<float>(),
-             b.stride(0), out.mutable_data_ptr<float>(), out.stride(0),
-             bias_c.defined() ? bias_c.const_data_ptr<float>() : nullptr, accumulate, x.size(0),
-             w.size(0), x.size(1)});
+  thin_gemm({x.const_data_ptr<float>(), x.stride(0), x.stride(1), b, b_row,
+             out.mutable_data_ptr<float>(), out.stride(0),
+             bias_c.defined() ? bias_c.const_data_ptr<float>() : nullptr, accumulate, x.size(0), N,
+             x.size(1)});
 }
 #endif
 

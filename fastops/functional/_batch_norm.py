@@ -11,6 +11,7 @@ from .._dispatch import operator
 
 batch_norm_op = operator("batch_norm")
 
+
 _REDUCED = (torch.float16, torch.bfloat16)
 
 

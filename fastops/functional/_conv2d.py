@@ -3,12 +3,13 @@ the op's CUDA (Triton) kernels."""
 
 import torch
 
-from .._checks import check_activation, check_float_dtype, check_tensor, fail
+from .._checks import call_checked, check_activation, check_float_dtype, check_tensor, fail
 from .._cuda import register_cuda_kernels
 from .._dispatch import operator
 from ._linear import _check_like_input
 
 conv2d_op = operator("conv2d")
+
 
 def _pair(value, name, fn):
     """An int or a sequence of 1 or 2 ints, as torch accepts them -> a 2-tuple."""
@@ -43,8 +44,8 @@ def _conv2d_padding(input, weight, padding, stride, dilation, fn):
 
 
 def _check_conv2d_config(input, weight, bias, stride, padding, dilation, groups, fn):
-    """torch's errors for a bad configuration (the CUDA kernels rely on these checks; the CPU
-    kernel repeats them for direct op calls). input is 4-D here, padding explicit."""
+    """torch's errors for a bad configuration, raised when the op has rejected the call (its
+    rules, shared by every backend, check the same conditions). input is 4-D, padding explicit."""
     if groups <= 0:
         fail(fn, f"non-positive groups is not supported, got groups={groups}")
     if min(stride) <= 0:
@@ -110,8 +111,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if unbatched:
         input = input.unsqueeze(0)
     input, padding = _conv2d_padding(input, weight, padding, stride, dilation, fn)
-    _check_conv2d_config(input, weight, bias, stride, padding, dilation, groups, fn)
-    output = conv2d_op(input, weight, bias, stride, padding, dilation, groups, activation)
+    output = call_checked(
+        conv2d_op, (input, weight, bias, stride, padding, dilation, groups, activation),
+        lambda: _check_conv2d_config(input, weight, bias, stride, padding, dilation, groups, fn))
     return output.squeeze(0) if unbatched else output
 
 

@@ -13,6 +13,7 @@ from .._dispatch import operator
 cross_entropy_op = operator("cross_entropy")
 linear_cross_entropy_op = operator("linear_cross_entropy")
 
+
 _REDUCTIONS = ("none", "mean", "sum")
 
 

@@ -10,7 +10,8 @@ from .._cuda import register_cuda_kernels
 from .._dispatch import operator
 
 dropout_op = operator("dropout")
-dropout__op = operator("dropout_")
+dropout_inplace_op = operator("dropout_")
+
 
 def _dropout_seed():
     """The seed of one dropout call: drawn from torch's default CPU generator, so
@@ -39,7 +40,7 @@ def _dropout(input, p, training, inplace, fn, channel_size):
     # p = 1 zeroes everything, units or not (torch checks the feature shape only for p < 1).
     size = 1 if p == 1 else channel_size()
     if inplace:
-        dropout__op(input, _dropout_seed(), float(p), size)
+        dropout_inplace_op(input, _dropout_seed(), float(p), size)
         return input
     output = dropout_op(input, _dropout_seed(), float(p), size)
     # torch's output keeps a channels-last input's layout; the kernels write row-major.

@@ -10,6 +10,7 @@ from .._dispatch import operator
 max_pool2d_op = operator("max_pool2d")
 max_pool2d_indices_op = operator("max_pool2d_indices")
 
+
 _MAX_POOL2D_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8,
                       torch.int8, torch.int16, torch.int32, torch.int64)
 
