@@ -6,8 +6,11 @@
 // Training forward: one pass for the per-channel moments (sums of x - shift, with the shift a
 // sample of the channel, so the variance does not cancel), then one pass for normalise + affine
 // (+ ReLU). Backward: one pass for both per-channel reductions, one for the input gradient.
-// Per-channel coefficients are computed in double; element passes run in opmath (float for
-// float/bfloat16/half, double for double) and partial sums are flushed to double every block.
+// Reductions accumulate in double, as torch's contiguous kernel: float sums of a plane drift by
+// ~1e-6 relative (a 2048-element block of squares), which the shifted variance amplifies when the
+// shift sits far from the mean (a ReLU'd channel's first element is often 0): invstd was 1.8e-6
+// off where torch's is 3e-8 (tests/test_batch_norm.py). Per-channel coefficients are computed in
+// double; element passes run in opmath (float for float/bfloat16/half, double for double).
 // The element loops are plain `omp simd` loops with compile-time flags: the compiler vectorises
 // them for the target it builds for (at::vec without a CPU_CAPABILITY build falls back to its
 // scalar emulation, measured ~10x slower here).
@@ -36,8 +39,9 @@
 namespace fastops {
 namespace {
 
-// Elements (planes) or rows (channels-last) summed in opmath before the sum goes to double.
-constexpr int64_t kFlushBlock = 2048;
+// Channels-last rows are summed in blocks of about this many elements (the unit of parallel
+// work), each block into its own per-channel partial sums.
+constexpr int64_t kRowBlock = 2048;
 
 enum class Layout { Planes, Rows };
 
@@ -107,69 +111,54 @@ struct PerChannel {
 
 // Sums of (x - shift) and (x - shift)^2 over one plane row of `len` elements.
 template <typename scalar_t>
-void shifted_moments(const scalar_t* x, int64_t len, at::opmath_type<scalar_t> shift, double& sum,
-                     double& sum_sq) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  sum = 0;
-  sum_sq = 0;
-  for (int64_t start = 0; start < len; start += kFlushBlock) {
-    const int64_t end = std::min(len, start + kFlushBlock);
-    opmath_t s = 0, q = 0;
+void shifted_moments(const scalar_t* x, int64_t len, double shift, double& sum, double& sum_sq) {
+  double s = 0, q = 0;
 #pragma omp simd reduction(+ : s, q)
-    for (int64_t i = start; i < end; ++i) {
-      const opmath_t d = static_cast<opmath_t>(x[i]) - shift;
-      s += d;
-      q += d * d;
-    }
-    sum += static_cast<double>(s);
-    sum_sq += static_cast<double>(q);
+  for (int64_t i = 0; i < len; ++i) {
+    const double d = static_cast<double>(x[i]) - shift;
+    s += d;
+    q += d * d;
   }
+  sum = s;
+  sum_sq = q;
 }
 
 // Sums of g' and g' * (x - mean) over one plane row, g' = g masked by ReLU when kMask.
 template <bool kMask, typename scalar_t>
 void gradient_moments(const scalar_t* g, const scalar_t* x, const scalar_t* y, int64_t len,
-                      at::opmath_type<scalar_t> mean, double& sum_g, double& sum_gx) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  sum_g = 0;
-  sum_gx = 0;
-  for (int64_t start = 0; start < len; start += kFlushBlock) {
-    const int64_t end = std::min(len, start + kFlushBlock);
-    opmath_t s = 0, p = 0;
+                      double mean, double& sum_g, double& sum_gx) {
+  double s = 0, p = 0;
 #pragma omp simd reduction(+ : s, p)
-    for (int64_t i = start; i < end; ++i) {
-      opmath_t gv = static_cast<opmath_t>(g[i]);
-      if constexpr (kMask) gv = relu_masked(gv, static_cast<opmath_t>(y[i]));
-      s += gv;
-      p += gv * (static_cast<opmath_t>(x[i]) - mean);
-    }
-    sum_g += static_cast<double>(s);
-    sum_gx += static_cast<double>(p);
+  for (int64_t i = 0; i < len; ++i) {
+    double gv = static_cast<double>(g[i]);
+    if constexpr (kMask) gv = relu_masked(gv, static_cast<double>(y[i]));
+    s += gv;
+    p += gv * (static_cast<double>(x[i]) - mean);
   }
+  sum_g = s;
+  sum_gx = p;
 }
 
 // Adds g' and g' * (x - mean) of one channels-last row [C] to per-channel accumulators.
-template <bool kMask, typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
-void gradient_row_sums(const scalar_t* g, const scalar_t* x, const scalar_t* y,
-                       const opmath_t* mean, int64_t C, opmath_t* sum_g, opmath_t* sum_gx) {
+template <bool kMask, typename scalar_t>
+void gradient_row_sums(const scalar_t* g, const scalar_t* x, const scalar_t* y, const double* mean,
+                       int64_t C, double* sum_g, double* sum_gx) {
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) {
-    opmath_t gv = static_cast<opmath_t>(g[c]);
-    if constexpr (kMask) gv = relu_masked(gv, static_cast<opmath_t>(y[c]));
+    double gv = static_cast<double>(g[c]);
+    if constexpr (kMask) gv = relu_masked(gv, static_cast<double>(y[c]));
     sum_g[c] += gv;
-    sum_gx[c] += gv * (static_cast<opmath_t>(x[c]) - mean[c]);
+    sum_gx[c] += gv * (static_cast<double>(x[c]) - mean[c]);
   }
 }
 
 // Two per-channel sums over the whole input: `plane_moments(p, c, first, second)` sums one plane
 // row p (channel c) into two doubles, `row_moments(r, first, second)` adds one channels-last row
-// [C] to opmath accumulators (flushed to double every block of rows). Returns {first[C],
-// second[C]} in double.
-template <typename scalar_t, typename PlaneFn, typename RowFn>
+// [C] to double accumulators (one set per block of rows). Returns {first[C], second[C]}.
+template <typename PlaneFn, typename RowFn>
 std::pair<std::vector<double>, std::vector<double>> channel_sums(Layout layout, const Geometry& geo,
                                                                  const PlaneFn& plane_moments,
                                                                  const RowFn& row_moments) {
-  using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = geo.channels;
   std::vector<double> first(C, 0.0), second(C, 0.0);
   if (layout == Layout::Planes) {
@@ -186,17 +175,17 @@ std::pair<std::vector<double>, std::vector<double>> channel_sums(Layout layout, 
     }
     return {first, second};
   }
-  // Rows: blocks of rows, each summed in opmath and stored as a double partial per channel.
+  // Rows: blocks of rows, each summed into its own partial per channel.
   const int64_t rows = geo.count();
   const int64_t rows_per_block =
-      std::max<int64_t>(1, std::min(kFlushBlock, kFlushBlock * 8 / std::max<int64_t>(1, C)));
+      std::max<int64_t>(1, std::min(kRowBlock, kRowBlock * 8 / std::max<int64_t>(1, C)));
   const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
   std::vector<double> block_first(blocks * C), block_second(blocks * C);
   at::parallel_for(0, blocks, grain_for(rows_per_block * C), [&](int64_t begin, int64_t end) {
-    std::vector<opmath_t> acc_first(C), acc_second(C);
+    std::vector<double> acc_first(C), acc_second(C);
     for (int64_t b = begin; b < end; ++b) {
-      std::fill(acc_first.begin(), acc_first.end(), opmath_t(0));
-      std::fill(acc_second.begin(), acc_second.end(), opmath_t(0));
+      std::fill(acc_first.begin(), acc_first.end(), 0.0);
+      std::fill(acc_second.begin(), acc_second.end(), 0.0);
       const int64_t row_end = std::min(rows, (b + 1) * rows_per_block);
       for (int64_t r = b * rows_per_block; r < row_end; ++r) {
         row_moments(r, acc_first.data(), acc_second.data());
@@ -219,35 +208,34 @@ template <typename scalar_t>
 std::pair<std::vector<double>, std::vector<double>> mean_and_variance(const scalar_t* x,
                                                                       Layout layout,
                                                                       const Geometry& geo) {
-  using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = geo.channels, S = geo.spatial;
   // The shift of channel c is its first element: close to the mean on the scale of the spread.
   // An infinite or NaN first element shifts by 0 instead: x - inf would turn the channel's other
   // infinities into NaN, and its mean must stay what torch gives (+-inf, or NaN).
-  std::vector<opmath_t> shift(C);
+  std::vector<double> shift(C);
   for (int64_t c = 0; c < C; ++c) {
-    const opmath_t first = static_cast<opmath_t>(layout == Layout::Planes ? x[c * S] : x[c]);
-    shift[c] = std::isfinite(first) ? first : opmath_t(0);
+    const double first = static_cast<double>(layout == Layout::Planes ? x[c * S] : x[c]);
+    shift[c] = std::isfinite(first) ? first : 0.0;
   }
   auto plane = [&](int64_t p, int64_t c, double& sum, double& sum_sq) {
     shifted_moments(x + p * S, S, shift[c], sum, sum_sq);
   };
-  const opmath_t* shift_c = shift.data();
-  auto row = [&](int64_t r, opmath_t* sum, opmath_t* sum_sq) {
+  const double* shift_c = shift.data();
+  auto row = [&](int64_t r, double* sum, double* sum_sq) {
     const scalar_t* xr = x + r * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
-      const opmath_t d = static_cast<opmath_t>(xr[c]) - shift_c[c];
+      const double d = static_cast<double>(xr[c]) - shift_c[c];
       sum[c] += d;
       sum_sq[c] += d * d;
     }
   };
-  auto [sum, sum_sq] = channel_sums<scalar_t>(layout, geo, plane, row);
+  auto [sum, sum_sq] = channel_sums(layout, geo, plane, row);
   const double n = static_cast<double>(geo.count());
   std::vector<double> mean(C), var(C);
   for (int64_t c = 0; c < C; ++c) {
     const double centred = sum[c] / n;  // mean - shift
-    mean[c] = static_cast<double>(shift[c]) + centred;
+    mean[c] = shift[c] + centred;
     // Clamped at 0 against rounding; NaN (an infinity or NaN in the channel: inf - inf) stays
     // NaN, as torch's variance (std::max(0.0, NaN) would be 0).
     const double v = sum_sq[c] / n - centred * centred;
@@ -456,14 +444,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   if (need_sums && g.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kBFloat16, at::kHalf, g.scalar_type(), "batch_norm_backward_sums", [&] {
-          using opmath_t = at::opmath_type<scalar_t>;
           const scalar_t* gp = g.const_data_ptr<scalar_t>();
           const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
           // Without x (only grad_bias asked for), the second sum reads g in its place and is
           // unused.
           const scalar_t* xp = need_x ? x.const_data_ptr<scalar_t>() : gp;
-          const auto mean_o = cast_vector<opmath_t>(mean);
-          const opmath_t* mean_c = mean_o.data();
+          const double* mean_c = mean.data();
           const int64_t S = geo.spatial;
           with_flag(relu, [&](auto relu_flag) {
             constexpr bool kMask = decltype(relu_flag)::value;
@@ -471,11 +457,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
               gradient_moments<kMask>(gp + p * S, xp + p * S, kMask ? yp + p * S : nullptr, S,
                                       mean_c[c], sg, sgx);
             };
-            auto row = [&](int64_t r, opmath_t* sg, opmath_t* sgx) {
+            auto row = [&](int64_t r, double* sg, double* sgx) {
               gradient_row_sums<kMask>(gp + r * C, xp + r * C, kMask ? yp + r * C : nullptr, mean_c,
                                        C, sg, sgx);
             };
-            std::tie(sum_g, sum_gx) = channel_sums<scalar_t>(layout, geo, plane, row);
+            std::tie(sum_g, sum_gx) = channel_sums(layout, geo, plane, row);
           });
         });
   }
