@@ -3,7 +3,14 @@ dropout epilogue; and the op's CUDA (Triton) kernels."""
 
 import torch
 
-from .._checks import check_activation, check_float_dtype, check_like, check_tensor, fail
+from .._checks import (
+    call_checked,
+    check_activation,
+    check_float_dtype,
+    check_like,
+    check_tensor,
+    fail,
+)
 from .._cuda import register_cuda_kernels
 from .._dispatch import operator
 from ._dropout import _check_p, _dropout, _dropout_seed
@@ -29,6 +36,29 @@ def _check_like_input(tensor, name, input, fn):
         check_like(tensor, name, input, "input", fn)
 
 
+def _check_linear(input, weight, bias, fn):
+    """torch's errors for input, weight and bias's type; returns weight as [out_features,
+    in_features]."""
+    check_tensor(input, "input", fn)
+    check_tensor(weight, "weight", fn)
+    check_float_dtype(input, "input", fn)
+    _check_like_input(weight, "weight", input, fn)
+    if input.dim() < 1:
+        fail(fn, "expected input to have at least 1 dimension, got a 0-D tensor")
+    if weight.dim() not in (1, 2):
+        fail(fn, f"expected weight to be 1-D or 2-D, got {weight.dim()}-D")
+    if bias is not None:
+        check_tensor(bias, "bias", fn)
+        _check_like_input(bias, "bias", input, fn)
+    weight_2d = weight.unsqueeze(0) if weight.dim() == 1 else weight
+    if input.shape[-1] != weight_2d.shape[1]:
+        fail(fn,
+             f"input and weight shapes cannot be multiplied: input.shape[-1] is {input.shape[-1]}, "
+             f"weight expects in_features = {weight_2d.shape[1]} (input {tuple(input.shape)}, "
+             f"weight {tuple(weight.shape)})")
+    return weight_2d
+
+
 def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=True):
     """``torch.nn.functional.linear`` (+ optional fused activation and dropout).
 
@@ -43,27 +73,19 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
     activation = check_activation(activation, fn)
     _check_p(dropout, fn)
     fused_dropout = training and dropout > 0
-    check_tensor(input, "input", fn)
-    check_tensor(weight, "weight", fn)
-    check_float_dtype(input, "input", fn)
-    _check_like_input(weight, "weight", input, fn)
-    if input.dim() < 1:
-        fail(fn, "expected input to have at least 1 dimension, got a 0-D tensor")
-    if weight.dim() not in (1, 2):
-        fail(fn, f"expected weight to be 1-D or 2-D, got {weight.dim()}-D")
+    if (isinstance(weight, torch.Tensor) and weight.dim() == 2 and (
+            bias is None or isinstance(bias, torch.Tensor) and bias.shape == weight.shape[:1])):
+        # The common call, as the op takes it: the op's rules check it, and torch's wording
+        # (_check_linear) is needed only when they reject it.
+        return call_checked(
+            linear_op, (input, weight, bias, activation, *_linear_dropout(fused_dropout, dropout)),
+            lambda: _check_linear(input, weight, bias, fn))
+    weight_2d = _check_linear(input, weight, bias, fn)
     vector_weight = weight.dim() == 1
-    weight_2d = weight.unsqueeze(0) if vector_weight else weight
-    if input.shape[-1] != weight_2d.shape[1]:
-        fail(fn,
-             f"input and weight shapes cannot be multiplied: input.shape[-1] is {input.shape[-1]}, "
-             f"weight expects in_features = {weight_2d.shape[1]} (input {tuple(input.shape)}, "
-             f"weight {tuple(weight.shape)})")
     if bias is None:
         output = linear_op(input, weight_2d, None, activation,
                              *_linear_dropout(fused_dropout, dropout))
     else:
-        check_tensor(bias, "bias", fn)
-        _check_like_input(bias, "bias", input, fn)
         if vector_weight:
             fail(fn, "a bias needs a 2-D weight (torch: mat2 must be a matrix)")
         out_features = weight_2d.shape[0]

@@ -3,7 +3,7 @@ compact argmax instead of int64 indices); and the op's CUDA (Triton) kernels."""
 
 import torch
 
-from .._checks import check_tensor, fail
+from .._checks import call_checked, check_tensor, fail
 from .._cuda import register_cuda_kernels
 from .._dispatch import operator
 
@@ -32,6 +32,23 @@ def _int_pair(value, name, fn, allow_empty=False):
     return (values[0].__index__(), values[-1].__index__())
 
 
+def _check_input(input, fn):
+    """torch's errors for the input."""
+    check_tensor(input, "input", fn)
+    if input.dim() not in (3, 4):
+        fail(fn,
+             f"non-empty 3D or 4D (batch mode) tensor expected for input, got {input.dim()}-D "
+             f"of shape {list(input.shape)}")
+    if input.dtype not in _MAX_POOL2D_DTYPES:
+        fail(fn, f'"max_pool2d" not implemented for {input.dtype}', NotImplementedError)
+
+
+def _unsqueezed(input, fn):
+    """A 3-D input as a batch of one, contiguous (torch's layout for unbatched outputs)."""
+    _check_input(input, fn)
+    return input.unsqueeze(0).contiguous()
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
     """``torch.nn.functional.max_pool2d``: input [N, C, H, W] or [C, H, W] -> output
@@ -44,24 +61,26 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     (for windows of <= 256 elements) for the backward.
     """
     fn = "max_pool2d"
-    check_tensor(input, "input", fn)
-    kernel = _int_pair(kernel_size, "kernel_size", fn)
-    stride = _int_pair(() if stride is None else stride, "stride", fn, allow_empty=True) or kernel
-    padding = _int_pair(padding, "padding", fn)
-    dilation = _int_pair(dilation, "dilation", fn)
+    if type(kernel_size) is int and type(padding) is int and type(dilation) is int and (
+            stride is None or type(stride) is int):  # the common call: ints, read at once
+        kernel = (kernel_size, kernel_size)
+        stride = kernel if stride is None else (stride, stride)
+        padding, dilation = (padding, padding), (dilation, dilation)
+    else:
+        kernel = _int_pair(kernel_size, "kernel_size", fn)
+        stride = _int_pair(() if stride is None else stride, "stride", fn,
+                           allow_empty=True) or kernel
+        padding = _int_pair(padding, "padding", fn)
+        dilation = _int_pair(dilation, "dilation", fn)
     if not isinstance(ceil_mode, bool):
         fail(fn, f"argument 'ceil_mode' must be bool, not {type(ceil_mode).__name__}", TypeError)
-    if input.dim() not in (3, 4):
-        fail(fn,
-             f"non-empty 3D or 4D (batch mode) tensor expected for input, got {input.dim()}-D "
-             f"of shape {list(input.shape)}")
-    if input.dtype not in _MAX_POOL2D_DTYPES:
-        fail(fn, f'"max_pool2d" not implemented for {input.dtype}', NotImplementedError)
-    batched = input.dim() == 4
+    batched = isinstance(input, torch.Tensor) and input.dim() == 4
     # An unbatched input gets torch's contiguous output whatever its strides (torch picks
     # channels-last only for 4-D inputs).
-    output, argmax = max_pool2d_op(input if batched else input.unsqueeze(0).contiguous(), kernel,
-                                     stride, padding, dilation, ceil_mode)
+    output, argmax = call_checked(
+        max_pool2d_op, (input if batched else _unsqueezed(input, fn), kernel, stride, padding,
+                        dilation, ceil_mode),
+        lambda: _check_input(input, fn))
     results = (output,)
     if return_indices:
         results += (max_pool2d_indices_op(argmax, input.shape[-1], kernel, stride, padding,
