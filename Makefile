@@ -21,26 +21,31 @@ SOURCES := $(CXX_SOURCES) setup.py
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Tools and dependencies: installed once, re-run only when pyproject.toml changes.
-$(VENV)/.deps: $(PY) pyproject.toml
+# Dependencies, installed once (again only when pyproject.toml changes). What building and
+# importing fastops needs comes first, so `make build` does not wait for the tools of the tests,
+# benchmarks, training command and lint.
+$(VENV)/.build-deps: $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
-	$(PIP) install setuptools wheel ninja pybind11 numpy triton \
-		pytest pytest-benchmark expecttest matplotlib tqdm scikit-learn ruff clang-format
+	$(PIP) install setuptools wheel ninja pybind11 numpy triton
+	touch $@
+
+$(VENV)/.deps: $(VENV)/.build-deps
+	$(PIP) install pytest pytest-benchmark expecttest matplotlib tqdm scikit-learn ruff clang-format
 	touch $@
 
 # Compiles fastops._C into fastops/ with ninja, which recompiles only the sources that changed
 # (objects stay in build/temp); each compiled file is printed as "[n/N] csrc/<file>" while the
 # build runs. The first time, an editable install then registers the package in the venv (its
 # build finds every object up to date).
-$(VENV)/.built: $(VENV)/.deps $(SOURCES)
-	$(PY) setup.py -q build_ext --inplace 2>&1 | sed -E 's|^\[([0-9]+/[0-9]+)\] .* -c [^ ]*/(csrc/[^ ]*) .*|[\1] \2|'
+$(VENV)/.built: $(VENV)/.build-deps $(SOURCES)
+	$(PY) setup.py -q build_ext --inplace 2>&1 | sed -u -E 's|^\[([0-9]+/[0-9]+)\] .* -c [^ ]*/(csrc/[^ ]*) .*|[\1] \2|'
 	[ -f $(VENV)/.installed ] || { $(PIP) install -q --no-build-isolation --no-deps -e . \
 		&& touch $(VENV)/.installed; }
 	touch $@
 
 build: $(VENV)/.built
 
-test: build
+test: build $(VENV)/.deps
 	$(PY) -m pytest tests -q
 
 # ruff (rules and line length in pyproject.toml) and clang-format (.clang-format): both must be
@@ -54,10 +59,10 @@ format: $(VENV)/.deps
 
 # Both write to runs/bench/<machine>[-quick]/ (ignored by git): the committed results in
 # benchmarks/results/<machine>/ change only with `python -m fastops bench --out <that folder>`.
-bench: build
+bench: build $(VENV)/.deps
 	$(PY) -m fastops bench
 
-bench-quick: build
+bench-quick: build $(VENV)/.deps
 	$(PY) -m fastops bench --quick
 
 # GPU / offline machines: use the interpreter that already has torch and triton.
@@ -76,12 +81,12 @@ gpu-check:
 	$(PYTHON) -m pip install --no-build-isolation --no-deps --no-index -e . -q
 	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
-gpu-check-dry: build
+gpu-check-dry: build $(VENV)/.deps
 	$(PY) benchmarks/gpu_check.py --dry-run --out build/gpu-check-dry
 
 # Every Triton kernel compiled for sm_90 with every config that autotuning can pick (the test
 # suite compiles one per kernel and key); the summary is committed per Triton version.
-aot: build
+aot: build $(VENV)/.deps
 	mkdir -p build
 	$(PY) tests/sm90.py --autotune all --jobs 2 --out build/sm90-all.json \
 		--summary benchmarks/results/sm90-compile

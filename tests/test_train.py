@@ -169,13 +169,16 @@ def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     assert status == 0
     whole = torch.load(tmp_path / "whole" / "mlp-torch.pt", weights_only=True)
 
+    # The handlers the process had (SIG_IGN for SIGINT where a shell started it in the
+    # background), to be restored.
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with monkeypatch.context() as patch:
         _SignalAtStep(patch, at_call=8, signum=signum)  # epoch 2 (6 steps an epoch), step 2
         status, out, err = run_cli(capsys, *argv, "--out", str(tmp_path / "parts"))
     assert status == INTERRUPTED
     assert f"{signal.Signals(signum).name}: stopping after this step" in err
     assert "torch: stopped at epoch 2, step 2; checkpoint" in out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # handlers restored
     checkpoint_path = tmp_path / "parts" / "mlp-torch.pt"
     checkpoint = torch.load(checkpoint_path, weights_only=True)
     assert (checkpoint["epoch"], checkpoint["step"], len(checkpoint["step_losses"])) == (1, 2, 8)
