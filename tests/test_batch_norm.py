@@ -272,23 +272,29 @@ def assert_same_state(ours, theirs):
             assert torch.equal(got, want), key
 
 
+def step_matches_torch(ours, theirs, x, training):
+    """One call of both modules in train or eval mode on ``x``: the output, the gradients of the
+    input and parameters, and the module state (running statistics) equal torch's."""
+    for module in (ours, theirs):
+        module.train(training)
+    xa, xb = leaf(x), leaf(x)
+    out, ref = ours(xa), theirs(xb)
+    assert_close(out, ref)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [xa, *ours.parameters()], grad)
+    want = torch.autograd.grad(ref, [xb, *theirs.parameters()], grad)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, scale=4)
+    assert_same_state(ours, theirs[0])
+
+
 @pytest.mark.parametrize("name", MODULES)
 @pytest.mark.parametrize("options", OPTIONS, ids=str)
 def test_module_matches_torch_over_several_steps(name, options):
     ours, theirs, shape = paired(name, **options)
     for step in range(3):
         x = make(shape, seed=step, layout="channels_last" if step == 1 else "contiguous")[0]
-        for module in (ours, theirs):
-            module.train(step != 2)  # two training steps, then evaluation
-        xa, xb = leaf(x), leaf(x)
-        out, ref = ours(xa), theirs(xb)
-        assert_close(out, ref)
-        grad = torch.randn_like(ref)
-        got = torch.autograd.grad(out, [xa, *ours.parameters()], grad)
-        want = torch.autograd.grad(ref, [xb, *theirs.parameters()], grad)
-        for g, w in zip(got, want, strict=True):
-            assert_close(g, w, scale=4)
-        assert_same_state(ours, theirs[0])
+        step_matches_torch(ours, theirs, x, training=step != 2)  # two training steps, then eval
 
 
 def test_module_bfloat16_input_with_float32_module():
@@ -362,17 +368,7 @@ def test_module_after_a_nonfinite_batch_matches_torch(name):
                                                (False, [])]):
         x = make(shape, seed=step, layout="channels_last" if step == 1 else "contiguous")[0]
         x = with_nonfinite(x, values)
-        for module in (ours, theirs):
-            module.train(training)
-        xa, xb = leaf(x), leaf(x)
-        out, ref = ours(xa), theirs(xb)
-        assert_close(out, ref)
-        grad = torch.randn_like(ref)
-        got = torch.autograd.grad(out, [xa, *ours.parameters()], grad)
-        want = torch.autograd.grad(ref, [xb, *theirs.parameters()], grad)
-        for g, w in zip(got, want, strict=True):
-            assert_close(g, w, scale=4)
-        assert_same_state(ours, theirs[0])
+        step_matches_torch(ours, theirs, x, training)
     assert ours.running_var[1].isnan()
 
 
