@@ -34,8 +34,13 @@ std::deque<c10::OperatorHandle>& handles() {
 PyObject* op_handle(PyObject* /*module*/, PyObject* name) {
   HANDLE_TH_ERRORS
   TORCH_CHECK_TYPE(PyUnicode_Check(name), "op_handle: expected an operator name (str)");
-  handles().push_back(c10::Dispatcher::singleton().findSchemaOrThrow(PyUnicode_AsUTF8(name), ""));
-  return PyLong_FromSsize_t(static_cast<Py_ssize_t>(handles().size() - 1));
+  const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow(PyUnicode_AsUTF8(name), "");
+  auto& all = handles();
+  size_t index = 0;
+  while (index < all.size() && !(all[index] == op)) ++index;  // one handle per operator
+  if (index == all.size()) all.push_back(op);
+  return PyLong_FromSsize_t(static_cast<Py_ssize_t>(index));
   END_HANDLE_TH_ERRORS
 }
 
