@@ -161,8 +161,14 @@ def _cross_entropy_cases(dtype):
             grad, x, w, b, target, None, lse, total_weight, "mean", -100, 0.0,
             [True, True, True, False])
 
+    def lce_with_grad():
+        return cross_entropy.linear_cross_entropy_with_grad(x, w, b, target, None, "mean", -100,
+                                                            0.0, [True, True, True])
+
     yield Case("linear_cross_entropy", f"64x32->32000 {d}", "forward", False, lce_forward)
     yield Case("linear_cross_entropy", f"64x32->32000 {d}", "backward", False, lce_backward)
+    yield Case("linear_cross_entropy", f"64x32->32000 with grad {d}", "forward", False,
+               lce_with_grad)
 
 
 def _conv2d_cases(dtype):

@@ -656,15 +656,48 @@ def test_linear_keeps_no_logits_for_backward():
     _, theirs = fastops.saved_tensor_bytes(lambda *a: TF.cross_entropy(TF.linear(*a[:3]), a[3]),
                                            x, w, b, target)
     parameters = (x.numel() + w.numel() + b.numel()) * 4
-    assert ours == parameters + target.numel() * 8 + 256 * 4 + 4
+    # a reduced loss: the gradients of x, w and b, which its forward computed
+    assert ours == parameters
     assert theirs >= (x.numel() + w.numel()) * 4 + 256 * 2000 * 4  # x, weight, log_softmax
+    # a per-row loss: x, w, b, the target, the log-sum-exp and total_weight
+    _, per_row = fastops.saved_tensor_bytes(
+        lambda *a: F.linear_cross_entropy(*a[:2], a[3], linear_bias=a[2], reduction="none"),
+        x, w, b, target)
+    assert per_row == parameters + target.numel() * 8 + 256 * 4 + 4
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("needs_grad", [(True, True, True), (True, False, False),
+                                        (False, True, False), (False, False, True)],
+                         ids=["all", "input", "weight", "bias"])
+def test_linear_gradients_from_the_forward_scale_with_grad_loss(reduction, needs_grad):
+    # the forward of a reduced loss computes the gradients for grad_loss = 1; backward scales
+    # them, as new tensors each time (retain_graph: a second backward gets the same values)
+    x, w, b = (t.detach().requires_grad_(needed)
+               for t, needed in zip(make_linear((37,), 5, 11), needs_grad, strict=True))
+    target = make_target((37, 11), False)
+    target[3] = -100
+    weight = make_weight(11)
+    loss = F.linear_cross_entropy(x, w, target, linear_bias=b, weight=weight, reduction=reduction,
+                                  label_smoothing=0.1)
+    want = linear_reference(x, w, b, target, weight=weight, reduction=reduction,
+                            label_smoothing=0.1)
+    assert_close(loss, want)
+    wanted = [t for t in (x, w, b) if t.requires_grad]
+    grad = torch.tensor(-2.5)
+    first = torch.autograd.grad(loss, wanted, grad, retain_graph=True)
+    second = torch.autograd.grad(loss, wanted, grad)
+    for got, again, expected in zip(first, second, torch.autograd.grad(want, wanted, grad),
+                                    strict=True):
+        assert_close(got, expected)
+        assert torch.equal(got, again) and got.data_ptr() != again.data_ptr()
 
 
 def test_linear_gradcheck_and_opcheck():
     x, w, b = make_linear((4,), 3, 5, dtype=torch.float64)
     index, prob = make_target((4, 5), False), make_target((4, 5), True, dtype=torch.float64)
     weight = make_weight(5, dtype=torch.float64)
-    for reduction in ("none", "mean"):
+    for reduction in ("none", "mean", "sum"):
         assert torch.autograd.gradcheck(
             lambda *a: fastops.ops.linear_cross_entropy(*a[:3], index, weight, reduction, -100,
                                                         0.2)[0],
@@ -678,6 +711,10 @@ def test_linear_gradcheck_and_opcheck():
         for bias in (b32, None):
             torch.library.opcheck(fastops.ops.linear_cross_entropy.default,
                                   (x32, w32, bias, target, None, "mean", -100, 0.1))
+            torch.library.opcheck(  # not differentiable itself: what autograd runs
+                fastops.ops.linear_cross_entropy_with_grad.default,
+                (x32.detach(), w32.detach(), None if bias is None else bias.detach(),
+                 target.detach(), None, "sum", -100, 0.1, [True, True, bias is not None]))
     # the K-dimensional loss: one op call per position, differentiable as a whole
     x, w, b = make_linear((3,), 2, 3, dtype=torch.float64, out_features=(2,))
     target = make_target((3, 3, 2), False)
@@ -804,6 +841,38 @@ def test_triton_linear_launchers_match_torch(monkeypatch, prob, reduction):
         reduction, -100, 0.1, [True, True, True, prob])
     for got, expected in zip(grads, want_grads, strict=False):
         assert_close(got, expected, scale=2)
+
+
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("chunk_elements", [40, 1 << 25], ids=["3 chunks", "1 chunk"])
+def test_triton_linear_with_grad_launcher_matches_torch(monkeypatch, prob, reduction,
+                                                        chunk_elements):
+    from fastops.triton_kernels import cross_entropy as kernels
+
+    monkeypatch.setattr(kernels, "_LINEAR_CHUNK_ELEMENTS", chunk_elements)
+    x, w, b = make_linear((7,), 6, 13, device=TRITON_DEVICE)
+    target = make_target((7, 13), prob, TRITON_DEVICE)
+    if not prob:
+        target[2] = -100
+    weight = make_weight(13, device=TRITON_DEVICE)
+    options = dict(weight=weight, reduction=reduction, label_smoothing=0.1)
+    want = linear_reference(x, w, b, target, **options)
+    want_grads = torch.autograd.grad(want, [x, w, b])
+    loss, lse, total_weight, *grads = kernels.linear_cross_entropy_with_grad(
+        x.detach(), w.detach(), b.detach(), target, weight, reduction, -100, 0.1,
+        [True, True, True])
+    assert_close(loss, want.detach())
+    _, want_lse, want_total_weight = kernels.linear_cross_entropy_forward(
+        x.detach(), w.detach(), b.detach(), target, weight, reduction, -100, 0.1)
+    assert_close(lse, want_lse) and assert_close(total_weight, want_total_weight)
+    for got, expected in zip(grads, want_grads, strict=True):
+        assert_close(got, expected, scale=2)
+    only_bias = kernels.linear_cross_entropy_with_grad(
+        x.detach(), w.detach(), b.detach(), target, weight, reduction, -100, 0.1,
+        [False, False, True])[3:]
+    assert [g.numel() for g in only_bias[:2]] == [0, 0]
+    assert_close(only_bias[2], want_grads[2], scale=2)
 
 
 # ------------------------------------ numerics: NaN, infinities, large logits (CPU and Triton)
@@ -1045,15 +1114,28 @@ def test_backward_checks_class_indices(classes, weighted, label_smoothing):
 
 @pytest.mark.parametrize("linear", [False, True], ids=["cross_entropy", "linear"])
 def test_target_changed_after_forward_raises_in_backward(linear):
-    # torch's autograd misses a change made through .data: the backward kernels check
+    # torch's autograd misses a change made through .data: the backward kernels check (a
+    # reduced linear_cross_entropy reads no target in backward: see the next test)
     x, w, b = make_linear((4,), 3, 10)
     logits = make_logits((4, 10))
     target = torch.tensor([0, 1, 2, 3])
-    loss = (F.linear_cross_entropy(x, w, target, linear_bias=b, weight=make_weight(10)) if linear
+    loss = (F.linear_cross_entropy(x, w, target, linear_bias=b, weight=make_weight(10),
+                                   reduction="none").sum() if linear
             else F.cross_entropy(logits, target, make_weight(10)))
     target.data[3] = 10**12
     with pytest.raises(IndexError, match="Target 1000000000000 is out of bounds."):
         loss.backward()
+
+
+def test_linear_reduced_loss_backward_reads_no_target():
+    # its gradients come from the forward: a target changed afterwards does not change them
+    x, w, b = make_linear((4,), 3, 10)
+    target = torch.tensor([0, 1, 2, 3])
+    loss = F.linear_cross_entropy(x, w, target, linear_bias=b)
+    want = torch.autograd.grad(linear_reference(x, w, b, target.clone()), (x, w, b))
+    target.data[3] = 10**12
+    for got, expected in zip(torch.autograd.grad(loss, (x, w, b)), want, strict=True):
+        assert_close(got, expected)
 
 
 def test_triton_out_of_range_target_gives_nan_not_a_bad_read():

@@ -1046,6 +1046,10 @@ def raw_valid_call(op, rng, gen):
         forward = dict(input=x, linear_weight=w, bias=b, target=target, weight=weight, **o)
         if op == "linear_cross_entropy":
             return forward
+        if op == "linear_cross_entropy_with_grad":
+            if forward["reduction"] == "none":
+                forward["reduction"] = rng.choice(["mean", "sum"])
+            return dict(**forward, output_mask=_mask(rng, 3))
         loss, lse, total = ops.linear_cross_entropy(*forward.values())
         return dict(grad_loss=_t(gen, *loss.shape), input=x, linear_weight=w, bias=b,
                     target=target, weight=weight, logsumexp=lse, total_weight=total, **o,

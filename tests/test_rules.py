@@ -152,6 +152,12 @@ VALID = {
              ignore_index=-100, label_smoothing=0.1, output_mask=[True, True, True, False],
              loss_dtype=None),
         [((4, 8), FLOAT), ((5, 8), FLOAT), ((5,), FLOAT), ((0,), FLOAT)]),
+    "linear_cross_entropy_with_grad": (
+        dict(input=f(4, 8), linear_weight=f(5, 8), bias=f(5), target=i(4, high=5), weight=f(5),
+             reduction="mean", ignore_index=-100, label_smoothing=0.1,
+             output_mask=[True, True, False], loss_dtype=None),
+        [((), FLOAT), ((4,), FLOAT), ((), FLOAT), ((4, 8), FLOAT), ((5, 8), FLOAT),
+         ((0,), FLOAT)]),
     "conv2d": (
         dict(input=f(2, 3, 8, 8), weight=f(4, 3, 3, 3), bias=f(4), **CONV, activation="relu"),
         ((2, 4, 8, 8), FLOAT)),
@@ -226,6 +232,16 @@ EMPTY = [
     ("linear_cross_entropy_backward", "no hidden features",
      dict(input=f(4, 0), linear_weight=f(5, 0)),
      [((4, 0), FLOAT), ((5, 0), FLOAT), ((5,), FLOAT), ((0,), FLOAT)]),
+    ("linear_cross_entropy_with_grad", "empty batch", dict(input=f(0, 8), target=i(0)),
+     [((), FLOAT), ((0,), FLOAT), ((), FLOAT), ((0, 8), FLOAT), ((5, 8), FLOAT), ((0,), FLOAT)]),
+    ("linear_cross_entropy_with_grad", "no classes, probability target",
+     dict(linear_weight=f(0, 8), bias=f(0), target=f(4, 0), weight=None,
+          output_mask=[True, True, True]),
+     [((), FLOAT), ((4,), FLOAT), ((), FLOAT), ((4, 8), FLOAT), ((0, 8), FLOAT), ((0,), FLOAT)]),
+    ("linear_cross_entropy_with_grad", "float32 loss of bfloat16 logits, sum",
+     dict(input=f(4, 8, dtype=BF16), linear_weight=f(5, 8, dtype=BF16), bias=f(5, dtype=BF16),
+          target=f(4, 5), loss_dtype=FLOAT, reduction="sum"),
+     [((), FLOAT), ((4,), FLOAT), ((), FLOAT), ((4, 8), BF16), ((5, 8), BF16), ((0,), BF16)]),
     ("conv2d", "empty batch", dict(input=f(0, 3, 8, 8)), ((0, 4, 8, 8), FLOAT)),
     ("conv2d", "no input channels", dict(input=f(2, 0, 8, 8), weight=f(4, 0, 3, 3)),
      ((2, 0, 8, 8), FLOAT)),  # as torch: no output channel either
@@ -522,7 +538,8 @@ for op in ("cross_entropy", "cross_entropy_backward"):
         "expected a class-index target of shape [4, 6], got [4]", input=f(4, 5, 6))
 loss_backward_cases("cross_entropy_backward")
 
-for op in ("linear_cross_entropy", "linear_cross_entropy_backward"):
+for op in ("linear_cross_entropy", "linear_cross_entropy_backward",
+           "linear_cross_entropy_with_grad"):
     loss_cases(op)
     bad(op, "3-D input", "expected input to be 2-D, got a 3-D tensor of shape [1, 4, 8]",
         input=f(1, 4, 8))
@@ -544,6 +561,9 @@ for op in ("linear_cross_entropy", "linear_cross_entropy_backward"):
             f"expected {name} to have the dtype of the loss (loss_dtype Double), got Float",
             loss_dtype=torch.float64, **({"target": f(4, 5)} if name == "target" else {}))
 loss_backward_cases("linear_cross_entropy_backward")
+bad("linear_cross_entropy_with_grad", "reduction 'none'",
+    "expected reduction 'mean' or 'sum' (a per-row loss has no gradient before its grad_loss "
+    "is known), got 'none'", reduction="none")
 
 
 # conv2d, conv2d_backward --------------------------------------------------------------------

@@ -508,14 +508,46 @@ def _accumulate(total, part, dtype):
     return part.to(dtype) if total is None else total.add_(part)
 
 
+class _LinearGrads:
+    """The gradients of input, linear_weight and bias from the gradient of the logits, chunk by
+    chunk of rows: input's rows written in place, the parameters' summed over the chunks (in
+    fp32, float64 for float64, when there are several; one chunk writes them directly)."""
+
+    def __init__(self, input, linear_weight, need, chunks):
+        self.need = need
+        self.input = (torch.empty_like(input, memory_format=torch.contiguous_format)
+                      if need[0] else None)
+        self.acc = input.dtype if len(chunks) == 1 else accumulate_dtype(input.dtype)
+        self.linear_weight = self.bias = None
+
+    def add(self, grad_logits, input, linear_weight, r0):
+        """Rows [r0, r0 + m) of grad_logits [m, C] (input's dtype)."""
+        rows = slice(r0, r0 + grad_logits.shape[0])
+        if self.need[0]:
+            torch.mm(grad_logits, linear_weight, out=self.input[rows])
+        if self.need[1]:
+            self.linear_weight = _accumulate(self.linear_weight, grad_logits.t() @ input[rows],
+                                             self.acc)
+        if self.need[2]:
+            self.bias = _accumulate(self.bias, grad_logits.sum(0, dtype=self.acc), self.acc)
+
+    def finish(self, input, linear_weight, placeholders):
+        """(grad_input, grad_linear_weight, grad_bias): placeholders where not needed, zeros for
+        the parameters without rows."""
+        if input.shape[0] == 0:
+            self.linear_weight = torch.zeros_like(linear_weight)
+            self.bias = input.new_zeros(linear_weight.shape[0])
+        return (self.input if self.need[0] else placeholders[0],
+                self.linear_weight.to(input.dtype) if self.need[1] else placeholders[1],
+                self.bias.to(input.dtype) if self.need[2] else placeholders[2])
+
+
 def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target, weight, logsumexp,
                                   total_weight, reduction, ignore_index, label_smoothing,
                                   output_mask, loss_dtype=None):
     """Gradients (input, linear_weight, bias, probability target): the logits of each chunk
     are recomputed (the price of keeping only the lse for backward), their gradient computed
-    (in the loss dtype, then in input's for the GEMMs) and fed to the GEMMs. With several chunks
-    the parameter gradients add up in fp32 (float64 for float64); one chunk writes them
-    directly."""
+    (in the loss dtype, then in input's for the GEMMs) and fed to the GEMMs."""
     placeholders = checked_outputs("linear_cross_entropy_backward", grad_loss, input,
                                    linear_weight, bias, target, weight, logsumexp, total_weight,
                                    reduction, ignore_index, label_smoothing, output_mask,
@@ -524,11 +556,8 @@ def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target,
     need_input, need_linear_weight, need_bias, need_target = output_mask
     rows, classes = input.shape[0], linear_weight.shape[0]
     per_row = grad_loss.numel() > 1 or reduction == "none"
-    grad_input = (torch.empty_like(input, memory_format=torch.contiguous_format) if need_input
-                  else None)
     chunks = _chunks(rows, classes)
-    acc = input.dtype if len(chunks) == 1 else accumulate_dtype(input.dtype)
-    grad_linear_weight = grad_bias = None
+    grads = _LinearGrads(input, linear_weight, output_mask[:3], chunks)
     grad_target = (torch.empty((rows, classes), device=input.device, dtype=loss_dtype)
                    if need_target else None)
     need_logits = need_input or need_linear_weight or need_bias
@@ -541,18 +570,51 @@ def linear_cross_entropy_backward(grad_loss, input, linear_weight, bias, target,
         if need_target:
             grad_target[r0:r0 + m] = chunk_grad_target
         if need_logits:
-            grad_logits = grad_logits.to(input.dtype)
-        if need_input:
-            torch.mm(grad_logits, linear_weight, out=grad_input[r0:r0 + m])
-        if need_linear_weight:
-            grad_linear_weight = _accumulate(grad_linear_weight,
-                                             grad_logits.t() @ input[r0:r0 + m], acc)
-        if need_bias:
-            grad_bias = _accumulate(grad_bias, grad_logits.sum(0, dtype=acc), acc)
-    if rows == 0:  # no chunk: zero gradients for the parameters
-        grad_linear_weight = torch.zeros_like(linear_weight) if need_linear_weight else None
-        grad_bias = input.new_zeros(classes) if need_bias else None
-    return (grad_input if need_input else placeholders[0],
-            grad_linear_weight.to(input.dtype) if need_linear_weight else placeholders[1],
-            grad_bias.to(input.dtype) if need_bias else placeholders[2],
+            grads.add(grad_logits.to(input.dtype), input, linear_weight, r0)
+    return (*grads.finish(input, linear_weight, placeholders),
             grad_target if need_target else placeholders[3])
+
+
+def _mean_denominator(target, weight, ignore_index, classes, dtype):
+    """total_weight of a mean before any logit is computed (as the forward kernel's row weights
+    sum it): the class weights of the kept class indices (an out-of-range one adds nothing: its
+    loss is NaN), or one per probability row; in dtype's accumulation dtype."""
+    acc = accumulate_dtype(dtype)
+    if target.is_floating_point() or classes == 0:
+        return torch.tensor(target.shape[0] if classes > 0 else 0, device=target.device,
+                            dtype=acc)
+    kept = (target != ignore_index) & (target >= 0) & (target < classes)
+    if weight is None:
+        return kept.sum(dtype=acc)
+    return torch.where(kept, weight.to(acc)[target.long().clamp(0, classes - 1)], 0).sum()
+
+
+def linear_cross_entropy_with_grad(input, linear_weight, bias, target, weight, reduction,
+                                   ignore_index, label_smoothing, output_mask, loss_dtype=None):
+    """linear_cross_entropy_forward's (loss, lse, total_weight) and the gradients of input,
+    linear_weight and bias for grad_loss = 1 (reduction 'mean' or 'sum'): each chunk's logits
+    are computed once, their loss taken and their gradient fed to the GEMMs at once."""
+    placeholders = checked_outputs("linear_cross_entropy_with_grad", input, linear_weight, bias,
+                                   target, weight, reduction, ignore_index, label_smoothing,
+                                   output_mask, loss_dtype)[3:]
+    loss_dtype = loss_dtype or input.dtype
+    rows, classes = input.shape[0], linear_weight.shape[0]
+    loss, row_weight, lse = _per_row_buffers(rows, input.device)
+    chunks = _chunks(rows, classes)
+    grads = _LinearGrads(input, linear_weight, output_mask, chunks)
+    need_logits = any(output_mask)
+    unit = torch.ones((), device=input.device, dtype=accumulate_dtype(loss_dtype))
+    denominator = (_mean_denominator(target, weight, ignore_index, classes, loss_dtype)
+                   if reduction == "mean" else unit)
+    for r0, m in chunks:
+        logits = _chunk_logits(input, linear_weight, bias, r0, m, loss_dtype)
+        _loss_rows(logits, target[r0:r0 + m], weight, ignore_index, label_smoothing,
+                   loss[r0:r0 + m], row_weight[r0:r0 + m], lse[r0:r0 + m])
+        if need_logits:
+            grad_logits, _ = _loss_grads(logits, target[r0:r0 + m], weight, lse[r0:r0 + m], unit,
+                                         denominator, reduction, ignore_index, label_smoothing,
+                                         True, False)
+            grads.add(grad_logits.to(input.dtype), input, linear_weight, r0)
+    loss, total_weight = _reduce(loss, row_weight, reduction, (rows,), loss_dtype)
+    return (loss, lse.to(accumulate_dtype(loss_dtype)), total_weight,
+            *grads.finish(input, linear_weight, placeholders))

@@ -1,6 +1,8 @@
 // Autograd of fastops::cross_entropy and fastops::linear_cross_entropy: both save the inputs
-// (which the caller holds anyway), the per-row log-sum-exp and the scalar total_weight; never
-// the softmax nor, for the fused variant, the logits.
+// (which the caller holds anyway), the per-row log-sum-exp and the scalar total_weight, or for
+// a reduced linear_cross_entropy the gradients its forward computed; never the softmax nor,
+// for the fused variant, the logits.
+#include <ATen/ops/mul.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -72,6 +74,12 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
   }
 };
 
+// A reduced loss (mean or sum) with a class-index target, or a probability target that needs no
+// gradient, runs linear_cross_entropy_with_grad: the gradients for grad_loss = 1 come out of the
+// forward's pass over the logits and are saved (input's and linear_weight's sizes, what the
+// unfused path would save), and backward only scales them by grad_loss. Otherwise (a per-row
+// loss, or a probability target's gradient) the forward saves the inputs and the per-row
+// log-sum-exp, and the backward op recomputes the logits chunk by chunk.
 class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossEntropyFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
@@ -80,19 +88,35 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
                                const std::optional<at::Tensor>& weight, c10::string_view reduction,
                                int64_t ignore_index, double label_smoothing,
                                std::optional<at::ScalarType> loss_dtype) {
+    const bool grads_in_forward = reduction != "none" && !target.requires_grad();
     at::Tensor loss, logsumexp, total_weight;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(loss, logsumexp, total_weight) =
-          fastops::linear_cross_entropy(input, linear_weight, bias, target, weight, reduction,
-                                        ignore_index, label_smoothing, loss_dtype);
+    if (grads_in_forward) {
+      const std::array<bool, 3> mask = {input.requires_grad(), linear_weight.requires_grad(),
+                                        requires_grad(bias)};
+      at::Tensor grad_input, grad_linear_weight, grad_bias;
+      {
+        at::AutoDispatchBelowADInplaceOrView guard;
+        std::tie(loss, logsumexp, total_weight, grad_input, grad_linear_weight, grad_bias) =
+            fastops::linear_cross_entropy_with_grad(input, linear_weight, bias, target, weight,
+                                                    reduction, ignore_index, label_smoothing, mask,
+                                                    loss_dtype);
+      }
+      ctx->save_for_backward({grad_input, grad_linear_weight, grad_bias});
+    } else {
+      {
+        at::AutoDispatchBelowADInplaceOrView guard;
+        std::tie(loss, logsumexp, total_weight) =
+            fastops::linear_cross_entropy(input, linear_weight, bias, target, weight, reduction,
+                                          ignore_index, label_smoothing, loss_dtype);
+      }
+      ctx->save_for_backward({input, linear_weight, bias.value_or(at::Tensor()), target,
+                              weight.value_or(at::Tensor()), logsumexp, total_weight});
+      save_options(ctx, reduction, ignore_index, label_smoothing);
+      ctx->saved_data["loss_dtype"] =
+          loss_dtype.has_value() ? c10::IValue(*loss_dtype) : c10::IValue();
     }
-    ctx->save_for_backward({input, linear_weight, bias.value_or(at::Tensor()), target,
-                            weight.value_or(at::Tensor()), logsumexp, total_weight});
-    save_options(ctx, reduction, ignore_index, label_smoothing);
+    ctx->saved_data["grads_in_forward"] = grads_in_forward;
     ctx->saved_data["has_bias"] = bias.has_value();
-    ctx->saved_data["loss_dtype"] =
-        loss_dtype.has_value() ? c10::IValue(*loss_dtype) : c10::IValue();
     mark_statistics(ctx, logsumexp, total_weight);
     return {loss, logsumexp, total_weight};
   }
@@ -100,8 +124,25 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     if (!grad_outputs[0].defined()) return variable_list(9);  // no gradient reached the loss
     const auto saved = ctx->get_saved_variables();
+    const torch::autograd::Variable none;
     const auto mask =
         input_grad_mask<4>(ctx, {true, true, ctx->saved_data["has_bias"].toBool(), true});
+    if (ctx->saved_data["grads_in_forward"].toBool()) {
+      // grad_loss is one value: the saved gradients (for 1) times it, as new tensors, so that a
+      // second backward (retain_graph=True) starts from the saved ones again.
+      const auto scaled = [&](bool needed, const at::Tensor& grad) {
+        return needed ? at::mul(grad, grad_outputs[0]) : none;
+      };
+      return {scaled(mask[0], saved[0]),
+              scaled(mask[1], saved[1]),
+              scaled(mask[2], saved[2]),
+              none,
+              none,
+              none,
+              none,
+              none,
+              none};
+    }
     const c10::IValue& loss_dtype = ctx->saved_data["loss_dtype"];
     const auto [grad_input, grad_linear_weight, grad_bias, grad_target] =
         fastops::linear_cross_entropy_backward(
@@ -111,7 +152,6 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
             ctx->saved_data["label_smoothing"].toDouble(), mask,
             loss_dtype.isNone() ? std::nullopt
                                 : std::optional<at::ScalarType>(loss_dtype.toScalarType()));
-    const torch::autograd::Variable none;
     return {grad_or_undefined(mask[0], grad_input),
             grad_or_undefined(mask[1], grad_linear_weight),
             grad_or_undefined(mask[2], grad_bias),
@@ -162,6 +202,7 @@ TORCH_LIBRARY_IMPL(fastops, Autograd, m) {
   m.impl("cross_entropy_backward", not_differentiable());
   m.impl("linear_cross_entropy", &linear_cross_entropy_autograd);
   m.impl("linear_cross_entropy_backward", not_differentiable());
+  m.impl("linear_cross_entropy_with_grad", not_differentiable());
 }
 
 }  // namespace fastops

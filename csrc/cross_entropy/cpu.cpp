@@ -5,7 +5,9 @@
 // their two sub-passes (chunk max, then the running sum of exponentials rescaled once per chunk,
 // and the dot products the loss terms need); only the row's log-sum-exp is saved. Backward: one
 // pass writing (softmax - target_dist) * scale. The fused linear variant runs the same row
-// kernels on chunks of rows of the logits, recomputing them in the backward.
+// kernels on chunks of rows of the logits: for a reduced loss both at once, the gradient of each
+// chunk fed to the gradient GEMMs while it is in memory (linear_cross_entropy_with_grad);
+// otherwise the backward recomputes them.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -398,6 +400,17 @@ struct ChunkLogits {
   }
 };
 
+// The rows of chunk [r0, r0 + m) of logits as the row kernels read them.
+template <typename scalar_t>
+Rows<scalar_t> chunk_rows(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prob,
+                          int64_t r0) {
+  const int64_t classes = logits.size(1);
+  return {logits.const_data_ptr<scalar_t>(),
+          index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
+          prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr,
+          logits.size(0)};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
@@ -420,13 +433,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
         for (int64_t r0 = 0; classes > 0 && r0 < rows; r0 += chunk) {
           const int64_t m = std::min(chunk, rows - r0);
           const at::Tensor logits = buffers.compute(input, linear_weight, bias, r0, m);
-          const Rows<scalar_t> in{
-              logits.const_data_ptr<scalar_t>(),
-              index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
-              prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
           with_row_kernels([&](auto isa) {
-            forward_rows(isa, in, spec.spec, results.logsumexp.data_ptr<acc_t>() + r0,
-                         results.loss.data() + r0, results.weight.data() + r0);
+            forward_rows(isa, chunk_rows<scalar_t>(logits, index, prob, r0), spec.spec,
+                         results.logsumexp.data_ptr<acc_t>() + r0, results.loss.data() + r0,
+                         results.weight.data() + r0);
           });
         }
         std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
@@ -435,6 +445,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
       });
   return {loss, lse, total_weight};
 }
+
+// The gradients of input, linear_weight and bias from the gradient of the logits, chunk by
+// chunk of rows: input's rows written in place, the parameters' summed over the chunks (in the
+// accumulation dtype when there are several, as the Triton kernels). linear_weight's is summed
+// transposed, x^T @ grad_logits [H, C]: oneDNN reads grad_logits^T as its source only after a
+// copy of the whole chunk, and measured twice as slow there (benchmarks/NOTES.md).
+struct LinearGrads {
+  at::Tensor input;              // [N, H], or empty
+  at::Tensor linear_weight_sum;  // [H, C], undefined before the first chunk
+  at::Tensor bias;               // [C], or empty
+  at::Tensor ones;               // [chunk] for the bias's row sums
+  std::array<bool, 3> need;
+  bool several_chunks;
+
+  LinearGrads(const at::Tensor& x, const at::Tensor& linear_weight, std::array<bool, 3> mask,
+              int64_t chunk)
+      : need(mask), several_chunks(chunk < x.size(0)) {
+    const auto empty = x.new_empty({0});
+    input = need[0] ? on_huge_pages(at::empty_like(x, at::MemoryFormat::Contiguous)) : empty;
+    bias = need[2] ? at::zeros({linear_weight.size(0)}, x.options()) : empty;
+    if (need[2]) ones = at::ones({chunk}, x.options());
+  }
+
+  // Adds rows [r0, r0 + m) given their grad_logits [m, C] in input's dtype.
+  void add(const at::Tensor& grad_logits, const at::Tensor& x, const at::Tensor& linear_weight,
+           int64_t r0) {
+    const int64_t m = grad_logits.size(0);
+    if (need[0]) {
+      const at::Tensor rows = input.narrow(0, r0, m);
+      const at::Tensor product = cpu_matmul(grad_logits, linear_weight, rows);
+      if (!product.is_same(rows)) rows.copy_(product);
+    }
+    if (need[1]) {
+      const at::Tensor product = cpu_matmul(x.narrow(0, r0, m).t(), grad_logits);
+      if (!linear_weight_sum.defined()) {
+        linear_weight_sum =
+            several_chunks ? product.to(accumulate_type(product.scalar_type())) : product;
+      } else {
+        linear_weight_sum.add_(product);
+      }
+    }
+    if (need[2]) bias.addmv_(grad_logits.t(), ones.narrow(0, 0, m));
+  }
+
+  // (grad_input, grad_linear_weight, grad_bias); zeros for linear_weight without rows.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& linear_weight) const {
+    if (!need[1]) return {input, input.new_empty({0}), bias};
+    at::Tensor grad_linear_weight = at::empty_like(linear_weight, at::MemoryFormat::Contiguous);
+    if (linear_weight_sum.defined()) {
+      grad_linear_weight.copy_(linear_weight_sum.t());
+    } else {
+      grad_linear_weight.zero_();
+    }
+    return {input, grad_linear_weight, bias};
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
@@ -453,19 +519,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
   const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
   const at::Tensor lse = logsumexp.to(accumulate_type(args.loss_dtype)).contiguous();
-  const auto empty = input.new_empty({0});
-  at::Tensor grad_input =
-      need_input ? on_huge_pages(at::empty_like(input, at::MemoryFormat::Contiguous)) : empty;
-  at::Tensor grad_linear_weight =
-      need_linear_weight ? at::zeros_like(linear_weight, at::MemoryFormat::Contiguous) : empty;
-  at::Tensor grad_bias = need_bias ? at::zeros({classes}, input.options()) : empty;
   const auto loss_options = input.options().dtype(args.loss_dtype);
   at::Tensor grad_target = need_target ? on_huge_pages(at::empty({rows, classes}, loss_options))
                                        : at::empty({0}, loss_options);
   const bool need_grad_logits = need_input || need_linear_weight || need_bias;
   const int64_t chunk = linear_chunk_rows(rows, classes);
   ChunkLogits buffers(chunk, classes, input, args.loss_dtype);
-  const at::Tensor ones = need_bias ? at::ones({chunk}, input.options()) : at::Tensor();
+  LinearGrads grads(input, linear_weight, {need_input, need_linear_weight, need_bias}, chunk);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, args.loss_dtype, "linear_cross_entropy_backward", [&] {
         using acc_t = at::opmath_type<scalar_t>;
@@ -473,31 +533,91 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
         const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction);
         for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
           const int64_t m = std::min(chunk, rows - r0);
-          at::Tensor logits = buffers.compute(input, linear_weight, bias, r0, m);
-          const Rows<scalar_t> in{
-              logits.const_data_ptr<scalar_t>(),
-              index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
-              prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr, m};
+          const at::Tensor logits = buffers.compute(input, linear_weight, bias, r0, m);
           // The gradient of the logits overwrites them in place.
           if (classes > 0)
             with_row_kernels([&](auto isa) {
               backward_rows(
-                  isa, in, spec.spec, lse.const_data_ptr<acc_t>() + r0, scale.shifted(r0),
+                  isa, chunk_rows<scalar_t>(logits, index, prob, r0), spec.spec,
+                  lse.const_data_ptr<acc_t>() + r0, scale.shifted(r0),
                   need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
                   need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
             });
-          if (!need_grad_logits) continue;
-          logits = buffers.for_gemm(logits);
-          if (need_input) {
-            at::Tensor grad_input_rows = grad_input.narrow(0, r0, m);
-            grad_input_rows.copy_(cpu_matmul(logits, linear_weight, grad_input_rows));
-          }
-          if (need_linear_weight)
-            cpu_addmm_(grad_linear_weight, logits.t(), input.narrow(0, r0, m));
-          if (need_bias) grad_bias.addmv_(logits.t(), ones.narrow(0, 0, m));
+          if (need_grad_logits) grads.add(buffers.for_gemm(logits), input, linear_weight, r0);
         }
       });
+  const auto [grad_input, grad_linear_weight, grad_bias] = grads.finish(linear_weight);
   return {grad_input, grad_linear_weight, grad_bias, grad_target};
+}
+
+// The denominator of a mean before any row's loss is computed: what finish_loss sums (the class
+// weights of the non-ignored index targets, in row order in double, or one per probability
+// row), so that the gradient of every chunk can be scaled as it is computed.
+template <typename acc_t>
+acc_t mean_denominator(const at::Tensor& index, const LossSpec<acc_t>& spec, int64_t rows) {
+  if (!index.defined()) return spec.classes == 0 ? acc_t(0) : static_cast<acc_t>(rows);
+  const int64_t* target = index.const_data_ptr<int64_t>();
+  double total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    // An out-of-range target adds nothing here; the forward row kernel rejects it.
+    if (target[r] != spec.ignore_index && target[r] >= 0 && target[r] < spec.classes)
+      total += spec.class_weight(target[r]);
+  }
+  return static_cast<acc_t>(total);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+linear_cross_entropy_with_grad_cpu(const at::Tensor& input, const at::Tensor& linear_weight,
+                                   const std::optional<at::Tensor>& bias, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& weight,
+                                   c10::string_view reduction, int64_t ignore_index,
+                                   double label_smoothing, std::array<bool, 3> output_mask,
+                                   std::optional<at::ScalarType> loss_dtype) {
+  const auto args = linear_cross_entropy_with_grad_rules(input, linear_weight, bias, target, weight,
+                                                         reduction, label_smoothing, loss_dtype);
+  const int64_t rows = input.size(0);
+  const int64_t classes = linear_weight.size(0);
+  const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
+  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
+  const int64_t chunk = linear_chunk_rows(rows, classes);
+  ChunkLogits buffers(chunk, classes, input, args.loss_dtype);
+  LinearGrads grads(input, linear_weight, output_mask, chunk);
+  const bool need_grad_logits = output_mask[0] || output_mask[1] || output_mask[2];
+  at::Tensor loss, lse, total_weight;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, args.loss_dtype, "linear_cross_entropy_with_grad", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
+        RowResults<acc_t> results(rows, input);
+        // d loss / d loss_row for grad_loss = 1: 1, or 1 / total_weight for a mean.
+        const acc_t one = 1;
+        const ScaleView<acc_t> scale{&one, 0,
+                                     args.reduction == Reduction::Mean
+                                         ? one / mean_denominator(index, spec.spec, rows)
+                                         : one};
+        if (classes == 0) without_classes(index, ignore_index, results.logsumexp);
+        for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+          const int64_t m = std::min(chunk, rows - r0);
+          const at::Tensor logits = buffers.compute(input, linear_weight, bias, r0, m);
+          const Rows<scalar_t> in = chunk_rows<scalar_t>(logits, index, prob, r0);
+          acc_t* chunk_lse = results.logsumexp.data_ptr<acc_t>() + r0;
+          // The loss of the chunk's rows, then the gradient of their logits written over them.
+          if (classes > 0)
+            with_row_kernels([&](auto isa) {
+              forward_rows(isa, in, spec.spec, chunk_lse, results.loss.data() + r0,
+                           results.weight.data() + r0);
+              if (need_grad_logits)
+                backward_rows(isa, in, spec.spec, chunk_lse, scale, logits.data_ptr<scalar_t>(),
+                              static_cast<scalar_t*>(nullptr));
+            });
+          if (need_grad_logits) grads.add(buffers.for_gemm(logits), input, linear_weight, r0);
+        }
+        std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
+            results, args.reduction, {rows}, args.prob_target && classes == 0);
+        lse = results.logsumexp;
+      });
+  const auto [grad_input, grad_linear_weight, grad_bias] = grads.finish(linear_weight);
+  return {loss, lse, total_weight, grad_input, grad_linear_weight, grad_bias};
 }
 
 }  // namespace
@@ -507,6 +627,7 @@ TORCH_LIBRARY_IMPL(fastops, CPU, m) {
   m.impl("cross_entropy_backward", &cross_entropy_backward_cpu);
   m.impl("linear_cross_entropy", &linear_cross_entropy_cpu);
   m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward_cpu);
+  m.impl("linear_cross_entropy_with_grad", &linear_cross_entropy_with_grad_cpu);
 }
 
 }  // namespace fastops

@@ -117,6 +117,19 @@ LossRules linear_cross_entropy_rules(const at::Tensor& input, const at::Tensor& 
                     loss_dtype.value_or(input.scalar_type()), op);
 }
 
+LossRules linear_cross_entropy_with_grad_rules(
+    const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
+    double label_smoothing, std::optional<at::ScalarType> loss_dtype) {
+  constexpr const char* op = "linear_cross_entropy_with_grad";
+  LossRules rules = linear_cross_entropy_rules(input, linear_weight, bias, target, weight,
+                                               reduction, label_smoothing, loss_dtype, op);
+  TORCH_CHECK(rules.reduction != Reduction::None, "fastops::", op,
+              ": expected reduction 'mean' or 'sum' (a per-row loss has no gradient before its "
+              "grad_loss is known), got 'none'");
+  return rules;
+}
+
 void check_loss_backward(const LossRules& rules, const at::Tensor& input,
                          const at::Tensor& grad_loss, const at::Tensor& logsumexp,
                          const at::Tensor& total_weight, bool need_target, const char* op) {
@@ -186,6 +199,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_meta(
       input);
 }
 
+// The gradients of linear_cross_entropy's input, linear_weight and bias (input's dtype), or
+// empty tensors where output_mask does not ask for them.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_grads_meta(const at::Tensor& input,
+                                                                 const at::Tensor& linear_weight,
+                                                                 std::array<bool, 3> output_mask) {
+  const auto grad = [&](bool needed, c10::SymIntArrayRef shape) {
+    return needed ? at::empty_symint(shape, input.options()) : at::empty({0}, input.options());
+  };
+  const std::array<c10::SymInt, 1> bias_shape = {linear_weight.sym_size(0)};
+  return {grad(output_mask[0], input.sym_sizes()), grad(output_mask[1], linear_weight.sym_sizes()),
+          grad(output_mask[2], bias_shape)};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_meta(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& target,
@@ -197,17 +223,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
   const auto rules = linear_cross_entropy_rules(input, linear_weight, bias, target, weight,
                                                 reduction, label_smoothing, loss_dtype, op);
   check_loss_backward(rules, input, grad_loss, logsumexp, total_weight, output_mask[3], op);
-  const auto grad = [&](bool needed, c10::SymIntArrayRef shape, at::ScalarType dtype) {
-    const auto options = input.options().dtype(dtype);
-    return needed ? at::empty_symint(shape, options) : at::empty({0}, options);
-  };
-  const auto dtype = input.scalar_type();
-  const c10::SymInt classes = linear_weight.sym_size(0);
-  const std::array<c10::SymInt, 2> target_shape = {input.sym_size(0), classes};
-  return {grad(output_mask[0], input.sym_sizes(), dtype),
-          grad(output_mask[1], linear_weight.sym_sizes(), dtype),
-          grad(output_mask[2], {classes}, dtype),
-          grad(output_mask[3], target_shape, rules.loss_dtype)};
+  const auto [grad_input, grad_linear_weight, grad_bias] =
+      linear_grads_meta(input, linear_weight, {output_mask[0], output_mask[1], output_mask[2]});
+  const auto target_options = input.options().dtype(rules.loss_dtype);
+  const std::array<c10::SymInt, 2> target_shape = {input.sym_size(0), linear_weight.sym_size(0)};
+  return {grad_input, grad_linear_weight, grad_bias,
+          output_mask[3] ? at::empty_symint(target_shape, target_options)
+                         : at::empty({0}, target_options)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+linear_cross_entropy_with_grad_meta(const at::Tensor& input, const at::Tensor& linear_weight,
+                                    const std::optional<at::Tensor>& bias, const at::Tensor& target,
+                                    const std::optional<at::Tensor>& weight,
+                                    c10::string_view reduction, int64_t ignore_index,
+                                    double label_smoothing, std::array<bool, 3> output_mask,
+                                    std::optional<at::ScalarType> loss_dtype) {
+  const auto [loss, logsumexp, total_weight] =
+      loss_outputs(linear_cross_entropy_with_grad_rules(input, linear_weight, bias, target, weight,
+                                                        reduction, label_smoothing, loss_dtype),
+                   input);
+  const auto [grad_input, grad_linear_weight, grad_bias] =
+      linear_grads_meta(input, linear_weight, output_mask);
+  return {loss, logsumexp, total_weight, grad_input, grad_linear_weight, grad_bias};
 }
 
 }  // namespace
@@ -251,6 +289,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
                  reduction, ignore_index, label_smoothing, output_mask, loss_dtype);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+linear_cross_entropy_with_grad(const at::Tensor& input, const at::Tensor& linear_weight,
+                               const std::optional<at::Tensor>& bias, const at::Tensor& target,
+                               const std::optional<at::Tensor>& weight, c10::string_view reduction,
+                               int64_t ignore_index, double label_smoothing,
+                               std::array<bool, 3> output_mask,
+                               std::optional<at::ScalarType> loss_dtype) {
+  static auto op = op_handle<decltype(linear_cross_entropy_with_grad)>(
+      "fastops::linear_cross_entropy_with_grad");
+  return op.call(input, linear_weight, bias, target, weight, reduction, ignore_index,
+                 label_smoothing, output_mask, loss_dtype);
+}
+
 TORCH_LIBRARY_FRAGMENT(fastops, m) {
   // cross_entropy: input [N, C] or [N, C, d1, ...]; target class indices [N, d1, ...] (int64 or
   // uint8) or class probabilities (input's shape and dtype); weight [C]; reduction "none" |
@@ -283,6 +334,16 @@ TORCH_LIBRARY_FRAGMENT(fastops, m) {
       "Tensor? bias, Tensor target, Tensor? weight, Tensor logsumexp, Tensor total_weight, "
       "str reduction, int ignore_index, float label_smoothing, bool[4] output_mask, "
       "ScalarType? loss_dtype=None) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The forward and the gradients of input, linear_weight and bias for grad_loss = 1 in one
+  // pass over the logits (reduction 'mean' or 'sum'): what the autograd Function runs when the
+  // loss is reduced, so that each chunk of logits is computed once, not again in backward.
+  // Returns linear_cross_entropy's three outputs, then the three gradients (empty where
+  // output_mask does not ask for them).
+  m.def(
+      "linear_cross_entropy_with_grad(Tensor input, Tensor linear_weight, Tensor? bias, "
+      "Tensor target, Tensor? weight, str reduction, int ignore_index, float label_smoothing, "
+      "bool[3] output_mask, ScalarType? loss_dtype=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastops, Meta, m) {
@@ -290,6 +351,7 @@ TORCH_LIBRARY_IMPL(fastops, Meta, m) {
   m.impl("cross_entropy_backward", &cross_entropy_backward_meta);
   m.impl("linear_cross_entropy", &linear_cross_entropy_meta);
   m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward_meta);
+  m.impl("linear_cross_entropy_with_grad", &linear_cross_entropy_with_grad_meta);
 }
 
 }  // namespace fastops

@@ -1,5 +1,5 @@
-// fastops::cross_entropy and fastops::linear_cross_entropy (and their backward ops): entry points
-// and rules (see cross_entropy.cpp).
+// fastops::cross_entropy and fastops::linear_cross_entropy (their backward ops, and
+// linear_cross_entropy_with_grad): entry points and rules (see cross_entropy.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,6 +29,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
     const at::Tensor& total_weight, c10::string_view reduction, int64_t ignore_index,
     double label_smoothing, std::array<bool, 4> output_mask,
     std::optional<at::ScalarType> loss_dtype);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+linear_cross_entropy_with_grad(const at::Tensor& input, const at::Tensor& linear_weight,
+                               const std::optional<at::Tensor>& bias, const at::Tensor& target,
+                               const std::optional<at::Tensor>& weight, c10::string_view reduction,
+                               int64_t ignore_index, double label_smoothing,
+                               std::array<bool, 3> output_mask,
+                               std::optional<at::ScalarType> loss_dtype);
 
 enum class Reduction { None, Mean, Sum };
 
@@ -53,6 +60,12 @@ LossRules linear_cross_entropy_rules(const at::Tensor& input, const at::Tensor& 
                                      const std::optional<at::Tensor>& weight,
                                      c10::string_view reduction, double label_smoothing,
                                      std::optional<at::ScalarType> loss_dtype, const char* op);
+// linear_cross_entropy_with_grad: the rules of the forward, and a reduced loss (a per-row loss
+// needs its grad_loss before its parameter gradients can be summed).
+LossRules linear_cross_entropy_with_grad_rules(
+    const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
+    double label_smoothing, std::optional<at::ScalarType> loss_dtype);
 // The forward results a backward op is handed back: grad_loss (the loss's shape), logsumexp
 // (one per row) and total_weight (one value), and a target gradient only for probabilities.
 void check_loss_backward(const LossRules& rules, const at::Tensor& input,

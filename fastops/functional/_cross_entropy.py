@@ -133,7 +133,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                          reduction="mean", ignore_index=None, label_smoothing=0.0, options=None):
     """``torch.nn.functional.linear_cross_entropy`` (same signature): ``cross_entropy(
     linear(input, linear_weight, linear_bias), target, weight, ...)`` without the logits,
-    computed in chunks of rows and recomputed in the backward.
+    computed in chunks of rows (for a reduced loss the gradients come out of the same pass;
+    for reduction="none" the backward recomputes the logits).
 
     input: [N, H] or [H]; linear_weight: [C, H], or [C, d1, ..., dK, H] for a K-dimensional
     loss (batched input only); linear_bias: None or of shape linear_weight.shape[:-1];
@@ -245,10 +246,15 @@ def _linear_cross_entropy_positions(input, linear_weight, linear_bias, target, w
         else:
             kept_weight = weight.to(acc)[target.long().masked_fill(~kept, 0)]
             count = torch.where(kept, kept_weight, 0).sum()
-    return (total / count).to(dtype)
+    # Without a kept target the mean is NaN and its gradient zero (as torch's): dividing by 1
+    # there keeps an infinite grad_loss from reaching the gradients the op saved.
+    kept_any = torch.as_tensor(count, dtype=acc, device=total.device) > 0
+    mean = total / torch.where(kept_any, count, 1)
+    return torch.where(kept_any, mean, torch.nan).to(dtype)
 
 
 register_cuda_kernels("cross_entropy", cross_entropy="cross_entropy_forward",
                       cross_entropy_backward="cross_entropy_backward",
                       linear_cross_entropy="linear_cross_entropy_forward",
-                      linear_cross_entropy_backward="linear_cross_entropy_backward")
+                      linear_cross_entropy_backward="linear_cross_entropy_backward",
+                      linear_cross_entropy_with_grad="linear_cross_entropy_with_grad")
