@@ -4,7 +4,7 @@ training (forward + backward, running statistics updated) and evaluation (forwar
 import pytest
 import torch
 import torch.nn.functional as TF
-from common import DEVICE, DTYPES, bench, cases, implementations, randn
+from common import DEVICE, DTYPES, bench, cases, implementations, randn, skip_unselected
 
 from fastops import functional as F
 
@@ -27,6 +27,7 @@ IMPLS = {
 @pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", IMPLS["train"])
 def bench_batch_norm_relu(benchmark, impl, case, mode, dtype):
+    skip_unselected(impl, case, dtype)
     shape = CASES[case]
     backward = MODES[mode]
     channels = shape[1]

@@ -4,7 +4,7 @@ writes the output) vs torch.compile, at the LeNet shapes and a ResNet-style 64-c
 import pytest
 import torch
 import torch.nn.functional as TF
-from common import DTYPES, bench, cases, implementations, randn
+from common import DTYPES, bench, cases, implementations, randn, skip_unselected
 
 from fastops import functional as F
 
@@ -22,6 +22,7 @@ IMPLS = implementations(lambda x, w, b, padding: torch.relu(TF.conv2d(x, w, b, p
 @pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", IMPLS)
 def bench_conv2d_relu(benchmark, impl, case, backward, dtype):
+    skip_unselected(impl, case, dtype)
     batch, in_channels, size, out_channels, kernel, padding = CASES[case]
     fan_in = in_channels * kernel * kernel
     inputs = [randn(batch, in_channels, *size, dtype=dtype, requires_grad=backward),

@@ -5,7 +5,7 @@ Linear -> ReLU -> Dropout of the tutorial MLP."""
 import pytest
 import torch
 import torch.nn.functional as TF
-from common import DTYPES, bench, cases, implementations, randn
+from common import DTYPES, bench, cases, implementations, randn, skip_unselected
 
 from fastops import functional as F
 
@@ -25,6 +25,7 @@ MLP_IMPLS = implementations(lambda x, w, b: TF.dropout(torch.relu(TF.linear(x, w
 @pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", IMPLS)
 def bench_dropout(benchmark, impl, case, backward, dtype):
+    skip_unselected(impl, case, dtype)
     inputs = [randn(*CASES[case], dtype=dtype, requires_grad=backward)]
     bench(benchmark, "dropout", case, impl, IMPLS, inputs, backward, dtype)
 
@@ -34,6 +35,7 @@ def bench_dropout(benchmark, impl, case, backward, dtype):
 @pytest.mark.parametrize("impl", CHANNEL_IMPLS)
 def bench_dropout2d(benchmark, impl, backward, dtype):
     case = "64x4x128x128"
+    skip_unselected(impl, case, dtype)
     inputs = [randn(*CASES[case], dtype=dtype, requires_grad=backward)]
     bench(benchmark, "dropout2d", case, impl, CHANNEL_IMPLS, inputs, backward, dtype)
 
@@ -42,6 +44,7 @@ def bench_dropout2d(benchmark, impl, backward, dtype):
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("impl", MLP_IMPLS)
 def bench_linear_relu_dropout(benchmark, impl, backward, dtype):
+    skip_unselected(impl, "mlp 256x784->256", dtype)
     rows, in_features, out_features = 256, 784, 256  # the tutorial MLP's first layer
     inputs = [randn(rows, in_features, dtype=dtype, requires_grad=backward),
               randn(out_features, in_features, dtype=dtype, requires_grad=backward,

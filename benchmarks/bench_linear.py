@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as TF
-from common import DTYPES, bench, cases, implementations, randn
+from common import DTYPES, bench, cases, implementations, randn, skip_unselected
 
 from fastops import functional as F
 
@@ -19,6 +19,7 @@ IMPLS = implementations(lambda x, w, b: torch.relu(TF.linear(x, w, b)), F.linear
 @pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", IMPLS)
 def bench_linear_relu(benchmark, impl, case, backward, dtype):
+    skip_unselected(impl, case, dtype)
     rows, in_features, out_features = CASES[case]
     inputs = [randn(rows, in_features, dtype=dtype, requires_grad=backward),
               randn(out_features, in_features, dtype=dtype, requires_grad=backward,

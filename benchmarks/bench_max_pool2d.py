@@ -4,7 +4,7 @@ int64 indices; fastops: a 1-byte window-local argmax per output element)."""
 
 import pytest
 import torch.nn.functional as TF
-from common import DTYPES, bench, cases, implementations, randn
+from common import DTYPES, bench, cases, implementations, randn, skip_unselected
 
 from fastops import functional as F
 
@@ -22,6 +22,7 @@ IMPLS = {case: implementations(lambda x, k=k, s=s, p=p: TF.max_pool2d(x, k, s, p
 @pytest.mark.parametrize("case", cases(CASES))
 @pytest.mark.parametrize("impl", IMPLS[next(iter(CASES))])  # the same names for every case
 def bench_max_pool2d(benchmark, impl, case, backward, dtype):
+    skip_unselected(impl, case, dtype)
     shape = CASES[case][0]
     inputs = [randn(*shape, dtype=dtype, requires_grad=backward)]
     bench(benchmark, "max_pool2d", case, impl, IMPLS[case], inputs, backward, dtype)

@@ -2,7 +2,8 @@
 torch.nn.functional / torch.nn vs fastops.functional / fastops.nn, forward and forward +
 backward. The speed-up here is the ratio of what each library costs around its kernel:
 argument checks and normalisation, operator dispatch, autograd set-up. No torch.compile: it is
-not called per op from eager code."""
+not called per op from eager code. On the CPU float32 only: the call's cost does not depend on
+the dtype, and the op suites time bfloat16."""
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES if DEVICE == "cuda" else [torch.float32], ids=str)
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("impl", ["torch", "fastops"])

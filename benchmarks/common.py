@@ -11,6 +11,10 @@ Environment (set by ``python -m fastops bench``):
                         the models: mlp, mnist_cnn, cifar_net) in float32, no torch.compile;
                         on CUDA (where a run is one short lease and compiling is what costs)
                         the largest case too, float32 and bfloat16, torch.compile included
+
+Dtypes: float32 and bfloat16 on CUDA; on the CPU float32, and in the full run bfloat16 too (CPU
+training runs under torch.autocast("cpu", dtype=torch.bfloat16)), without torch.compile (see
+``skip_unselected``); a suite leaves out, in bfloat16, the cases it names there.
 """
 
 import math
@@ -24,7 +28,8 @@ import fastops
 
 DEVICE = os.environ.get("FASTOPS_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 QUICK = os.environ.get("FASTOPS_BENCH_QUICK", "0") == "1"
-DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
+DTYPES = ([torch.float32, torch.bfloat16] if DEVICE == "cuda" or not QUICK
+          else [torch.float32])
 # Rounds on CUDA; each is preceded (untimed) by a write over a buffer larger than L2, so small
 # cases are not flattered by a warm cache (the do_bench recipe).
 CUDA_ROUNDS = 50
@@ -46,6 +51,21 @@ def cases(all_cases, tutorial=None):
     if DEVICE == "cuda" and names[-1] not in quick:
         quick.append(names[-1])
     return quick
+
+
+def skip_unselected(impl, case, dtype, float32_only=()):
+    """Skips (pytest.skip) a CPU bfloat16 combination the run leaves out: torch.compile, whose
+    bfloat16 cases would each recompile the callable the suite shares across its cases (seconds
+    each on the 2-core machine, and past dynamo's recompile limit, 8, it runs eager
+    unannounced), and the cases in ``float32_only`` (a suite's cases too slow in bfloat16)."""
+    import pytest
+
+    if DEVICE == "cuda" or dtype != torch.bfloat16:
+        return
+    if impl == "torch.compile":
+        pytest.skip("torch.compile: float32 only on the CPU")
+    if case in float32_only:
+        pytest.skip(f"{case}: float32 only on the CPU")
 
 
 def sync():
