@@ -124,6 +124,34 @@ def test_large_float32_gemms(onednn, monkeypatch):
                                  list(inputs), scale=scale_for(64, 1, (3, 3)))
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+@pytest.mark.parametrize("dtype,shape", [
+    (torch.float32, ((2,), 128, 128, (8, 7), (3, 3))),   # deep layer: oneDNN both ways
+    (torch.float32, ((2,), 32, 128, (16, 16), (3, 3))),  # oneDNN backward only (256 pixels)
+    (torch.bfloat16, ((4,), 64, 64, (16, 16), (3, 3))),  # bfloat16, 2^25 multiply-adds
+], ids=["float32 deep", "float32 16x16", "bfloat16"])
+def test_onednn_convolutions_match_torch(dtype, shape, channels_last, onednn, monkeypatch):
+    # oneDNN's convolution (ReLU fused) and its backward, or the im2col path with mkldnn disabled
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+    x, w, b = (t.detach().to(dtype) for t in make(*shape))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for activation in ("relu", None):
+        inputs = [t.clone().requires_grad_() for t in (x, w, b)]
+        out = F.conv2d(*inputs, padding=1, activation=activation)
+        assert out.is_contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert_same_forward_backward(lambda *a: F.conv2d(*a, padding=1, activation=activation),
+                                     lambda *a: reference(*a, padding=1, activation=activation),
+                                     inputs, scale=scale_for(shape[1], 1, (3, 3)))
+    # only some gradients: the others are not computed
+    inputs = [x.clone().requires_grad_(), w.clone(), b.clone().requires_grad_()]
+    assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, padding=1),
+                                 lambda *a: reference(*a, padding=1, activation="relu"), inputs,
+                                 scale=scale_for(shape[1], 1, (3, 3)))
+
+
 @pytest.mark.parametrize("requires", [(True, False, False), (False, True, False),
                                       (False, False, True), (False, True, True)])
 @pytest.mark.parametrize("groups", [1, 2])  # 1: the CPU direct weight-gradient kernel

@@ -5,7 +5,8 @@
 //             applies ReLU and writes the output in its memory format.
 //
 // Float32 convolutions with few output channels run the direct kernel (cpu_direct.cpp) instead
-// where the CPU has AVX-512. The im2col pieces shared with the backward are in cpu_im2col.h.
+// where the CPU has AVX-512, and those oneDNN runs faster go to it (cpu_onednn.cpp). The im2col
+// pieces shared with the backward are in cpu_im2col.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -85,6 +86,8 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   const bool relu = rules.activation == Activation::ReLU;
   const Conv2dShape s = conv2d_shape(input.sizes(), weight, stride, padding, dilation, groups,
                                      C10_AS_INTARRAYREF_SLOW(rules.output_size));
+  if (onednn_forward_supported(s, input.scalar_type()))
+    return conv2d_onednn(input, weight, bias, stride, padding, dilation, relu, rules.format);
   at::Tensor out = on_huge_pages(at::empty(C10_AS_INTARRAYREF_SLOW(rules.output_size),
                                            input.options().memory_format(rules.format)));
   if (out.numel() == 0) return out;

@@ -1,9 +1,11 @@
-// CPU kernels of fastops::conv2d: what their files share. A convolution runs one of two paths:
+// CPU kernels of fastops::conv2d: what their files share. A convolution runs one of three paths:
 //
 //   im2col + GEMM, any dtype and shape: cpu_im2col.h (the column gathering and the task loop that
 //     both directions use), cpu.cpp (the forward, and the registration of both kernels),
 //     cpu_backward.cpp (the gradients);
-//   direct AVX-512 kernels, float32 with few channels on CPUs that have AVX-512: cpu_direct.cpp.
+//   direct AVX-512 kernels, float32 with few channels on CPUs that have AVX-512: cpu_direct.cpp;
+//   oneDNN's convolutions, float32 with many channels on small planes and large bfloat16 ones:
+//     cpu_onednn.cpp.
 //
 // This header holds the sizes of a convolution, the zero-padded input planes that both paths
 // read, and the entry points of each file. Everything is in the named namespace
@@ -124,6 +126,19 @@ void pad_planes(const scalar_t* input, const Strides4& in, const Conv2dShape& s,
   const int64_t end = images * s.in_per_group() * plane_size;
   std::fill(planes + end, planes + end + s.plane_tail(), acc_t(0));
 }
+
+// oneDNN's convolutions (cpu_onednn.cpp), one group only, where *_supported says they are the
+// faster engine; the ReLU of the forward fused, the backward's applied to grad_output first.
+bool onednn_forward_supported(const Conv2dShape& s, at::ScalarType dtype);
+bool onednn_backward_supported(const Conv2dShape& s, at::ScalarType dtype);
+at::Tensor conv2d_onednn(const at::Tensor& input, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, bool relu,
+                         at::MemoryFormat format);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_onednn(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& relu_output, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, std::array<bool, 3> output_mask, at::MemoryFormat grad_input_format);
 
 #ifdef FASTOPS_AVX512_KERNELS
 // The direct kernels (cpu_direct.cpp): float32 only, called only where their direct_*_supported

@@ -149,6 +149,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   // grad_output has the forward's output size (checked by the rules).
   const Conv2dShape s = conv2d_shape(C10_AS_INTARRAYREF_SLOW(input_size), weight, stride, padding,
                                      dilation, groups, grad_output.sizes());
+  if (input.has_value() && (need_input || need_weight || need_bias) &&
+      onednn_backward_supported(s, grad_output.scalar_type()))
+    return conv2d_backward_onednn(grad_output, *input, weight,
+                                  relu ? output : std::optional<at::Tensor>(), stride, padding,
+                                  dilation, output_mask, rules.grad_input_format);
 
   const auto empty = grad_output.new_empty({0});
   at::Tensor grad_input =

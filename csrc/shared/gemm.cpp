@@ -14,6 +14,7 @@
 #include "shared/common.h"
 #include "shared/huge_pages.h"
 #include "shared/isa.h"
+#include "shared/op_handle.h"
 
 #ifdef FASTOPS_AVX512_KERNELS
 #include <immintrin.h>
@@ -31,19 +32,9 @@ using LinearPointwise = at::Tensor(const at::Tensor&, const at::Tensor&,
                                    c10::List<std::optional<at::Scalar>>,
                                    std::optional<c10::string_view>);
 
-// oneDNN's linear (x @ w^T + b) if this ATen build registers it for CPU with the schema used
-// here (an internal op: another torch version may change it, and typed() then throws).
+// oneDNN's linear (x @ w^T + b), if this ATen build registers it.
 const std::optional<c10::TypedOperatorHandle<LinearPointwise>>& onednn_linear() {
-  static const auto op = []() -> std::optional<c10::TypedOperatorHandle<LinearPointwise>> {
-    const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
-    if (!handle.has_value() || !handle->hasKernelForDispatchKey(c10::DispatchKey::CPU))
-      return std::nullopt;
-    try {
-      return handle->typed<LinearPointwise>();
-    } catch (const c10::Error&) {
-      return std::nullopt;
-    }
-  }();
+  static const auto op = optional_cpu_op_handle<LinearPointwise>("mkldnn::_linear_pointwise");
   return op;
 }
 
