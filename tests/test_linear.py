@@ -74,10 +74,12 @@ def test_zero_in_features_gives_the_bias_like_torch(batch):
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "noncontiguous"])
-def test_large_float32_products(onednn, contiguous, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_large_products(onednn, contiguous, dtype, monkeypatch):
     # Every GEMM here (forward, grad_input, grad_weight) has >= 2^25 multiply-adds: the CPU
-    # kernels route them to oneDNN, or to at::mm when torch.backends.mkldnn is disabled.
-    x, w, b = make((2, 131), 515, 257, True)
+    # kernels route them to oneDNN (in bfloat16 with the ReLU fused into the forward's), or to
+    # at::mm when torch.backends.mkldnn is disabled.
+    x, w, b = (t.detach().to(dtype).requires_grad_() for t in make((2, 131), 515, 257, True))
     if not contiguous:
         x = noncontiguous(x.detach()).requires_grad_()
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)

@@ -129,6 +129,12 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
 
   const at::Tensor input_2d = as_rows(input);
   const int64_t rows = input_2d.size(0);
+  std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
+  out_shape.back() = out_features;
+  if (relu && !dropout) {
+    const at::Tensor fused = cpu_linear_relu(input_2d, weight, bias);
+    if (fused.defined()) return fused.view(out_shape);
+  }
   // Reduced precision: the GEMM adds the bias before its single rounding (as torch's addmm),
   // so the ReLU mask sees the same pre-activation as torch. float/double: a plain GEMM, then
   // bias + ReLU in one pass (one pass fewer over the output than addmm + relu).
@@ -144,8 +150,6 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
               relu, dropout);
         });
   }
-  std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
-  out_shape.back() = out_features;
   return out.view(out_shape);
 }
 

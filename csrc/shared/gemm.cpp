@@ -40,7 +40,8 @@ const std::optional<c10::TypedOperatorHandle<LinearPointwise>>& onednn_linear() 
 
 // Whether x [M, K] @ w^T [K, N] goes to oneDNN.
 bool use_onednn(const at::Tensor& x, const at::Tensor& w) {
-  return x.scalar_type() == at::kFloat && x.size(0) * x.size(1) * w.size(0) >= kOneDnnMinWork &&
+  return (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+         x.size(0) * x.size(1) * w.size(0) >= kOneDnnMinWork &&
          at::globalContext().userEnabledMkldnn() && onednn_linear().has_value();
 }
 
@@ -205,6 +206,13 @@ at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w,
   }
   at::Tensor out = buffer.defined() ? buffer : new_out();
   return bias.has_value() ? at::addmm_out(out, *bias, x, w.t()) : at::mm_out(out, x, w.t());
+}
+
+at::Tensor cpu_linear_relu(const at::Tensor& x, const at::Tensor& w,
+                           const std::optional<at::Tensor>& bias) {
+  if (x.scalar_type() != at::kBFloat16 || !use_onednn(x, w)) return at::Tensor();
+  return onednn_linear()->call(x, w, bias, "relu", c10::List<std::optional<at::Scalar>>(),
+                               std::nullopt);
 }
 
 void cpu_addmm_(const at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
