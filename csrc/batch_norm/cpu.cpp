@@ -9,16 +9,14 @@
 // Reductions accumulate in double, as torch's contiguous kernel: float sums of a plane drift by
 // ~1e-6 relative (a 2048-element block of squares), which the shifted variance amplifies when the
 // shift sits far from the mean (a ReLU'd channel's first element is often 0): invstd was 1.8e-6
-// off where torch's is 3e-8 (tests/test_batch_norm.py). The loops themselves sum in opmath over
-// short runs (256 elements of a plane row: 16 per AVX-512 lane; 16 channels-last rows per
-// channel) and add each run's partial sum into the double accumulators: a run's rounding stays at
-// the level of its elements' own and averages out across runs, while the element work runs at
-// float width (8 doubles -> 16 floats per vector, and no float -> double conversions). The
-// backward subtracts the mean rounded to opmath and corrects the double sum of g' * (x - mean)
-// by (mean - rounded mean) * sum(g') afterwards. Per-channel coefficients are computed in
-// double; element passes run in opmath (float for float/bfloat16/half, double for double).
-// The element loops (cpu_loops.inc) are plain `omp simd` loops with compile-time flags, included
-// twice: once for the baseline x86-64 target and once in an AVX-512 region (shared/isa.h),
+// off where torch's is 3e-8 (tests/test_batch_norm.py); float partial sums over 256-element runs
+// were still 7.5e-7 off. The loops subtract in opmath (x - shift, x - mean), widen to double and
+// accumulate there (AVX-512: 8 doubles per vector). The backward subtracts the mean rounded to
+// opmath and corrects the double sum of g' * (x - mean) by (mean - rounded mean) * sum(g')
+// afterwards. AVX-512 only for rows of >= kMinAvx512Row elements. Per-channel coefficients are
+// computed in double; element passes run in opmath (float for float/bfloat16/half, double for
+// double). The element loops (cpu_loops.inc) are plain `omp simd` loops with compile-time flags,
+// included twice: once for the baseline x86-64 target and once in an AVX-512 region (shared/isa.h),
 // picked at run time by with_loops. bfloat16 is loaded and stored by hand (16-bit integers
 // shifted into / rounded out of a float's top half) so that its conversions vectorise.
 // (at::vec without a CPU_CAPABILITY build falls back to its scalar emulation, measured ~10x
@@ -101,16 +99,28 @@ void with_flag(bool flag, const Fn& fn) {
   }
 }
 
-// A per-channel coefficient seen by an element loop: the same value for a whole plane row
-// (Broadcast) or one value per element of a channels-last row (PerChannel).
+// A per-channel coefficient seen by an element loop over rows: row(channel(r)) gives the
+// accessor of row r of the block (channel(r) computed once for all coefficients of a row), at(i)
+// the value for its element i: the same value for a whole plane row
+// (Broadcast, from PerPlane: plane rows first, first + 1, ... of channel (first + r) % C) or one
+// value per element of a channels-last row (PerChannel).
 template <typename T>
 struct Broadcast {
   T value;
   T at(int64_t) const { return value; }
 };
 template <typename T>
+struct PerPlane {
+  const T* values;
+  int64_t first, channels;
+  int64_t channel(int64_t r) const { return (first + r) % channels; }
+  Broadcast<T> row(int64_t c) const { return {values[c]}; }
+};
+template <typename T>
 struct PerChannel {
   const T* values;
+  int64_t channel(int64_t) const { return 0; }
+  const PerChannel& row(int64_t) const { return *this; }
   T at(int64_t j) const { return values[j]; }
 };
 
@@ -126,22 +136,28 @@ namespace avx512 {
 FASTOPS_AVX512_END
 #endif
 
+// The AVX-512 loops run only on rows of at least this many elements (the vectorised dimension:
+// S of a plane, C of a channels-last row): on resnet's 4x4 planes (S = 16) the baseline loops
+// measured faster (BN+ReLU forward 128x512x4x4: 0.9 ms vs 1.4 ms).
+constexpr int64_t kMinAvx512Row = 64;
+
 // call(isa) with the tag of the loops for the CPU at hand (AVX-512, 16 floats per vector, where
-// it has it); call names the loops with isa first.
+// it has it and the rows are long enough); call names the loops with isa first.
 template <typename Call>
-void with_loops(const Call& call) {
+void with_loops(Layout layout, const Geometry& geo, const Call& call) {
 #ifdef FASTOPS_AVX512_KERNELS
-  if (cpu_has_avx512()) return call(avx512::Isa{});
+  const int64_t row = layout == Layout::Planes ? geo.spatial : geo.channels;
+  if (row >= kMinAvx512Row && cpu_has_avx512()) return call(avx512::Isa{});
 #endif
   call(baseline::Isa{});
 }
 
 // ----------------------------------------------------------------------------- reductions
 
-// Two per-channel sums over the whole input: `plane_moments(p, c, first, second)` sums one plane
-// row p (channel c) into two doubles, `row_moments(begin, end, first, second)` adds channels-last
-// rows [begin, end) to double accumulators [C] (one set per block of rows). Returns {first[C],
-// second[C]}.
+// Two per-channel sums over the whole input: `plane_moments(begin, end, first, second)` sums
+// plane rows [begin, end) into first[p], second[p] (row p of channel p % C), `row_moments(begin,
+// end, first, second)` adds channels-last rows [begin, end) to double accumulators [C] (one set per
+// block of rows). Returns {first[C], second[C]}.
 template <typename PlaneFn, typename RowFn>
 std::pair<std::vector<double>, std::vector<double>> channel_sums(Layout layout, const Geometry& geo,
                                                                  const PlaneFn& plane_moments,
@@ -152,9 +168,7 @@ std::pair<std::vector<double>, std::vector<double>> channel_sums(Layout layout, 
     const int64_t planes = geo.batch * C;
     std::vector<double> plane_first(planes), plane_second(planes);
     at::parallel_for(0, planes, grain_for(geo.spatial), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        plane_moments(p, p % C, plane_first[p], plane_second[p]);
-      }
+      plane_moments(begin, end, plane_first.data(), plane_second.data());
     });
     for (int64_t p = 0; p < planes; ++p) {
       first[p % C] += plane_first[p];
@@ -209,8 +223,8 @@ std::pair<std::vector<double>, std::vector<double>> mean_and_variance(Isa isa, c
   }
   // Exact: each shift is a value of x (or 0).
   const auto shift_o = cast_vector<at::opmath_type<scalar_t>>(shift);
-  auto plane = [&](int64_t p, int64_t c, double& sum, double& sum_sq) {
-    shifted_moments(isa, x + p * S, S, shift_o[c], sum, sum_sq);
+  auto plane = [&](int64_t begin, int64_t end, double* sum, double* sum_sq) {
+    shifted_moments(isa, x, begin, end, S, C, shift_o.data(), sum, sum_sq);
   };
   auto row = [&](int64_t begin, int64_t end, double* sum, double* sum_sq) {
     shifted_row_moments(isa, x, begin, end, C, shift_o.data(), sum, sum_sq);
@@ -231,18 +245,17 @@ std::pair<std::vector<double>, std::vector<double>> mean_and_variance(Isa isa, c
 
 // --------------------------------------------------------------------------- element passes
 
-// Runs span(begin_offset, rows, len, coef_selector) over the whole [N, C, S] tensor in `layout`:
-// plane rows (one at a time) get Broadcast coefficients of their channel, blocks of
+// Runs span(begin_offset, rows, len, coef_selector) over the whole [N, C, S] tensor in `layout`,
+// a block of rows at a time: plane rows get PerPlane coefficients (their channel's),
 // channels-last rows PerChannel ones.
 template <typename opmath_t, typename SpanFn>
 void for_each_span(Layout layout, const Geometry& geo, const SpanFn& span) {
   const int64_t C = geo.channels, S = geo.spatial;
   if (layout == Layout::Planes) {
     at::parallel_for(0, geo.batch * C, grain_for(S), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        span(p * S, 1, S,
-             [c = p % C](const std::vector<opmath_t>& v) { return Broadcast<opmath_t>{v[c]}; });
-      }
+      span(begin * S, end - begin, S, [begin, C](const std::vector<opmath_t>& v) {
+        return PerPlane<opmath_t>{v.data(), begin, C};
+      });
     });
   } else {
     at::parallel_for(0, geo.count(), grain_for(C), [&](int64_t begin, int64_t end) {
@@ -305,7 +318,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
     if (count > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(
           at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_stats", [&] {
-            with_loops([&](auto isa) {
+            with_loops(layout, geo, [&](auto isa) {
               std::tie(mean, var) =
                   mean_and_variance(isa, x.const_data_ptr<scalar_t>(), layout, geo);
             });
@@ -350,7 +363,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
                      shift_o = cast_vector<opmath_t>(shift);
           const scalar_t* xp = x.const_data_ptr<scalar_t>();
           scalar_t* yp = output.data_ptr<scalar_t>();
-          with_loops([&](auto isa) {
+          with_loops(layout, geo, [&](auto isa) {
             with_flag(relu, [&](auto relu_flag) {
               for_each_span<opmath_t>(
                   layout, geo, [&](int64_t offset, int64_t rows, int64_t len, const auto& coef) {
@@ -409,12 +422,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
           const auto mean_o = cast_vector<opmath_t>(mean);
           const opmath_t* mean_c = mean_o.data();
           const int64_t S = geo.spatial;
-          with_loops([&](auto isa) {
+          with_loops(layout, geo, [&](auto isa) {
             with_flag(relu, [&](auto relu_flag) {
               constexpr bool kMask = decltype(relu_flag)::value;
-              auto plane = [&](int64_t p, int64_t c, double& sg, double& sgx) {
-                gradient_moments<kMask>(isa, gp + p * S, xp + p * S, kMask ? yp + p * S : nullptr,
-                                        S, mean_c[c], sg, sgx);
+              auto plane = [&](int64_t begin, int64_t end, double* sg, double* sgx) {
+                gradient_moments<kMask>(isa, gp, xp, yp, begin, end, S, C, mean_c, sg, sgx);
               };
               auto row = [&](int64_t begin, int64_t end, double* sg, double* sgx) {
                 gradient_row_sums<kMask>(isa, gp, xp, yp, begin, end, C, mean_c, sg, sgx);
@@ -455,7 +467,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
             const scalar_t* xp = training ? x.const_data_ptr<scalar_t>() : nullptr;
             const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
             scalar_t* gxp = grad_input.data_ptr<scalar_t>();
-            with_loops([&](auto isa) {
+            with_loops(layout, geo, [&](auto isa) {
               with_flag(relu, [&](auto relu_flag) {
                 with_flag(training, [&](auto training_flag) {
                   constexpr bool kMask = decltype(relu_flag)::value,
