@@ -320,8 +320,7 @@ def write_report(json_path, out_dir, command=None):
                                     "(fastops build / torch build)", "torch"),
              "speedup-models-compile.png": (_compile_chart_rows(rows),
                                             f"fastops vs torch.compile on {device}: tutorial "
-                                            "models (compiled torch build / fastops build)",
-                                            "torch.compile")}
+                                            "models", "torch.compile")}
     for name, (part, title, baseline) in parts.items():
         path = os.path.join(out_dir, name)
         if chart(part, path, title, baseline):
