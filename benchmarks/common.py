@@ -2,8 +2,9 @@
 timed step. Every case is recorded with pytest-benchmark; ``group`` holds the cases compared
 side by side (torch vs fastops vs torch.compile), ``extra_info`` what the report needs.
 
-The fastops case of a group is timed in pairs with its torch counterpart (see ``_paired``):
-the speed-up the report gives is the median of the per-pair ratios, with their quartiles.
+The fastops case of a group is timed in pairs with its torch counterpart (a tutorial model's
+also with torch.compile's; see ``_paired``): the speed-up the report gives is the median of the
+per-pair ratios, with their quartiles.
 
 Environment (set by ``python -m fastops bench``):
   FASTOPS_BENCH_DEVICE  cpu | cuda (default: cuda when available)
@@ -126,39 +127,45 @@ def _seconds(run):
     return time.perf_counter() - start
 
 
-def _paired(benchmark, torch_run, run):
+def _paired(benchmark, baseline_runs, run):
     """Times ``run`` (fastops) with pytest-benchmark, each round preceded by one timed call of
-    ``torch_run``; returns {pairs, torch_median (seconds), ratio: the 25th, 50th and 75th
-    percentiles of the per-pair ratios torch / fastops} (None under --benchmark-disable, which
-    times nothing).
+    each of ``baseline_runs`` ({name: run}: "torch", and for a model "compile" too); returns
+    per name {pairs, <name>_median (seconds), ratio: the 25th, 50th and 75th percentiles of the
+    per-pair ratios baseline / fastops} (None under --benchmark-disable, which times nothing).
 
     Timing all rounds of one implementation and then all of the other lets a slow spell of a
     shared machine (seconds long) fall on one side and move the ratio by up to 2x; in pairs,
     both calls of a ratio share the spell. The calls alternate strictly (torch, fastops, torch,
-    ...), so each call follows a call of the other implementation and neither side runs in a
+    ...), so each call follows a call of another implementation and neither side runs in a
     cache the other warmed more often. The number of pairs follows pytest-benchmark's own rule
-    (--benchmark-max-time of pair time, at least --benchmark-min-rounds) and is at least
+    (--benchmark-max-time of round time, at least --benchmark-min-rounds) and is at least
     MIN_PAIRS; on CUDA it is CUDA_ROUNDS, each call after an L2 flush."""
     flush = _cache_flush()
-    torch_run()  # warm-up (record warmed ``run`` up)
+    for baseline_run in baseline_runs.values():  # warm-up (record warmed ``run`` up)
+        baseline_run()
     if DEVICE == "cuda":
         pairs = CUDA_ROUNDS
-    else:  # one more pair sizes the rounds
-        pair_seconds = _seconds(torch_run) + _seconds(run)
-        pairs = max(MIN_PAIRS, ROUNDS["min_rounds"], math.ceil(ROUNDS["max_time"] / pair_seconds))
-    torch_seconds = []
+    else:  # one more round sizes the rounds
+        round_seconds = sum(map(_seconds, baseline_runs.values())) + _seconds(run)
+        pairs = max(MIN_PAIRS, ROUNDS["min_rounds"], math.ceil(ROUNDS["max_time"] / round_seconds))
+    baseline_seconds = {name: [] for name in baseline_runs}
 
     def setup():
-        flush()
-        torch_seconds.append(_seconds(torch_run))
+        for name, baseline_run in baseline_runs.items():
+            flush()
+            baseline_seconds[name].append(_seconds(baseline_run))
         flush()
 
     benchmark.pedantic(run, setup=setup, rounds=pairs)
     if benchmark.disabled:
         return None
-    ratios = [t / f for t, f in zip(torch_seconds, benchmark.stats.stats.data, strict=True)]
-    return dict(pairs=len(ratios), torch_median=_significant(statistics.median(torch_seconds)),
-                ratio=[_significant(q) for q in statistics.quantiles(ratios, n=4)])
+    summaries = {}
+    for name, seconds in baseline_seconds.items():
+        ratios = [b / f for b, f in zip(seconds, benchmark.stats.stats.data, strict=True)]
+        summaries[name] = {"pairs": len(ratios),
+                           f"{name}_median": _significant(statistics.median(seconds)),
+                           "ratio": [_significant(q) for q in statistics.quantiles(ratios, n=4)]}
+    return summaries
 
 
 def _significant(value):
@@ -166,11 +173,16 @@ def _significant(value):
     return float(f"{value:.4g}")
 
 
+# extra_info key of the pairs' summary, per baseline.
+_PAIRED_KEY = {"torch": "paired", "compile": "paired_compile"}
+
+
 def record(benchmark, op, case, impl, pass_name, run, dtype=torch.float32, saved_bytes=None,
-           torch_run=None):
+           torch_run=None, compile_run=None):
     """Times ``run()`` (which synchronises) under the group of cases compared side by side; with
-    ``torch_run`` (the torch counterpart of a fastops case) in pairs with it, the pairs'
-    summary in ``extra_info["paired"]``."""
+    ``torch_run`` and / or ``compile_run`` (the torch and torch.compile counterparts of a fastops
+    case) in pairs with them, the pairs' summaries in ``extra_info["paired"]`` and
+    ``extra_info["paired_compile"]``. ``dtype``: a torch dtype or a name."""
     dtype_name = str(dtype).replace("torch.", "")
     benchmark.group = f"{op} | {case} | {pass_name} | {dtype_name} | {DEVICE}"
     info = dict(op=op, case=case, impl=impl, pass_=pass_name, dtype=dtype_name, device=DEVICE)
@@ -182,10 +194,15 @@ def record(benchmark, op, case, impl, pass_name, run, dtype=torch.float32, saved
         run()
         info["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     benchmark.extra_info.update(info)
-    if torch_run is None:
+    baseline_runs = {name: baseline_run for name, baseline_run in (("torch", torch_run),
+                                                                    ("compile", compile_run))
+                     if baseline_run is not None}
+    if not baseline_runs:
         _timed(benchmark, run)
-    else:
-        benchmark.extra_info["paired"] = _paired(benchmark, torch_run, run)
+        return
+    summaries = _paired(benchmark, baseline_runs, run) or dict.fromkeys(baseline_runs)
+    for name, summary in summaries.items():
+        benchmark.extra_info[_PAIRED_KEY[name]] = summary
 
 
 def bench(benchmark, op, case, impl, impls, inputs, backward, dtype=torch.float32):

@@ -1,9 +1,9 @@
-"""Turns a pytest-benchmark JSON file into the report: a markdown table (one row per case:
-median time of each implementation, speed-up of fastops over torch with its quartile range,
-saved-bytes ratio), PNG charts of the speed-up per case, ops and tutorial models apart (log
-scale, 1.0 marked), and summary.json, the compact machine-readable results (medians, quartiles,
-the pairs' ratios and saved bytes per case: tens of KB, where pytest-benchmark's JSON holds every
-timing sample, megabytes, and is not committed).
+"""Turns a pytest-benchmark JSON file into the report: markdown tables, ops and tutorial models
+apart (one row per case: median time of each implementation, speed-up of fastops over torch
+with its quartile range, saved-bytes ratio; the models also over torch.compile), PNG charts of
+the speed-up per case (log scale, 1.0 marked), and summary.json, the compact machine-readable
+results (medians, quartiles, the pairs' ratios and saved bytes per case: tens of KB, where
+pytest-benchmark's JSON holds every timing sample, megabytes, and is not committed).
 
 The speed-up is the median of the ratios torch / fastops of pairs of calls timed alternately
 (benchmarks/common.py, ``_paired``), and its quartile range says how far single pairs stray.
@@ -27,22 +27,33 @@ import sys
 # disagree on whether fastops is faster, so one rerun may reverse the row's verdict.
 SPREAD_LIMIT = 0.2
 FLAG = "\u26a0"  # a warning sign, after the speed-up of a flagged row
+# bench_models.py's implementation name of the fastops build under torch.compile.
+FASTOPS_COMPILED = "fastops+torch.compile"
+
+
+def _paired_speedup(paired):
+    """{speedup, speedup_range, spread, flagged} of a case timed in pairs: the pairs' median
+    ratio, its quartile range and that range relative to the median."""
+    q1, ratio, q3 = paired["ratio"]
+    spread = (q3 - q1) / ratio
+    return dict(speedup=ratio, speedup_range=[q1, q3], spread=spread, flagged=spread > SPREAD_LIMIT)
 
 
 def _derive(row):
     """Adds what follows from a row's measurements: speed-up (the pairs' median ratio, or for a
     case not timed in pairs the ratio of medians), its quartile range, spread, flag and
-    memory ratio."""
+    memory ratio; ``vs_compile``: per implementation timed in pairs with torch.compile, the same
+    four of that comparison."""
     median, paired = row["median"], row.get("paired")
     if paired:
-        q1, ratio, q3 = paired["ratio"]
-        row["speedup"], row["speedup_range"] = ratio, [q1, q3]
-        row["spread"] = (q3 - q1) / ratio
+        row.update(_paired_speedup(paired))
     else:
         row["speedup"] = (median["torch"] / median["fastops"]
                           if "torch" in median and "fastops" in median else None)
         row["speedup_range"] = row["spread"] = None
-    row["flagged"] = row["spread"] is not None and row["spread"] > SPREAD_LIMIT
+        row["flagged"] = False
+    row["vs_compile"] = {impl: _paired_speedup(paired_compile)
+                         for impl, paired_compile in row.setdefault("paired_compile", {}).items()}
     saved = row["saved"]
     row["memory_ratio"] = (saved["fastops"] / saved["torch"]
                            if saved.get("torch") and "fastops" in saved else None)
@@ -57,7 +68,7 @@ def _benchmark_rows(data):
         key = (info["op"], info["case"], info["pass_"], info["dtype"], info["device"])
         row = groups.setdefault(key, dict(op=key[0], case=key[1], pass_=key[2], dtype=key[3],
                                           device=key[4], median={}, quartiles={}, saved={},
-                                          peak={}))
+                                          peak={}, paired_compile={}))
         stats = entry["stats"]
         row["median"][info["impl"]] = stats["median"]
         row["quartiles"][info["impl"]] = [stats["q1"], stats["q3"]]
@@ -67,13 +78,16 @@ def _benchmark_rows(data):
             row["peak"][info["impl"]] = info["peak_cuda_bytes"]
         if info.get("paired"):
             row["paired"] = info["paired"]
+        if info.get("paired_compile"):
+            row["paired_compile"][info["impl"]] = info["paired_compile"]
     return list(groups.values())
 
 
 def load_rows(path):
     """(rows, machine {node, cpu, count}, date, command or None) of a pytest-benchmark JSON file
     or of a summary.json. A row: {op, case, pass_, dtype, device, median[impl],
-    quartiles[impl], saved[impl], peak[impl], paired (when timed in pairs)} and what
+    quartiles[impl], saved[impl], peak[impl], paired (when timed in pairs with torch),
+    paired_compile[impl] (the implementations timed in pairs with torch.compile)} and what
     ``_derive`` adds."""
     with open(path) as f:
         data = json.load(f)
@@ -105,16 +119,69 @@ def _bytes(n):
     return f"{n} B"
 
 
-def _speedup(row):
-    if row["speedup"] is None:
+def _speedup(comparison):
+    """(speed-up, its 25th-75th percentile) cells of a row or of one of its ``vs_compile``."""
+    if not comparison or comparison["speedup"] is None:
         return "-", "-"
-    text = f"{row['speedup']:.2f}x" + (f" {FLAG}" if row["flagged"] else "")
-    quartiles = row["speedup_range"]
+    text = f"{comparison['speedup']:.2f}x" + (f" {FLAG}" if comparison["flagged"] else "")
+    quartiles = comparison["speedup_range"]
     return text, f"{quartiles[0]:.2f} - {quartiles[1]:.2f}x" if quartiles else "-"
 
 
+def _torch_time(row):
+    """The torch column: the median of torch's calls in the pairs, else its own."""
+    return _time(row["paired"]["torch_median"] if row.get("paired") else row["median"].get("torch"))
+
+
+def _saved(row):
+    saved = row["saved"]
+    return f"{_bytes(saved.get('fastops'))} / {_bytes(saved.get('torch'))}" if saved else "-"
+
+
+def _ops_table(rows):
+    lines = [
+        "| op | case | pass | dtype | torch | fastops | torch.compile | speed-up | 25th-75th "
+        "percentile | saved fastops / torch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        m = row["median"]
+        speedup, quartiles = _speedup(row)
+        lines.append(f"| {row['op']} | {row['case']} | {row['pass_']} | {row['dtype']} | "
+                     f"{_torch_time(row)} | {_time(m.get('fastops'))} | "
+                     f"{_time(m.get('torch.compile'))} | {speedup} | {quartiles} | {_saved(row)} |")
+    return lines
+
+
+def _models_table(rows):
+    lines = [
+        "| model | pass | dtype | torch | fastops | torch.compile | fastops in torch.compile | "
+        "speed-up | 25th-75th percentile | fastops vs torch.compile | 25th-75th percentile | "
+        "fastops in torch.compile vs torch.compile | 25th-75th percentile | "
+        "saved fastops / torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        # torch.compile's calls in the pairs: with eager fastops where timed, else with compiled.
+        paired_compile = (row["paired_compile"].get("fastops")
+                          or row["paired_compile"].get(FASTOPS_COMPILED))
+        compile_time = paired_compile and paired_compile["compile_median"]
+        cells = [*_speedup(row), *_speedup(row["vs_compile"].get("fastops")),
+                 *_speedup(row["vs_compile"].get(FASTOPS_COMPILED))]
+        lines.append(f"| {row['case']} | {row['pass_']} | {row['dtype']} | {_torch_time(row)} | "
+                     f"{_time(row['median'].get('fastops'))} | {_time(compile_time)} | "
+                     f"{_time(row['median'].get(FASTOPS_COMPILED))} | {' | '.join(cells)} | "
+                     f"{_saved(row)} |")
+    return lines
+
+
+def _flagged(row):
+    return row["flagged"] or any(c["flagged"] for c in row["vs_compile"].values())
+
+
 def markdown(rows, machine, date, command):
-    """The report: the run's machine, date and command, the table and its footnotes."""
+    """The report: the run's machine, date and command, the ops' and the models' tables and
+    their footnotes."""
     device = rows[0]["device"] if rows else "?"
     lines = [
         f"Machine: {machine.get('node') or '?'} ({machine.get('cpu') or 'unknown CPU'}, "
@@ -126,21 +193,30 @@ def markdown(rows, machine, date, command):
         "torch, fastops: median times (torch's of the pairs); torch.compile (of the torch code, "
         "compile time excluded): its median, timed apart. Saved = bytes autograd keeps for "
         "backward (fastops / torch).",
-        "",
-        "| op | case | pass | dtype | torch | fastops | torch.compile | speed-up | 25th-75th "
-        "percentile | saved fastops / torch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        m = row["median"]
-        torch_time = row["paired"]["torch_median"] if row.get("paired") else m.get("torch")
-        speedup, quartiles = _speedup(row)
-        saved = (f"{_bytes(row['saved'].get('fastops'))} / {_bytes(row['saved'].get('torch'))}"
-                 if row["saved"] else "-")
-        lines.append(f"| {row['op']} | {row['case']} | {row['pass_']} | {row['dtype']} | "
-                     f"{_time(torch_time)} | {_time(m.get('fastops'))} | "
-                     f"{_time(m.get('torch.compile'))} | {speedup} | {quartiles} | {saved} |")
-    flagged = sum(row["flagged"] for row in rows)
+    ops = [row for row in rows if row["op"] != "model"]
+    models = [row for row in rows if row["op"] == "model"]
+    if ops:
+        lines += ["", *_ops_table(ops)]
+    if models:
+        lines += [
+            "",
+            "Tutorial models: one training step (forward, loss, backward, optimiser step) and one "
+            "inference step of the torch.nn build and of the fastops build (`fastops.convert`, "
+            "fused), same weights and batch. torch.compile: the torch build as "
+            "`torch.compile(model, fullgraph=True)`, the loss, backward and optimiser step left "
+            "eager; fastops in torch.compile: the fastops build compiled the same way (its ops "
+            "are custom ops, opaque to inductor). Compile time excluded: each compiled model is "
+            "compiled and run once before timing. The speed-ups over torch.compile are medians "
+            "of per-round ratios as above: each round of the fastops build times torch, "
+            "torch.compile, then fastops; each round of the compiled fastops build times "
+            "torch.compile, then it. torch.compile: the median of its calls in those rounds. "
+            "bfloat16 autocast: forward and loss under `torch.autocast(dtype=torch.bfloat16)` "
+            "from float32 weights.",
+            "",
+            *_models_table(models),
+        ]
+    flagged = sum(map(_flagged, rows))
     if flagged:
         lines += ["", f"{FLAG} {flagged} of {len(rows)} rows: the pairs' 25th-75th percentile "
                   f"range is wider than {SPREAD_LIMIT:.0%} of their median, so single pairs "
@@ -160,9 +236,10 @@ def write_summary(rows, machine, date, command, path):
         json.dump(dict(machine=machine, date=date, command=command, cases=rows), f, indent=1)
 
 
-def chart(rows, path, title):
-    """A bar per row with a speed-up (its quartile range as an error bar; flagged rows hatched
-    and marked), written to ``path``; False (nothing written) when no row has a speed-up."""
+def chart(rows, path, title, baseline="torch"):
+    """A bar per row with a speed-up over ``baseline`` (its quartile range as an error bar;
+    flagged rows hatched and marked), written to ``path``; False (nothing written) when no row
+    has a speed-up."""
     import matplotlib
     import matplotlib.ticker
 
@@ -204,7 +281,7 @@ def chart(rows, path, title):
             facecolor="white", edgecolor="black", hatch="///",
             label=f"{FLAG} spread > {SPREAD_LIMIT:.0%} of the median: not to be trusted")],
             loc="lower right", fontsize=8)
-    ax.set_xlabel("speed-up over torch, log scale\n(median of per-pair ratios; whiskers: "
+    ax.set_xlabel(f"speed-up over {baseline}, log scale\n(median of per-pair ratios; whiskers: "
                   "25th-75th percentile)")
     ax.set_title(title)
     fig.tight_layout()
@@ -213,11 +290,20 @@ def chart(rows, path, title):
     return True
 
 
+def _compile_chart_rows(rows):
+    """A chart row per speed-up over torch.compile of the model rows, the build in its label."""
+    builds = {"fastops": "fastops", FASTOPS_COMPILED: "fastops in torch.compile"}
+    return [{**row, **comparison, "dtype": f"{row['dtype']}, {builds[impl]}"}
+            for row in rows if row["op"] == "model"
+            for impl, comparison in row["vs_compile"].items()]
+
+
 def write_report(json_path, out_dir, command=None):
     """Writes report.md, summary.json and the charts into out_dir: speedup-ops.png (the op
-    cases) and speedup-models.png (the tutorial models' steps), each only when the run has such
-    cases; a chart this run does not have is removed from out_dir, so none there is left from
-    an earlier run. ``command`` defaults to a summary.json's own, else `python -m fastops
+    cases), speedup-models.png (the tutorial models' steps) and speedup-models-compile.png (the
+    models' fastops builds, eager and compiled, over torch.compile), each only when the run has
+    such cases; a chart this run does not have is removed from out_dir, so none there is left
+    from an earlier run. ``command`` defaults to a summary.json's own, else `python -m fastops
     bench`. Returns (the markdown, the names of the files written)."""
     rows, machine, date, recorded_command = load_rows(json_path)
     command = command or recorded_command or "python -m fastops bench"
@@ -229,13 +315,16 @@ def write_report(json_path, out_dir, command=None):
     written = ["report.md", "summary.json"]
     device = rows[0]["device"] if rows else "?"
     parts = {"speedup-ops.png": ([r for r in rows if r["op"] != "model"],
-                                 f"fastops vs torch on {device}: ops"),
+                                 f"fastops vs torch on {device}: ops", "torch"),
              "speedup-models.png": ([r for r in rows if r["op"] == "model"],
                                     f"fastops vs torch on {device}: tutorial models "
-                                    "(fastops build / torch build)")}
-    for name, (part, title) in parts.items():
+                                    "(fastops build / torch build)", "torch"),
+             "speedup-models-compile.png": (_compile_chart_rows(rows),
+                                            f"fastops vs torch.compile on {device}: tutorial "
+                                            "models", "torch.compile")}
+    for name, (part, title, baseline) in parts.items():
         path = os.path.join(out_dir, name)
-        if chart(part, path, title):
+        if chart(part, path, title, baseline):
             written.append(name)
         elif os.path.exists(path):
             os.remove(path)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from fastops.benchmarks.report import FLAG, SPREAD_LIMIT, load_rows, write_report
+from fastops.benchmarks.report import FASTOPS_COMPILED, FLAG, SPREAD_LIMIT, load_rows, write_report
 
 from fastops.__main__ import device_name, main
 
@@ -17,14 +17,18 @@ MACHINE = dict(node="box", cpu=dict(brand_raw="Test CPU", count=2))
 
 
 def entry(impl, median, saved=None, case="small", pass_="fwd+bwd", op="linear_relu",
-          paired=None):
+          paired=None, paired_compile=None):
     """One pytest-benchmark entry as the suite records it; ``paired`` = (torch median, [25th,
-    50th, 75th percentile of the ratios]) for a fastops case timed in pairs."""
+    50th, 75th percentile of the ratios]) for a fastops case timed in pairs with torch,
+    ``paired_compile`` the same with torch.compile."""
     info = dict(op=op, case=case, impl=impl, pass_=pass_, dtype="float32", device="cpu")
     if saved is not None:
         info["saved_bytes"] = saved
     if paired:
         info["paired"] = dict(pairs=21, torch_median=paired[0], ratio=paired[1])
+    if paired_compile:
+        info["paired_compile"] = dict(pairs=7, compile_median=paired_compile[0],
+                                      ratio=paired_compile[1])
     return dict(extra_info=info, stats=dict(median=median, q1=0.9 * median, q3=1.2 * median))
 
 
@@ -103,8 +107,8 @@ def test_report_renders_a_summary_from_before_pairing(tmp_path):
                                     command="python -m fastops bench", cases=[case])))
     text, written = write_report(path, tmp_path / "out")
     assert "vm (AMD EPYC, ? logical CPUs)" in text and "`python -m fastops bench`" in text
-    assert ("| model | mlp batch 256 | train step | float32 | 4 ms | 2 ms | - | 2.00x | - | - |"
-            in text)
+    assert ("| mlp batch 256 | train step | float32 | 4 ms | 2 ms | - | - | 2.00x | - | - | - | - "
+            "| - | - |" in text)
     assert "not timed in pairs" in text and FLAG not in text
     assert written == ["report.md", "summary.json", "speedup-models.png"]
 
@@ -116,7 +120,35 @@ def test_report_renders_the_committed_summaries(tmp_path, summary):
     text, written = write_report(summary, tmp_path)
     rows = load_rows(summary)[0]
     assert rows and all(r["speedup"] for r in rows if "fastops" in r["median"])
-    assert text.count("\n| ") == len(rows) + 1 and "speedup-ops.png" in written
+    tables = len({r["op"] == "model" for r in rows})  # the ops' and the models' (a header each)
+    assert text.count("\n| ") == len(rows) + tables and "speedup-ops.png" in written
+
+
+def test_report_models_table_has_the_speedups_over_torch_compile(tmp_path):
+    """A model row: the fastops build timed in pairs with torch and torch.compile, the compiled
+    fastops build with torch.compile; the torch.compile column is its median in the pairs with
+    the eager fastops build."""
+    model = dict(op="model", case="mnist_cnn batch 64", pass_="train step")
+    wide = [0.9, 1.0, 0.9 + SPREAD_LIMIT + 0.01]
+    # In pytest-benchmark's order (by name: "fastops+" before "fastops-").
+    path = recorded(tmp_path, entry(FASTOPS_COMPILED, 5e-3, paired_compile=(7e-3, wide), **model),
+                    entry("fastops", 4e-3, 1024, paired=(8e-3, [1.9, 2.0, 2.1]),
+                          paired_compile=(6e-3, [1.4, 1.5, 1.6]), **model),
+                    entry("torch", 8e-3, 4096, **model))
+    row = load_rows(path)[0][0]
+    assert row["speedup"] == 2.0 and not row["flagged"]
+    assert row["vs_compile"]["fastops"]["speedup_range"] == [1.4, 1.6]
+    assert row["vs_compile"][FASTOPS_COMPILED]["flagged"]
+
+    text, written = write_report(path, tmp_path / "out")
+    assert ("| mnist_cnn batch 64 | train step | float32 | 8 ms | 4 ms | 6 ms | 5 ms | 2.00x | "
+            f"1.90 - 2.10x | 1.50x | 1.40 - 1.60x | 1.00x {FLAG} | 0.90 - 1.11x | "
+            "1 KiB / 4 KiB |") in text
+    assert "compile time excluded" in text and "fullgraph=True" in text
+    assert f"{FLAG} 1 of 1 rows" in text  # flagged by its speed-up over torch.compile
+    assert written == ["report.md", "summary.json", "speedup-models.png",
+                       "speedup-models-compile.png"]
+    assert "| op | case |" not in text  # no op rows, no ops table
 
 
 def test_report_removes_a_chart_the_run_has_no_rows_for(tmp_path):
