@@ -70,16 +70,24 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
     regenerates it (no mask is stored).
     """
     fn = "linear"
+    if (isinstance(weight, torch.Tensor) and weight.dim() == 2 and (
+            bias is None or isinstance(bias, torch.Tensor) and bias.dim() == 1
+            and bias.shape[0] == weight.shape[0])):
+        # The common call, as the op takes it: the op's rules check it, and torch's wording
+        # (_check_linear) is needed only when they reject it. Without dropout (the per-call
+        # cost of a small layer is all Python here) the checks of p and activation are two
+        # comparisons.
+        if dropout == 0.0 and (activation is None or activation == "relu"):
+            op_args = (input, weight, bias, activation or "none", None, 0.0)
+        else:
+            activation = check_activation(activation, fn)
+            _check_p(dropout, fn)
+            op_args = (input, weight, bias, activation,
+                       *_linear_dropout(training and dropout > 0, dropout))
+        return call_checked(linear_op, op_args, lambda: _check_linear(input, weight, bias, fn))
     activation = check_activation(activation, fn)
     _check_p(dropout, fn)
     fused_dropout = training and dropout > 0
-    if (isinstance(weight, torch.Tensor) and weight.dim() == 2 and (
-            bias is None or isinstance(bias, torch.Tensor) and bias.shape == weight.shape[:1])):
-        # The common call, as the op takes it: the op's rules check it, and torch's wording
-        # (_check_linear) is needed only when they reject it.
-        return call_checked(
-            linear_op, (input, weight, bias, activation, *_linear_dropout(fused_dropout, dropout)),
-            lambda: _check_linear(input, weight, bias, fn))
     weight_2d = _check_linear(input, weight, bias, fn)
     vector_weight = weight.dim() == 1
     if bias is None:
