@@ -79,7 +79,7 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
         # (_check_linear) is needed only when they reject it.
         return call_checked(
             linear_op, (input, weight, bias, activation, *_linear_dropout(fused_dropout, dropout)),
-            lambda: _check_linear(input, weight, bias, fn))
+            _check_linear, input, weight, bias, fn)
     weight_2d = _check_linear(input, weight, bias, fn)
     vector_weight = weight.dim() == 1
     if bias is None:
