@@ -7,6 +7,7 @@
 // Float32 convolutions with few output channels run the direct kernel (cpu_direct.cpp) instead
 // where the CPU has AVX-512. The im2col pieces shared with the backward are in cpu_im2col.h.
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -85,8 +86,10 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   const bool relu = rules.activation == Activation::ReLU;
   const Conv2dShape s = conv2d_shape(input.sizes(), weight, stride, padding, dilation, groups,
                                      C10_AS_INTARRAYREF_SLOW(rules.output_size));
-  at::Tensor out = on_huge_pages(at::empty(C10_AS_INTARRAYREF_SLOW(rules.output_size),
-                                           input.options().memory_format(rules.format)));
+  // at::detail::empty_cpu, as ATen's CPU kernels allocate: no trip through the dispatcher.
+  at::Tensor out =
+      on_huge_pages(at::detail::empty_cpu(C10_AS_INTARRAYREF_SLOW(rules.output_size),
+                                          input.scalar_type(), /*pin_memory=*/false, rules.format));
   if (out.numel() == 0) return out;
 #ifdef FASTOPS_AVX512_KERNELS
   if (direct_supported(input, s)) {

@@ -40,6 +40,7 @@ class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
     const auto input_size = ctx->saved_data["input_size"].toSymIntVector();
     const auto window = ctx->saved_data["window"].toIntVector();
     const at::IntArrayRef pairs(window);
+    const BelowAutogradUnlessGradMode below_autograd;
     const at::Tensor grad_input =
         fastops::max_pool2d_backward(grad_outputs[0], argmax, input_size, pairs.slice(0, 2),
                                      pairs.slice(2, 2), pairs.slice(4, 2), pairs.slice(6, 2));

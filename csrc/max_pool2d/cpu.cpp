@@ -452,8 +452,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const auto format = rules.format;
   const at::Tensor grad = grad_output.contiguous(format);
   const at::Tensor arg = argmax.contiguous(format);
-  at::Tensor grad_input = on_huge_pages(at::empty(C10_AS_INTARRAYREF_SLOW(rules.output_size),
-                                                  grad_output.options().memory_format(format)));
+  at::Tensor grad_input = empty_output(rules, grad_output.scalar_type());
   if (grad_input.numel() == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, grad.scalar_type(), "max_pool2d_backward", [&] {
