@@ -111,7 +111,11 @@ def _max_pool2d_cases(dtype):
             return max_pool2d.max_pool2d_indices(argmax, x.shape[3], kernel, stride, padding,
                                                  (1, 1))
 
+        def values(x=x, kernel=kernel, stride=stride, padding=padding):
+            return max_pool2d.max_pool2d_values(x, kernel, stride, padding, (1, 1), False)
+
         yield Case("max_pool2d", f"{label} {d}", "forward", tutorial, forward)
+        yield Case("max_pool2d", f"{label} values {d}", "forward", tutorial, values)
         yield Case("max_pool2d", f"{label} {d}", "backward", False, backward)
         yield Case("max_pool2d", f"{label} return_indices {d}", "forward", False, indices)
 

@@ -1077,7 +1077,7 @@ def raw_valid_call(op, rng, gen):
         h, w = rng.randint(1, 7), rng.randint(1, 7)
         x = _t(gen, n, c, h, w)
         k, s, p, d, ceil = _pool_window(rng, h, w)
-        if op == "max_pool2d":
+        if op in ("max_pool2d", "max_pool2d_values"):
             return dict(input=x, kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
         out, argmax = ops.max_pool2d(x, k, s, p, d, ceil)
         window = dict(kernel_size=k, stride=s, padding=p, dilation=d)

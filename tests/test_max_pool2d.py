@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -212,6 +214,97 @@ def test_opcheck(memory, config):
     torch.library.opcheck(fastops.ops.max_pool2d_indices.default, (argmax, shape[-1], *window))
 
 
+# --------------------------------------------- max_pool2d_values: the output alone (inference)
+
+def ops_called(fn, *args):
+    """The fastops ops that fn(*args) reaches below autograd (a dispatch mode sees them there)."""
+    seen = []
+
+    class Log(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "fastops":
+                seen.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        result = fn(*args)
+    return result, seen
+
+
+@pytest.mark.parametrize("config,memory", config_layouts(
+    [c for c in CONFIGS if len(CONFIGS[c][0]) == 4]))
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_values_op_matches_torch(config, memory, requires_grad):
+    """The raw op, every odd shape and layout: torch's output (values, NaN, strides); with an
+    input that requires grad it records max_pool2d's graph, whose gradient is torch's."""
+    shape, *_, ceil_mode = CONFIGS[config]
+    x = layout(make_input(shape, "special"), memory).requires_grad_(requires_grad)
+    ref_x = x.detach().clone().requires_grad_(requires_grad)
+    out = fastops.ops.max_pool2d_values(x, *op_window(CONFIGS[config]), ceil_mode)
+    want = reference(ref_x, CONFIGS[config], return_indices=False)
+    assert out.stride() == want.stride() and out.requires_grad == requires_grad
+    torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True)
+    if requires_grad:
+        grad = torch.randn(want.shape, generator=torch.Generator().manual_seed(1))
+        (got,) = torch.autograd.grad(out, x, grad)
+        assert_close(got, expected_input_grad(want, ref_x, grad, CONFIGS[config]), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.uint8,
+                                   torch.int8, torch.int16, torch.int32, torch.int64])
+def test_values_op_other_dtypes_like_torch(dtype):
+    for name in ("padding-only window", "overlapping ceil"):
+        config = CONFIGS[name]
+        for memory in ("contiguous", "channels_last"):
+            x = layout(make_input(config[0], "ties").mul(40).to(dtype), memory)
+            out = fastops.ops.max_pool2d_values(x, *op_window(config), config[-1])
+            assert torch.equal(out, reference(x, config, return_indices=False))
+
+
+def test_inference_computes_no_argmax():
+    """Without a graph to record (no_grad, or no input requiring grad) F.max_pool2d reaches
+    only the values-only op; with one, max_pool2d (its argmax feeds the backward)."""
+    x = torch.randn(2, 3, 8, 8)
+    _, seen = ops_called(F.max_pool2d, x, 2)
+    assert seen == ["max_pool2d_values"]
+    with torch.no_grad():
+        _, seen = ops_called(F.max_pool2d, x.requires_grad_(), 2)
+    assert seen == ["max_pool2d_values"]
+    out, seen = ops_called(F.max_pool2d, x, 2)
+    assert seen == ["max_pool2d"] and out.requires_grad
+    _, seen = ops_called(lambda t: F.max_pool2d(t, 2, return_indices=True), x)
+    assert seen == ["max_pool2d", "max_pool2d_indices"]
+
+
+def test_values_op_fake_tensor_and_opcheck():
+    config = CONFIGS["dilated ceil"]
+    window = op_window(config)
+    with torch._subclasses.FakeTensorMode():
+        fake = fastops.ops.max_pool2d_values(
+            torch.empty(config[0]).to(memory_format=torch.channels_last), *window, True)
+    want = reference(torch.randn(config[0]).to(memory_format=torch.channels_last), config,
+                     return_indices=False)
+    assert fake.shape == want.shape and fake.stride() == want.stride()
+    for memory in ("contiguous", "channels_last"):
+        x = layout(torch.randn(config[0]), memory)
+        for requires_grad in (True, False):
+            torch.library.opcheck(fastops.ops.max_pool2d_values.default,
+                                  (x.detach().requires_grad_(requires_grad), *window, True))
+
+
+def test_values_op_validates_like_max_pool2d():
+    """The same rules, so the same errors as max_pool2d (the full table is in test_rules.py)."""
+    x = torch.randn(1, 2, 6, 6)
+    for args in [(x, (3, 3), (2, 2), (2, 2), (2, 2), False), (x[0], (2, 2), (2, 2), (0, 0),
+                                                               (1, 1), False),
+                 (x, (7, 7), (1, 1), (0, 0), (1, 1), False), (x, (2, 2), (0, 2), (0, 0),
+                                                               (1, 1), False)]:
+        with pytest.raises(RuntimeError) as want:
+            fastops.ops.max_pool2d(*args)
+        raises(RuntimeError, re.escape(str(want.value).splitlines()[0]),
+               fastops.ops.max_pool2d_values, *args, state=(x,))
+
+
 def test_double_backward_raises_a_clear_error():
     x = torch.randn(1, 2, 4, 4, requires_grad=True)
     with pytest.raises(RuntimeError, match="double backward through fastops ops is not supported"):
@@ -334,6 +427,7 @@ def test_triton_launchers_match_torch(config, memory, dtype):
         max_pool2d_backward,
         max_pool2d_forward,
         max_pool2d_indices,
+        max_pool2d_values,
     )
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -344,6 +438,9 @@ def test_triton_launchers_match_torch(config, memory, dtype):
     out, argmax = max_pool2d_forward(x.detach(), *window, ceil_mode)
     assert out.stride() == want.stride()
     torch.testing.assert_close(out, want.detach(), rtol=0, atol=0, equal_nan=True)
+    values = max_pool2d_values(x.detach(), *window, ceil_mode)  # the kernel without argmax
+    assert values.stride() == want.stride()
+    torch.testing.assert_close(values, want.detach(), rtol=0, atol=0, equal_nan=True)
     assert torch.equal(max_pool2d_indices(argmax, shape[-1], *window), want_indices)
     grad = noncontiguous(torch.randn(want.shape, dtype=dtype, device=device))
     want_grad = expected_input_grad(want, x, grad, CONFIGS[config])
@@ -355,14 +452,17 @@ def test_triton_launchers_match_torch(config, memory, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.uint8, torch.int8,
                                    torch.int16, torch.int32, torch.int64])
 def test_triton_forward_other_dtypes_match_torch(dtype):
-    """Also the integer minimum for windows of only padding, as torch."""
-    from fastops.triton_kernels.max_pool2d import max_pool2d_forward
+    """Also the integer minimum for windows of only padding, as torch; with and without the
+    argmax."""
+    from fastops.triton_kernels.max_pool2d import max_pool2d_forward, max_pool2d_values
 
     for name in ("padding-only window", "overlapping ceil"):
         config = CONFIGS[name]
         x = make_input(config[0], "ties").mul(40).to(dtype)
         out, _ = max_pool2d_forward(x, *op_window(config), config[-1])
-        assert torch.equal(out, reference(x, config, return_indices=False))
+        want = reference(x, config, return_indices=False)
+        assert torch.equal(out, want)
+        assert torch.equal(max_pool2d_values(x, *op_window(config), config[-1]), want)
 
 
 def test_triton_argmax_int16_window():
@@ -439,6 +539,7 @@ def test_triton_launchers_match_torch_at_both_index_widths(monkeypatch, config, 
     want, want_indices = reference(x, config)
     out, argmax = kernels.max_pool2d_forward(x.detach(), *window, ceil_mode)
     assert torch.equal(out, want)
+    assert torch.equal(kernels.max_pool2d_values(x.detach(), *window, ceil_mode), want)
     assert torch.equal(kernels.max_pool2d_indices(argmax, shape[-1], *window), want_indices)
     grad = torch.randn(want.shape, generator=torch.Generator().manual_seed(2))
     got_grad = kernels.max_pool2d_backward(grad, argmax, shape[-2:], *window)

@@ -126,6 +126,9 @@ VALID = {
     "max_pool2d": (
         dict(input=f(2, 3, 8, 8), **WINDOW, ceil_mode=False),
         [((2, 3, 4, 4), FLOAT), ((2, 3, 4, 4), BYTE)]),
+    "max_pool2d_values": (
+        dict(input=f(2, 3, 8, 8), **WINDOW, ceil_mode=False),
+        ((2, 3, 4, 4), FLOAT)),
     "max_pool2d_backward": (
         dict(grad_output=f(2, 3, 4, 4), argmax=i(2, 3, 4, 4, dtype=BYTE, high=4), input_size=[8, 8],
              **WINDOW),
@@ -194,6 +197,7 @@ EMPTY = [
     ("dropout_", "empty", dict(input=f(0, 4)), None),
     ("max_pool2d", "empty batch", dict(input=f(0, 3, 8, 8)),
      [((0, 3, 4, 4), FLOAT), ((0, 3, 4, 4), BYTE)]),
+    ("max_pool2d_values", "empty batch", dict(input=f(0, 3, 8, 8)), ((0, 3, 4, 4), FLOAT)),
     ("max_pool2d_backward", "empty batch",
      dict(grad_output=f(0, 3, 4, 4), argmax=i(0, 3, 4, 4, dtype=BYTE)), ((0, 3, 8, 8), FLOAT)),
     ("max_pool2d_indices", "empty batch", dict(argmax=i(0, 3, 4, 4, dtype=BYTE)),
@@ -273,6 +277,7 @@ EMPTY = [
 @dataclasses.dataclass(frozen=True)
 class Bad:
     """VALID[op] with ``changes``: must raise ``error`` whose message starts "fastops::<op>: "
+    (or "fastops::<named>: ": max_pool2d_values shares max_pool2d's rules and their messages)
     and goes on with ``match``, literal text or a compiled pattern; a pattern starting with "^"
     is the whole message (for a torch-worded one without the op's name)."""
     op: str
@@ -280,10 +285,11 @@ class Bad:
     match: object
     changes: dict
     error: type = RuntimeError
+    named: str = None
 
     @property
     def pattern(self):
-        prefix = re.escape(f"fastops::{self.op}: ")
+        prefix = re.escape(f"fastops::{self.named or self.op}: ")
         if isinstance(self.match, str):
             return prefix + re.escape(self.match)
         pattern = self.match.pattern
@@ -293,8 +299,8 @@ class Bad:
 CASES = []
 
 
-def bad(op, name, match, error=RuntimeError, **changes):
-    CASES.append(Bad(op, name, match, changes, error))
+def bad(op, name, match, error=RuntimeError, named=None, **changes):
+    CASES.append(Bad(op, name, match, changes, error, named))
 
 
 def activation_and_dtype_cases(op, first):
@@ -425,23 +431,27 @@ WINDOW_CASES = [  # parse_window, shared by the three ops
     ("2**31-element window", "the window must have fewer than 2**31 elements, got [50000, 50000]",
      dict(kernel_size=[50000, 50000])),
 ]
-for op in ("max_pool2d", "max_pool2d_backward", "max_pool2d_indices"):
+# max_pool2d_values runs max_pool2d's rules: the same errors, naming max_pool2d.
+NAMED = {"max_pool2d_values": "max_pool2d"}
+for op in ("max_pool2d", "max_pool2d_values", "max_pool2d_backward", "max_pool2d_indices"):
     for name, match, changes in WINDOW_CASES:
-        bad(op, name, match, **changes)
+        bad(op, name, match, named=NAMED.get(op), **changes)
 
-bad("max_pool2d", "3-D input", "expected a 4-D input [N, C, H, W], got a 3-D tensor of shape "
-    "[3, 8, 8]", input=f(3, 8, 8))
-bad("max_pool2d", "bool input", "expected a real input, got Bool",
-    input=i(2, 3, 8, 8, dtype=torch.bool))
-bad("max_pool2d", "complex input", "expected a real input, got ComplexFloat",
-    input=f(2, 3, 8, 8, dtype=torch.complex64))
 EMPTY_PLANE = ("Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
                "but got: ")
-bad("max_pool2d", "no channels", EMPTY_PLANE + "[2, 0, 8, 8]", input=f(2, 0, 8, 8))
-bad("max_pool2d", "no width", EMPTY_PLANE + "[2, 3, 8, 0]", input=f(2, 3, 8, 0))
-bad("max_pool2d", "window larger than the input",
-    "Given input size: (3x8x8). Calculated output size: (3x0x0). Output size is too small",
-    kernel_size=[9, 9], stride=[1, 1])
+for op in ("max_pool2d", "max_pool2d_values"):
+    named = NAMED.get(op)
+    bad(op, "3-D input", "expected a 4-D input [N, C, H, W], got a 3-D tensor of shape "
+        "[3, 8, 8]", named=named, input=f(3, 8, 8))
+    bad(op, "bool input", "expected a real input, got Bool", named=named,
+        input=i(2, 3, 8, 8, dtype=torch.bool))
+    bad(op, "complex input", "expected a real input, got ComplexFloat", named=named,
+        input=f(2, 3, 8, 8, dtype=torch.complex64))
+    bad(op, "no channels", EMPTY_PLANE + "[2, 0, 8, 8]", named=named, input=f(2, 0, 8, 8))
+    bad(op, "no width", EMPTY_PLANE + "[2, 3, 8, 0]", named=named, input=f(2, 3, 8, 0))
+    bad(op, "window larger than the input",
+        "Given input size: (3x8x8). Calculated output size: (3x0x0). Output size is too small",
+        named=named, kernel_size=[9, 9], stride=[1, 1])
 
 ARGMAX = VALID["max_pool2d_backward"][0]["argmax"]
 for op in ("max_pool2d_backward", "max_pool2d_indices"):

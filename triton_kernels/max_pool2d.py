@@ -2,7 +2,9 @@
 
     forward:   out[n, c, oh, ow]    = max over the window of x (NaN wins, ties keep the first)
                argmax[n, c, oh, ow] = window position kh * KW + kw of that maximum (uint8 for
-                                      windows of <= 256 elements, else int16 / int32)
+                                      windows of <= 256 elements, else int16 / int32); the
+                                      values-only forward (max_pool2d_values, inference) is the
+                                      same kernel with WRITE_ARGMAX=False: no argmax at all
     backward:  gx[n, c, ih, iw]     = sum of g[n, c, oh, ow] over the windows whose argmax is
                                       (ih, iw): each program owns input elements and gathers
                                       from the <= KH * KW windows that cover them, so
@@ -29,6 +31,7 @@ _MAX_BLOCK = max(config.kwargs["BLOCK"] for config in _CONFIGS)
 # Autotuning keys: the window size is a constexpr (one compile per window, whose loops unroll),
 # so it keys the tuning too.
 _KEY = ["total", "CHANNELS_LAST", "KH", "KW"]
+_FORWARD_KEY = _KEY + ["WRITE_ARGMAX"]
 _INDICES_KEY = ["total", "CHANNELS_LAST", "KW"]
 
 
@@ -78,7 +81,7 @@ def _offset(n, c, h, w, stride_n, stride_c, stride_h, stride_w):
             + h.to(tl.int64) * stride_h + w.to(tl.int64) * stride_w)
 
 
-@autotune(_CONFIGS, key=_KEY, bucket=["total"])
+@autotune(_CONFIGS, key=_FORWARD_KEY, bucket=["total"])
 @triton.jit
 def max_pool2d_forward_kernel(
     x_ptr, out_ptr, arg_ptr,
@@ -88,11 +91,12 @@ def max_pool2d_forward_kernel(
     SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr,
     LOWEST: tl.constexpr, UPCAST: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-    INDEX_64: tl.constexpr, BLOCK: tl.constexpr,
+    INDEX_64: tl.constexpr, WRITE_ARGMAX: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """out and argmax (both with the strides stride_o*) of x; LOWEST (-inf, or the integer
     minimum) is what a window of only padding gives, as in torch. UPCAST: fp16 / bf16 compare
-    in fp32 (exact, and the interpreter cannot order bf16)."""
+    in fp32 (exact, and the interpreter cannot order bf16). WRITE_ARGMAX=False: out alone, no
+    position tracked (arg_ptr is not read or written)."""
     offs = _element_offsets(BLOCK, INDEX_64)
     inside = offs < total
     n, c, oh, ow = _coordinates(offs, C, OH, OW, CHANNELS_LAST)
@@ -100,9 +104,10 @@ def max_pool2d_forward_kernel(
     iw0 = ow * SW - PW
     # torch starts from the first window position inside the input (reported for a window of
     # only padding); its value only wins over LOWEST by the rule below.
-    first_kh = tl.where(ih0 < 0, (DH - 1 - ih0) // DH, 0)
-    first_kw = tl.where(iw0 < 0, (DW - 1 - iw0) // DW, 0)
-    arg = (first_kh * KW + first_kw).to(tl.int32)
+    if WRITE_ARGMAX:
+        first_kh = tl.where(ih0 < 0, (DH - 1 - ih0) // DH, 0)
+        first_kw = tl.where(iw0 < 0, (DW - 1 - iw0) // DW, 0)
+        arg = (first_kh * KW + first_kw).to(tl.int32)
     if UPCAST:
         best = tl.full((BLOCK,), LOWEST, tl.float32)
     else:
@@ -121,10 +126,12 @@ def max_pool2d_forward_kernel(
             # torch's rule: a strictly greater value or a NaN takes over (first max, last NaN)
             take = valid & ((value > best) | (value != value))
             best = tl.where(take, value, best)
-            arg = tl.where(take, kh * KW + kw, arg)
+            if WRITE_ARGMAX:
+                arg = tl.where(take, kh * KW + kw, arg)
     out_offset = _offset(n, c, oh, ow, stride_on, stride_oc, stride_oh, stride_ow)
     tl.store(out_ptr + out_offset, best.to(out_ptr.dtype.element_ty), mask=inside)
-    tl.store(arg_ptr + out_offset, arg.to(arg_ptr.dtype.element_ty), mask=inside)
+    if WRITE_ARGMAX:
+        tl.store(arg_ptr + out_offset, arg.to(arg_ptr.dtype.element_ty), mask=inside)
 
 
 @autotune(_CONFIGS, key=_KEY, bucket=["total"])
@@ -213,26 +220,41 @@ def _grid(total):
     return lambda meta: (cdiv(total, meta["BLOCK"]),)
 
 
-def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode):
-    """input [N, C, H, W] (any strides) -> (output, argmax) [N, C, H_out, W_out], both in the
-    input's memory format (NCHW or channels-last)."""
-    output, argmax = checked_outputs("max_pool2d", input, kernel_size, stride, padding,
-                                     dilation, ceil_mode)
+def _launch_forward(input, output, argmax, kernel_size, stride, padding, dilation):
+    """Fills output, and argmax unless it is None (the values-only kernel)."""
     n, c, h, w = input.shape
     oh, ow = output.shape[2:]
     total = output.numel()
     if total == 0:
-        return output, argmax
+        return
     max_pool2d_forward_kernel[_grid(total)](
-        input, output, argmax,
+        input, output, output if argmax is None else argmax,
         total, c, h, w, oh, ow,
         *input.stride(), *output.stride(),
         *stride, *padding, *dilation, *kernel_size, LOWEST=_lowest(input.dtype),
         UPCAST=input.dtype in (torch.float16, torch.bfloat16),
         CHANNELS_LAST=_channels_last(output),
         INDEX_64=_index_64(total, (h, w), (oh, ow), kernel_size, stride, padding, dilation),
+        WRITE_ARGMAX=argmax is not None,
     )
+
+
+def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode):
+    """input [N, C, H, W] (any strides) -> (output, argmax) [N, C, H_out, W_out], both in the
+    input's memory format (NCHW or channels-last)."""
+    output, argmax = checked_outputs("max_pool2d", input, kernel_size, stride, padding,
+                                     dilation, ceil_mode)
+    _launch_forward(input, output, argmax, kernel_size, stride, padding, dilation)
     return output, argmax
+
+
+def max_pool2d_values(input, kernel_size, stride, padding, dilation, ceil_mode):
+    """input [N, C, H, W] (any strides) -> output [N, C, H_out, W_out] alone (no argmax), in the
+    input's memory format: max_pool2d_forward's kernel without the argmax store."""
+    output = checked_outputs("max_pool2d_values", input, kernel_size, stride, padding, dilation,
+                             ceil_mode)
+    _launch_forward(input, output, None, kernel_size, stride, padding, dilation)
+    return output
 
 
 def max_pool2d_backward(grad_output, argmax, input_size, kernel_size, stride, padding, dilation):

@@ -41,6 +41,7 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto mask = input_grad_mask<3>(ctx, {true, true, ctx->saved_data["has_bias"].toBool()});
     const auto input_size = ctx->saved_data["input_size"].toSymIntVector();
+    const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_weight, grad_bias] = fastops::conv2d_backward(
         grad_outputs[0], optional_tensor(saved[0]), saved[1], optional_tensor(saved[2]), input_size,
         ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),

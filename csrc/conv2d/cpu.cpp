@@ -8,6 +8,7 @@
 // where the CPU has AVX-512, and those oneDNN runs faster go to it (cpu_onednn.cpp). The im2col
 // pieces shared with the backward are in cpu_im2col.h.
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -88,8 +89,10 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                                      C10_AS_INTARRAYREF_SLOW(rules.output_size));
   if (onednn_forward_supported(s, input.scalar_type()))
     return conv2d_onednn(input, weight, bias, stride, padding, dilation, relu, rules.format);
-  at::Tensor out = on_huge_pages(at::empty(C10_AS_INTARRAYREF_SLOW(rules.output_size),
-                                           input.options().memory_format(rules.format)));
+  // at::detail::empty_cpu, as ATen's CPU kernels allocate: no trip through the dispatcher.
+  at::Tensor out =
+      on_huge_pages(at::detail::empty_cpu(C10_AS_INTARRAYREF_SLOW(rules.output_size),
+                                          input.scalar_type(), /*pin_memory=*/false, rules.format));
   if (out.numel() == 0) return out;
 #ifdef FASTOPS_AVX512_KERNELS
   if (direct_supported(input, s)) {

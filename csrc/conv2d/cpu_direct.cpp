@@ -51,13 +51,25 @@ int64_t direct_plane_buffer(const Conv2dShape& s) {
   return s.in_channels * s.padded_h() * s.padded_w() + kMaxPixels + s.plane_tail();
 }
 
-// The weight [O, C, kh, kw] as [ceil(O / 16)][C * kh * kw][16], zeros for the missing channels;
-// the bias likewise as [ceil(O / 16)][16].
-at::Tensor pack_weight_lanes(const at::Tensor& weight) {
-  const int64_t blocks = (weight.size(0) + kLanes - 1) / kLanes;
-  at::Tensor packed = at::zeros({blocks * kLanes, weight[0].numel()}, weight.options());
-  packed.narrow(0, 0, weight.size(0)).copy_(weight.reshape({weight.size(0), -1}));
-  return packed.view({blocks, kLanes, -1}).transpose(1, 2).contiguous();
+// The weight [O, C, kh, kw] (any strides) as [ceil(O / 16)][C * kh * kw][16], zeros for the
+// missing channels. Plain loops into a std::vector rather than ATen ops (zeros, narrow, copy_,
+// transpose, contiguous): a tiny convolution would spend more on those calls than on itself.
+std::vector<float> pack_weight_lanes(const at::Tensor& weight, const Conv2dShape& s) {
+  const int64_t blocks = (s.out_channels + kLanes - 1) / kLanes;
+  std::vector<float> packed(blocks * s.patch() * kLanes, 0.0f);
+  const Strides4 ws = strides_of(weight);
+  const float* w = weight.const_data_ptr<float>();
+  for (int64_t o = 0; o < s.out_channels; ++o) {
+    float* dst = packed.data() + (o / kLanes) * s.patch() * kLanes + o % kLanes;
+    for (int64_t c = 0; c < s.in_channels; ++c) {
+      for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw, dst += kLanes) {
+          *dst = w[o * ws.n + c * ws.c + kh * ws.h + kw * ws.w];
+        }
+      }
+    }
+  }
+  return packed;
 }
 
 // tile[(oh + q) * out_w + ow0 + r] (16 channels of lane block `block`) for q < kRows (1 or 2
@@ -181,14 +193,18 @@ void conv2d_direct(const at::Tensor& input, const at::Tensor& weight,
   // Single rows in equal blocks of at most kMaxPixels pixels (28 = 14 + 14, not 24 + 4).
   const int64_t row_block = (s.out_w + (s.out_w + kMaxPixels - 1) / kMaxPixels - 1) /
                             ((s.out_w + kMaxPixels - 1) / kMaxPixels);
-  const at::Tensor packed = pack_weight_lanes(weight);
-  const int64_t blocks = packed.size(0);
-  at::Tensor bias_lanes = at::zeros({blocks * kLanes}, weight.options());
-  if (bias.has_value()) bias_lanes.narrow(0, 0, s.out_channels).copy_(*bias);
+  const std::vector<float> packed = pack_weight_lanes(weight, s);
+  const int64_t blocks = (s.out_channels + kLanes - 1) / kLanes;
+  // The bias as [ceil(O / 16)][16], zeros for the missing channels (and without a bias).
+  std::vector<float> bias_lanes(blocks * kLanes, 0.0f);
+  if (bias.has_value()) {
+    const float* b = bias->const_data_ptr<float>();
+    for (int64_t o = 0; o < s.out_channels; ++o) bias_lanes[o] = b[o * bias->stride(0)];
+  }
   const Strides4 os = strides_of(out);
   float* out_ptr = out.mutable_data_ptr<float>();
-  const float* packed_ptr = packed.const_data_ptr<float>();
-  const float* bias_ptr = bias_lanes.const_data_ptr<float>();
+  const float* packed_ptr = packed.data();
+  const float* bias_ptr = bias_lanes.data();
   for_each_direct_image(input, s, [&](int64_t n, const float* image, float* tile) {
     for (int64_t block = 0; block < blocks; ++block) {
       int64_t oh = 0;

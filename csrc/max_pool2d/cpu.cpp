@@ -2,16 +2,20 @@
 // the window-local position kh * kernel_w + kw of each maximum (uint8 when the window has at most
 // 256 elements), instead of torch's 8-byte flat index; the backward scatters through it, and
 // max_pool2d_indices turns it into torch's flat-per-plane int64 indices on request.
+// max_pool2d_values is the same forward instantiated without the argmax (index_t = void): it
+// neither tracks nor writes one (inference).
 //
 // Forward: vectorized across neighbouring output columns (NCHW, from a padded copy of the input
 // rows, so no bounds checks) or across channels (channels-last). Backward: a task owns whole
 // planes (NCHW) or images / channel slices of one (channels-last) and scatters into them, so
 // overlapping windows accumulate without races.
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -29,6 +33,11 @@ namespace {
 constexpr int64_t kBlockElements = 1024;
 // Channels a channels-last backward task owns when the batch alone cannot keep the threads busy.
 constexpr int64_t kChannelSlice = 16;
+// The forward's per-task buffers live on the stack up to this many elements (a small pool's whole
+// buffers): a heap allocation per buffer and call is measurable beside a tiny pool.
+constexpr unsigned kStackElements = 256;
+template <typename T>
+using Buffer = c10::SmallVector<T, kStackElements>;
 
 int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
@@ -78,11 +87,12 @@ scalar_t lowest() {
 }
 
 // best[i], arg[i] <- src[i * step], k where that value is greater than best[i] or NaN: torch's
-// rule, so ties keep the first maximum in row-major window order and the last NaN wins. A plain
-// loop on purpose: the extension is built without -mavx*, where at::vec::Vectorized falls back
-// to its generic (memcpy-based) implementation, measured 8x slower than this loop, which GCC
-// vectorizes (float compare + blend in the same lanes as the int32 positions).
-template <typename compare_t, typename source_t>
+// rule, so ties keep the first maximum in row-major window order and the last NaN wins (arg only
+// when kTrack: the values-only forward has none). A plain loop on purpose: the extension is built
+// without -mavx*, where at::vec::Vectorized falls back to its generic (memcpy-based)
+// implementation, measured 8x slower than this loop, which GCC vectorizes (float compare + blend
+// in the same lanes as the int32 positions).
+template <bool kTrack, typename compare_t, typename source_t>
 void fold_max(compare_t* __restrict best, position_type<compare_t>* __restrict arg,
               const source_t* __restrict src, int64_t count, int64_t step,
               position_type<compare_t> k) {
@@ -90,17 +100,28 @@ void fold_max(compare_t* __restrict best, position_type<compare_t>* __restrict a
     const compare_t value = static_cast<compare_t>(src[i * step]);
     const bool take = value > best[i] || value != value;
     best[i] = take ? value : best[i];
-    arg[i] = take ? k : arg[i];
+    if constexpr (kTrack) arg[i] = take ? k : arg[i];
   }
 }
 
-// out[i], argmax[i] <- best[i], arg[i] in the output and argmax types.
+// out[i], argmax[i] <- best[i], arg[i] in the output and argmax types (no argmax when index_t is
+// void).
 template <typename scalar_t, typename compare_t, typename index_t>
 void write_max(scalar_t* __restrict out, index_t* __restrict argmax, const compare_t* best,
                const position_type<compare_t>* arg, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
     out[i] = static_cast<scalar_t>(best[i]);
-    argmax[i] = static_cast<index_t>(arg[i]);
+    if constexpr (!std::is_void_v<index_t>) argmax[i] = static_cast<index_t>(arg[i]);
+  }
+}
+
+// argmax + i, or nullptr without an argmax (index_t void).
+template <typename index_t>
+index_t* offset(index_t* argmax, int64_t i) {
+  if constexpr (std::is_void_v<index_t>) {
+    return nullptr;
+  } else {
+    return argmax + i;
   }
 }
 
@@ -133,11 +154,12 @@ int64_t padded_extent(int64_t out, int64_t kernel, int64_t stride, int64_t dilat
 
 // NCHW: a task owns a block of output rows of one plane: it copies the input rows under the
 // block into a padded buffer, then folds every window position into the rows' running max and
-// argmax, vectorized across output columns.
+// argmax, vectorized across output columns. index_t void: no argmax (the values-only forward).
 template <typename scalar_t, typename compare_t, typename index_t>
 void forward_nchw(const scalar_t* input, scalar_t* output, index_t* argmax, int64_t planes,
                   int64_t height, int64_t width, int64_t out_h, int64_t out_w, const Window& w) {
   using position_t = position_type<compare_t>;
+  constexpr bool track = !std::is_void_v<index_t>;
   const compare_t outside = static_cast<compare_t>(lowest<scalar_t>());
   const int64_t rows_per_block = std::clamp<int64_t>(kBlockElements / out_w, 1, out_h);
   const int64_t blocks_per_plane = ceil_div(out_h, rows_per_block);
@@ -145,15 +167,15 @@ void forward_nchw(const scalar_t* input, scalar_t* output, index_t* argmax, int6
   const int64_t max_rows = padded_extent(rows_per_block, w.kernel_h, w.stride_h, w.dilation_h);
   // Window position of the first column inside the input, per output column: with the first
   // row's, torch's argmax of a window that holds only padding.
-  std::vector<position_t> first_col(out_w);
-  for (int64_t ow = 0; ow < out_w; ++ow) {
+  Buffer<position_t> first_col(track ? out_w : 0);
+  for (int64_t ow = 0; ow < static_cast<int64_t>(first_col.size()); ++ow) {
     first_col[ow] = first_inside(ow * w.stride_w - w.pad_w, w.dilation_w);
   }
   at::parallel_for(
       0, planes * blocks_per_plane, grain_for(rows_per_block * out_w * w.elements()),
       [&](int64_t begin, int64_t end) {
-        std::vector<compare_t> padded(max_rows * padded_w), best(out_w);
-        std::vector<position_t> arg(out_w);
+        Buffer<compare_t> padded(max_rows * padded_w), best(out_w);
+        Buffer<position_t> arg(track ? out_w : 0);
         for (int64_t task = begin; task < end; ++task) {
           const int64_t plane = task / blocks_per_plane;
           const int64_t oh_begin = (task % blocks_per_plane) * rows_per_block;
@@ -163,62 +185,110 @@ void forward_nchw(const scalar_t* input, scalar_t* output, index_t* argmax, int6
                    width, w.pad_w, outside);
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t oh = oh_begin + r;
-            const position_t first_row =
-                first_inside(oh * w.stride_h - w.pad_h, w.dilation_h) * w.kernel_w;
             std::fill(best.begin(), best.end(), outside);
-            for (int64_t ow = 0; ow < out_w; ++ow) arg[ow] = first_row + first_col[ow];
+            if constexpr (track) {
+              const position_t first_row =
+                  first_inside(oh * w.stride_h - w.pad_h, w.dilation_h) * w.kernel_w;
+              for (int64_t ow = 0; ow < out_w; ++ow) arg[ow] = first_row + first_col[ow];
+            }
             for (int64_t kh = 0; kh < w.kernel_h; ++kh) {
               const compare_t* row =
                   padded.data() + (r * w.stride_h + kh * w.dilation_h) * padded_w;
               for (int64_t kw = 0; kw < w.kernel_w; ++kw) {
-                fold_max(best.data(), arg.data(), row + kw * w.dilation_w, out_w, w.stride_w,
-                         static_cast<position_t>(kh * w.kernel_w + kw));
+                fold_max<track>(best.data(), arg.data(), row + kw * w.dilation_w, out_w, w.stride_w,
+                                static_cast<position_t>(kh * w.kernel_w + kw));
               }
             }
             const int64_t out_offset = (plane * out_h + oh) * out_w;
-            write_max(output + out_offset, argmax + out_offset, best.data(), arg.data(), out_w);
+            write_max(output + out_offset, offset(argmax, out_offset), best.data(), arg.data(),
+                      out_w);
           }
         }
       });
 }
 
 // Channels-last: a task owns output pixels; the fold runs across the contiguous channels.
+// index_t void: no argmax.
 template <typename scalar_t, typename compare_t, typename index_t>
 void forward_channels_last(const scalar_t* input, scalar_t* output, index_t* argmax, int64_t batch,
                            int64_t channels, int64_t height, int64_t width, int64_t out_h,
                            int64_t out_w, const Window& w) {
   using position_t = position_type<compare_t>;
+  constexpr bool track = !std::is_void_v<index_t>;
   const compare_t outside = static_cast<compare_t>(lowest<scalar_t>());
-  at::parallel_for(0, batch * out_h * out_w, grain_for(channels * w.elements()),
-                   [&](int64_t begin, int64_t end) {
-                     std::vector<compare_t> best(channels);
-                     std::vector<position_t> arg(channels);
-                     for (int64_t pixel = begin; pixel < end; ++pixel) {
-                       const int64_t ow = pixel % out_w;
-                       const int64_t oh = (pixel / out_w) % out_h;
-                       const int64_t n = pixel / (out_w * out_h);
-                       const int64_t ih0 = oh * w.stride_h - w.pad_h;
-                       const int64_t iw0 = ow * w.stride_w - w.pad_w;
-                       std::fill(best.begin(), best.end(), outside);
-                       std::fill(
-                           arg.begin(), arg.end(),
-                           static_cast<position_t>(first_inside(ih0, w.dilation_h) * w.kernel_w +
-                                                   first_inside(iw0, w.dilation_w)));
-                       const scalar_t* image = input + n * height * width * channels;
-                       for (int64_t kh = 0; kh < w.kernel_h; ++kh) {
-                         const int64_t ih = ih0 + kh * w.dilation_h;
-                         if (ih < 0 || ih >= height) continue;
-                         for (int64_t kw = 0; kw < w.kernel_w; ++kw) {
-                           const int64_t iw = iw0 + kw * w.dilation_w;
-                           if (iw < 0 || iw >= width) continue;
-                           fold_max(best.data(), arg.data(), image + (ih * width + iw) * channels,
-                                    channels, 1, static_cast<position_t>(kh * w.kernel_w + kw));
-                         }
-                       }
-                       write_max(output + pixel * channels, argmax + pixel * channels, best.data(),
-                                 arg.data(), channels);
-                     }
-                   });
+  at::parallel_for(
+      0, batch * out_h * out_w, grain_for(channels * w.elements()),
+      [&](int64_t begin, int64_t end) {
+        Buffer<compare_t> best(channels);
+        Buffer<position_t> arg(track ? channels : 0);
+        for (int64_t pixel = begin; pixel < end; ++pixel) {
+          const int64_t ow = pixel % out_w;
+          const int64_t oh = (pixel / out_w) % out_h;
+          const int64_t n = pixel / (out_w * out_h);
+          const int64_t ih0 = oh * w.stride_h - w.pad_h;
+          const int64_t iw0 = ow * w.stride_w - w.pad_w;
+          std::fill(best.begin(), best.end(), outside);
+          if constexpr (track) {
+            std::fill(arg.begin(), arg.end(),
+                      static_cast<position_t>(first_inside(ih0, w.dilation_h) * w.kernel_w +
+                                              first_inside(iw0, w.dilation_w)));
+          }
+          const scalar_t* image = input + n * height * width * channels;
+          for (int64_t kh = 0; kh < w.kernel_h; ++kh) {
+            const int64_t ih = ih0 + kh * w.dilation_h;
+            if (ih < 0 || ih >= height) continue;
+            for (int64_t kw = 0; kw < w.kernel_w; ++kw) {
+              const int64_t iw = iw0 + kw * w.dilation_w;
+              if (iw < 0 || iw >= width) continue;
+              fold_max<track>(best.data(), arg.data(), image + (ih * width + iw) * channels,
+                              channels, 1, static_cast<position_t>(kh * w.kernel_w + kw));
+            }
+          }
+          write_max(output + pixel * channels, offset(argmax, pixel * channels), best.data(),
+                    arg.data(), channels);
+        }
+      });
+}
+
+// A fresh CPU tensor of the rules' output size in their layout: at::detail::empty_cpu, what
+// ATen's own CPU kernels allocate with (no second trip through the dispatcher for a tiny pool).
+at::Tensor empty_output(const MaxPool2dRules& rules, at::ScalarType dtype) {
+  return on_huge_pages(at::detail::empty_cpu(C10_AS_INTARRAYREF_SLOW(rules.output_size), dtype,
+                                             /*pin_memory=*/false, rules.format));
+}
+
+// output (and argmax when it is given) of the pooling of input that the rules describe.
+void pool_forward(const at::Tensor& input, const MaxPool2dRules& rules, at::Tensor& output,
+                  at::Tensor* argmax) {
+  if (output.numel() == 0) return;
+  const Window& w = rules.window;
+  const auto format = rules.format;
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const int64_t height = input.size(2), width = input.size(3);
+  const int64_t out_h = output.size(2), out_w = output.size(3);
+  const at::Tensor in = input.contiguous(format);
+  AT_DISPATCH_ALL_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "max_pool2d", [&] {
+    using compare_t = compare_type<scalar_t>;
+    const auto run = [&](auto index_tag) {
+      using index_t = typename decltype(index_tag)::type;
+      index_t* argmax_ptr = nullptr;
+      if constexpr (!std::is_void_v<index_t>) argmax_ptr = argmax->data_ptr<index_t>();
+      if (format == at::MemoryFormat::ChannelsLast) {
+        forward_channels_last<scalar_t, compare_t>(in.const_data_ptr<scalar_t>(),
+                                                   output.data_ptr<scalar_t>(), argmax_ptr, batch,
+                                                   channels, height, width, out_h, out_w, w);
+      } else {
+        forward_nchw<scalar_t, compare_t>(in.const_data_ptr<scalar_t>(),
+                                          output.data_ptr<scalar_t>(), argmax_ptr, batch * channels,
+                                          height, width, out_h, out_w, w);
+      }
+    };
+    if (argmax != nullptr) {
+      dispatch_argmax_type(argmax->scalar_type(), run);
+    } else {
+      run(TypeTag<void>{});
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
@@ -226,33 +296,19 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
                                                   at::IntArrayRef stride, at::IntArrayRef padding,
                                                   at::IntArrayRef dilation, bool ceil_mode) {
   const auto rules = max_pool2d_rules(input, kernel_size, stride, padding, dilation, ceil_mode);
-  const Window& w = rules.window;
-  const auto format = rules.format;
-  const int64_t batch = input.size(0), channels = input.size(1);
-  const int64_t height = input.size(2), width = input.size(3);
-  const auto output_size = C10_AS_INTARRAYREF_SLOW(rules.output_size);
-  const int64_t out_h = output_size[2], out_w = output_size[3];
-  const at::Tensor in = input.contiguous(format);
-  at::Tensor output = on_huge_pages(at::empty(output_size, input.options().memory_format(format)));
-  at::Tensor argmax = on_huge_pages(
-      at::empty(output_size, input.options().dtype(rules.argmax_dtype).memory_format(format)));
-  if (output.numel() == 0) return {output, argmax};
-  AT_DISPATCH_ALL_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "max_pool2d", [&] {
-    using compare_t = compare_type<scalar_t>;
-    dispatch_argmax_type(argmax.scalar_type(), [&](auto index_tag) {
-      using index_t = typename decltype(index_tag)::type;
-      if (format == at::MemoryFormat::ChannelsLast) {
-        forward_channels_last<scalar_t, compare_t>(
-            in.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), argmax.data_ptr<index_t>(),
-            batch, channels, height, width, out_h, out_w, w);
-      } else {
-        forward_nchw<scalar_t, compare_t>(in.const_data_ptr<scalar_t>(),
-                                          output.data_ptr<scalar_t>(), argmax.data_ptr<index_t>(),
-                                          batch * channels, height, width, out_h, out_w, w);
-      }
-    });
-  });
+  at::Tensor output = empty_output(rules, input.scalar_type());
+  at::Tensor argmax = empty_output(rules, rules.argmax_dtype);
+  pool_forward(input, rules, output, &argmax);
   return {output, argmax};
+}
+
+at::Tensor max_pool2d_values_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                 at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, bool ceil_mode) {
+  const auto rules = max_pool2d_rules(input, kernel_size, stride, padding, dilation, ceil_mode);
+  at::Tensor output = empty_output(rules, input.scalar_type());
+  pool_forward(input, rules, output, nullptr);
+  return output;
 }
 
 // The input pixel each window position reaches from a window's top-left corner, tabulated per
@@ -396,8 +452,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const auto format = rules.format;
   const at::Tensor grad = grad_output.contiguous(format);
   const at::Tensor arg = argmax.contiguous(format);
-  at::Tensor grad_input = on_huge_pages(at::empty(C10_AS_INTARRAYREF_SLOW(rules.output_size),
-                                                  grad_output.options().memory_format(format)));
+  at::Tensor grad_input = empty_output(rules, grad_output.scalar_type());
   if (grad_input.numel() == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, grad.scalar_type(), "max_pool2d_backward", [&] {
@@ -455,6 +510,7 @@ at::Tensor max_pool2d_indices_cpu(const at::Tensor& argmax, int64_t input_width,
 
 TORCH_LIBRARY_IMPL(fastops, CPU, m) {
   m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("max_pool2d_values", &max_pool2d_values_cpu);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
   m.impl("max_pool2d_indices", &max_pool2d_indices_cpu);
 }

@@ -187,6 +187,13 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_meta(const at::Tensor& input,
           empty_from_rules(rules, input, rules.argmax_dtype)};
 }
 
+at::Tensor max_pool2d_values_meta(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, bool ceil_mode) {
+  const auto rules = max_pool2d_rules(input, kernel_size, stride, padding, dilation, ceil_mode);
+  return empty_from_rules(rules, input, input.scalar_type());
+}
+
 at::Tensor max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Tensor& argmax,
                                     c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
                                     at::IntArrayRef stride, at::IntArrayRef padding,
@@ -213,6 +220,13 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
   return op.call(input, kernel_size, stride, padding, dilation, ceil_mode);
 }
 
+at::Tensor max_pool2d_values(const at::Tensor& input, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, bool ceil_mode) {
+  static auto op = op_handle<decltype(max_pool2d_values)>("fastops::max_pool2d_values");
+  return op.call(input, kernel_size, stride, padding, dilation, ceil_mode);
+}
+
 at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& argmax,
                                c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding,
@@ -235,6 +249,14 @@ TORCH_LIBRARY_FRAGMENT(fastops, m) {
   m.def(
       "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
       "int[2] dilation, bool ceil_mode) -> (Tensor output, Tensor argmax)");
+  // max_pool2d_values: max_pool2d's output alone, with max_pool2d's rules and errors. Without a
+  // graph to record (grad mode off, or an input that does not require grad) no argmax is
+  // computed or written (inference); otherwise its autograd kernel runs max_pool2d's Function,
+  // which keeps the argmax for the backward. fastops.functional.max_pool2d calls it unless
+  // return_indices.
+  m.def(
+      "max_pool2d_values(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, bool ceil_mode) -> Tensor");
   // grad_output and argmax [N, C, H_out, W_out], input_size (H, W) -> grad_input [N, C, H, W].
   m.def(
       "max_pool2d_backward(Tensor grad_output, Tensor argmax, SymInt[2] input_size, "
@@ -248,6 +270,7 @@ TORCH_LIBRARY_FRAGMENT(fastops, m) {
 
 TORCH_LIBRARY_IMPL(fastops, Meta, m) {
   m.impl("max_pool2d", &max_pool2d_meta);
+  m.impl("max_pool2d_values", &max_pool2d_values_meta);
   m.impl("max_pool2d_backward", &max_pool2d_backward_meta);
   m.impl("max_pool2d_indices", &max_pool2d_indices_meta);
 }

@@ -1,5 +1,5 @@
-// fastops::max_pool2d, max_pool2d_backward and max_pool2d_indices: entry points and rules (see
-// max_pool2d.cpp).
+// fastops::max_pool2d, max_pool2d_values, max_pool2d_backward and max_pool2d_indices: entry
+// points and rules (see max_pool2d.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -12,6 +12,10 @@ namespace fastops {
 std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
                                               at::IntArrayRef stride, at::IntArrayRef padding,
                                               at::IntArrayRef dilation, bool ceil_mode);
+// The pooled output alone (no argmax): inference, where no backward will read one.
+at::Tensor max_pool2d_values(const at::Tensor& input, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, bool ceil_mode);
 at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& argmax,
                                c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding,
@@ -34,8 +38,8 @@ struct Window {
 at::ScalarType compact_argmax_dtype(const Window& window);
 
 // Rules: every argument check, and the output sizes / dtypes / layout. Every backend calls
-// them before its kernel. Outputs are [N, C, H_out, W_out] in `format` (the input's, which
-// argmax inherits: NCHW or channels-last).
+// them before its kernel (max_pool2d_values shares max_pool2d's). Outputs are [N, C, H_out, W_out]
+// in `format` (the input's, which argmax inherits: NCHW or channels-last).
 struct MaxPool2dRules {
   Window window;
   std::vector<c10::SymInt> output_size;

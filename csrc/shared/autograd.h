@@ -5,6 +5,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <optional>
+
 namespace fastops {
 
 // Autograd kernel for the `*_backward` ops: they are not differentiable themselves, so double
@@ -14,6 +16,22 @@ void backward_is_not_differentiable(const c10::OperatorHandle& op, torch::jit::S
 inline torch::CppFunction not_differentiable() {
   return torch::CppFunction::makeFromBoxedFunction<&backward_is_not_differentiable>();
 }
+
+// For the backward of a Function: the `*_backward` op's autograd kernel (not_differentiable)
+// only raises under grad mode (create_graph=True, double backward); otherwise it redispatches
+// below autograd through a boxed call: the typed call boxed for it, then unboxed again for the
+// kernel, about 20k instructions per call, more than a tiny backward itself. A backward that
+// holds this guard while calling its op goes below autograd directly when grad mode is off, and
+// through that kernel (and its error) when it is on.
+class BelowAutogradUnlessGradMode {
+ public:
+  BelowAutogradUnlessGradMode() {
+    if (!at::GradMode::is_enabled()) guard_.emplace();
+  }
+
+ private:
+  std::optional<at::AutoDispatchBelowADInplaceOrView> guard_;
+};
 
 // Converts an autograd Function's "gradient not requested" results: backward ops return
 // empty tensors for gradients that output_mask did not ask for.

@@ -45,9 +45,12 @@ PyObject* op_handle(PyObject* /*module*/, PyObject* name) {
 }
 
 // One argument, by its Python type: what fastops.functional passes (tensors, None, str, float,
-// bool, int, tuples / lists of ints or bools, dtypes).
+// bool, int, tuples / lists of ints or bools, dtypes). Exact tensors (and Parameters) first, then
+// the plain Python types, and only then THPVariable_Check for tensor subclasses: on any other
+// object it is a full isinstance through the tensor metaclass (~800 instructions), which the
+// ints, tuples and bools of a tiny op's call would each pay.
 c10::IValue to_ivalue(PyObject* value) {
-  if (THPVariable_Check(value)) return THPVariable_Unpack(value);
+  if (THPVariable_CheckExact(value)) return THPVariable_Unpack(value);
   if (value == Py_None) return c10::IValue();
   if (PyBool_Check(value)) return value == Py_True;
   if (PyLong_Check(value)) {
@@ -81,6 +84,7 @@ c10::IValue to_ivalue(PyObject* value) {
     }
     return list;
   }
+  if (THPVariable_Check(value)) return THPVariable_Unpack(value);  // a tensor subclass
   TORCH_CHECK_TYPE(false, "fastops._C.call: unsupported argument type ", Py_TYPE(value)->tp_name);
 }
 

@@ -2,13 +2,22 @@
 the op's CUDA (Triton) kernels."""
 
 import torch
+from torch import Tensor
 
-from .._checks import call_checked, check_activation, check_float_dtype, check_tensor, fail
+from .._checks import (
+    SUPPORTED_DTYPES,
+    call_checked,
+    check_activation,
+    check_float_dtype,
+    check_tensor,
+    fail,
+)
 from .._cuda import register_cuda_kernels
 from .._dispatch import operator
 from ._linear import _check_like_input
 
 conv2d_op = operator("conv2d")
+_FLOAT_DTYPES = frozenset(SUPPORTED_DTYPES)  # one hash instead of a tuple scan per call
 
 
 def _pair(value, name, fn):
@@ -78,16 +87,9 @@ def _check_conv2d_config(input, weight, bias, stride, padding, dilation, groups,
              f"{list(bias.shape) if bias is not None else None}")
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
-    """``torch.nn.functional.conv2d`` (+ optional fused activation).
-
-    input: [N, C, H, W] or unbatched [C, H, W]; weight: [O, C / groups, kH, kW]; bias: [O];
-    returns [N, O, oH, oW] (or [O, oH, oW]), channels-last when input or weight is.
-    stride, dilation: int or (int, int); padding: int, (int, int), 'valid' or 'same'.
-    activation: None or "relu" (applied with the bias in the pass that writes the output).
-    """
-    fn = "conv2d"
-    activation = check_activation(activation, fn)
+def _normalised_call(input, weight, bias, stride, padding, dilation, groups, fn):
+    """The op's arguments of a call (after torch's errors for the types, dtypes and dimensions):
+    (input as 4-D, padding explicit, stride / padding / dilation as pairs, unbatched)."""
     check_tensor(input, "input", fn)
     check_tensor(weight, "weight", fn)
     check_float_dtype(input, "input", fn)
@@ -111,9 +113,49 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if unbatched:
         input = input.unsqueeze(0)
     input, padding = _conv2d_padding(input, weight, padding, stride, dilation, fn)
+    return input, stride, padding, dilation, unbatched
+
+
+def _check_conv2d(input, weight, bias, stride, padding, dilation, groups, fn):
+    """torch's error for a call the op rejected: the checks of _normalised_call, then of the
+    configuration (_check_conv2d_config), in that order."""
+    input, stride, padding, dilation, _ = _normalised_call(input, weight, bias, stride, padding,
+                                                           dilation, groups, fn)
+    _check_conv2d_config(input, weight, bias, stride, padding, dilation, groups, fn)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
+    """``torch.nn.functional.conv2d`` (+ optional fused activation).
+
+    input: [N, C, H, W] or unbatched [C, H, W]; weight: [O, C / groups, kH, kW]; bias: [O];
+    returns [N, O, oH, oW] (or [O, oH, oW]), channels-last when input or weight is.
+    stride, dilation: int or (int, int); padding: int, (int, int), 'valid' or 'same'.
+    activation: None or "relu" (applied with the bias in the pass that writes the output).
+    """
+    fn = "conv2d"
+    activation = "none" if activation is None else check_activation(activation, fn)
+    if type(stride) is int:
+        stride = (stride, stride)
+    if type(padding) is int:
+        padding = (padding, padding)
+    if type(dilation) is int:
+        dilation = (dilation, dilation)
+    if (type(stride) is tuple and type(padding) is tuple and type(dilation) is tuple
+            and len(stride) == 2 and len(padding) == 2 and len(dilation) == 2
+            and type(groups) is int and isinstance(input, Tensor) and input.dim() == 4
+            and input.dtype in _FLOAT_DTYPES):
+        # The common call, as the op takes it (a batch, explicit pairs, a dtype fastops
+        # supports: the rules accept every floating type): the op's rules check the rest, and
+        # torch's wording (_check_conv2d) is needed only when they reject it, e.g. a non-int in
+        # a pair, which the fast call refuses.
+        return call_checked(
+            conv2d_op, (input, weight, bias, stride, padding, dilation, groups, activation),
+            _check_conv2d, input, weight, bias, stride, padding, dilation, groups, fn)
+    input, stride, padding, dilation, unbatched = _normalised_call(
+        input, weight, bias, stride, padding, dilation, groups, fn)
     output = call_checked(
         conv2d_op, (input, weight, bias, stride, padding, dilation, groups, activation),
-        lambda: _check_conv2d_config(input, weight, bias, stride, padding, dilation, groups, fn))
+        _check_conv2d_config, input, weight, bias, stride, padding, dilation, groups, fn)
     return output.squeeze(0) if unbatched else output
 
 

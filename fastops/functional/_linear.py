@@ -84,7 +84,7 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
             _check_p(dropout, fn)
             op_args = (input, weight, bias, activation,
                        *_linear_dropout(training and dropout > 0, dropout))
-        return call_checked(linear_op, op_args, lambda: _check_linear(input, weight, bias, fn))
+        return call_checked(linear_op, op_args, _check_linear, input, weight, bias, fn)
     activation = check_activation(activation, fn)
     _check_p(dropout, fn)
     fused_dropout = training and dropout > 0

@@ -1,13 +1,17 @@
-"""fastops.functional.max_pool2d: torch.nn.functional.max_pool2d on fastops::max_pool2d (a
-compact argmax instead of int64 indices); and the op's CUDA (Triton) kernels."""
+"""fastops.functional.max_pool2d: torch.nn.functional.max_pool2d on fastops::max_pool2d_values
+(the output alone; its autograd keeps a compact argmax when a graph is recorded, and inference
+computes none) or, with return_indices, fastops::max_pool2d (output and compact argmax) and
+max_pool2d_indices; and the ops' CUDA (Triton) kernels."""
 
 import torch
+from torch import Tensor
 
 from .._checks import call_checked, check_tensor, fail
 from .._cuda import register_cuda_kernels
 from .._dispatch import operator
 
 max_pool2d_op = operator("max_pool2d")
+max_pool2d_values_op = operator("max_pool2d_values")
 max_pool2d_indices_op = operator("max_pool2d_indices")
 
 
@@ -72,24 +76,23 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                            allow_empty=True) or kernel
         padding = _int_pair(padding, "padding", fn)
         dilation = _int_pair(dilation, "dilation", fn)
-    if not isinstance(ceil_mode, bool):
+    if type(ceil_mode) is not bool:  # bool has no subclasses: isinstance, cheaper
         fail(fn, f"argument 'ceil_mode' must be bool, not {type(ceil_mode).__name__}", TypeError)
-    batched = isinstance(input, torch.Tensor) and input.dim() == 4
+    batched = isinstance(input, Tensor) and input.dim() == 4
     # An unbatched input gets torch's contiguous output whatever its strides (torch picks
     # channels-last only for 4-D inputs).
-    output, argmax = call_checked(
-        max_pool2d_op, (input if batched else _unsqueezed(input, fn), kernel, stride, padding,
-                        dilation, ceil_mode),
-        lambda: _check_input(input, fn))
-    results = (output,)
-    if return_indices:
-        results += (max_pool2d_indices_op(argmax, input.shape[-1], kernel, stride, padding,
-                                            dilation),)
-    if not batched:
-        results = tuple(t.squeeze(0) for t in results)
-    return results if return_indices else results[0]
+    args = (input if batched else _unsqueezed(input, fn), kernel, stride, padding, dilation,
+            ceil_mode)
+    if not return_indices:
+        # The output alone: no argmax is computed unless autograd records a graph.
+        output = call_checked(max_pool2d_values_op, args, _check_input, input, fn)
+        return output if batched else output.squeeze(0)
+    output, argmax = call_checked(max_pool2d_op, args, _check_input, input, fn)
+    indices = max_pool2d_indices_op(argmax, input.shape[-1], kernel, stride, padding, dilation)
+    return (output, indices) if batched else (output.squeeze(0), indices.squeeze(0))
 
 
 register_cuda_kernels("max_pool2d", max_pool2d="max_pool2d_forward",
+                      max_pool2d_values="max_pool2d_values",
                       max_pool2d_backward="max_pool2d_backward",
                       max_pool2d_indices="max_pool2d_indices")
