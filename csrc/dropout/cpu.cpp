@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/mul.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -78,44 +79,49 @@ inline float uniform(uint32_t bits) {
   return static_cast<float>(x) * 4.6566127342e-10f;
 }
 
-// out = input * noise for contiguous tensors of `units` units of channel_size elements each
-// (in and out may alias).
+// out = input * noise, element by element (in and out contiguous, may alias).
 template <typename scalar_t>
-void dropout_contiguous(const DropoutNoise& noise, int64_t channel_size, const scalar_t* in,
-                        scalar_t* out, int64_t numel) {
-  using opmath_t = at::opmath_type<scalar_t>;
+void dropout_elements(const DropoutNoise& noise, const scalar_t* in, scalar_t* out, int64_t numel) {
   const scalar_t scale = dropout_scale<scalar_t>(noise.p);
-  if (channel_size == 1) {
-    at::parallel_for(0, numel, kDropoutChunk, [&](int64_t begin, int64_t end) {
-      apply_dropout(noise, scale, begin, end - begin, in + begin, out + begin);
-    });
-    return;
-  }
-  const opmath_t kept = static_cast<opmath_t>(scale);
-  const int64_t units = numel / channel_size;
-  at::parallel_for(0, units, grain_for(channel_size), [&](int64_t begin, int64_t end) {
-    uint8_t keep[kDropoutChunk];
-    for (int64_t chunk = begin; chunk < end; chunk += kDropoutChunk) {
-      const int64_t n = std::min(kDropoutChunk, end - chunk);
-      dropout_keep(noise, chunk, n, keep);
-      for (int64_t u = 0; u < n; ++u) {
-        const opmath_t factor = keep[u] ? kept : opmath_t(0);
-        const int64_t offset = (chunk + u) * channel_size;
-        for (int64_t i = 0; i < channel_size; ++i) {
-          out[offset + i] = static_cast<scalar_t>(static_cast<opmath_t>(in[offset + i]) * factor);
-        }
-      }
-    }
+  at::parallel_for(0, numel, kDropoutChunk, [&](int64_t begin, int64_t end) {
+    apply_dropout(noise, scale, begin, end - begin, in + begin, out + begin);
   });
+}
+
+// out = input * noise for contiguous tensors of units of channel_size elements each (a channel
+// of dropout2d): the noise of each unit as a factor of input's dtype (the kept scale or 0), then
+// ATen's vectorised multiply of each unit by its factor (in opmath, as the element path; it runs
+// AVX-512 on bfloat16 too, where a loop compiled here converts element by element and ran at
+// 0.43x torch's dropout2d).
+void dropout_units(const DropoutNoise& noise, int64_t channel_size, const at::Tensor& input,
+                   at::Tensor& out) {
+  const int64_t units = input.numel() / channel_size;
+  at::Tensor factors = at::empty({units, 1}, input.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, input.scalar_type(), "dropout_factors", [&] {
+        const scalar_t kept = dropout_scale<scalar_t>(noise.p);
+        scalar_t* factor = factors.data_ptr<scalar_t>();
+        at::parallel_for(0, units, kDropoutChunk, [&](int64_t begin, int64_t end) {
+          uint8_t keep[kDropoutChunk];
+          for (int64_t chunk = begin; chunk < end; chunk += kDropoutChunk) {
+            const int64_t n = std::min(kDropoutChunk, end - chunk);
+            dropout_keep(noise, chunk, n, keep);
+            for (int64_t u = 0; u < n; ++u) factor[chunk + u] = keep[u] ? kept : scalar_t(0);
+          }
+        });
+      });
+  at::Tensor out_units = out.view({units, channel_size});
+  at::mul_out(out_units, input.view({units, channel_size}), factors);
 }
 
 void dropout_into(const at::Tensor& input, const at::Tensor& seed, double p, int64_t channel_size,
                   at::Tensor& out) {
   const DropoutNoise noise = dropout_noise(seed, p);
+  if (channel_size > 1 && input.numel() > 0) return dropout_units(noise, channel_size, input, out);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, input.scalar_type(), "dropout_cpu", [&] {
-        dropout_contiguous<scalar_t>(noise, channel_size, input.const_data_ptr<scalar_t>(),
-                                     out.data_ptr<scalar_t>(), input.numel());
+        dropout_elements<scalar_t>(noise, input.const_data_ptr<scalar_t>(),
+                                   out.data_ptr<scalar_t>(), input.numel());
       });
 }
 
