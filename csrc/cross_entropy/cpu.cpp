@@ -400,16 +400,31 @@ struct ChunkLogits {
   }
 };
 
-// The rows of chunk [r0, r0 + m) of logits as the row kernels read them.
-template <typename scalar_t>
-Rows<scalar_t> chunk_rows(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prob,
-                          int64_t r0) {
-  const int64_t classes = logits.size(1);
-  return {logits.const_data_ptr<scalar_t>(),
-          index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
-          prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr,
-          logits.size(0)};
-}
+// What every linear_cross_entropy kernel starts from: the target as the row kernels read it
+// (class indices as contiguous int64, or contiguous probabilities), the rows per chunk of logits
+// and the chunk buffers.
+struct LinearChunks {
+  at::Tensor index, prob;
+  int64_t chunk;
+  ChunkLogits buffers;
+
+  LinearChunks(const LossRules& args, const at::Tensor& input, const at::Tensor& target,
+               int64_t classes)
+      : index(args.prob_target ? at::Tensor() : index_rows(target)),
+        prob(args.prob_target ? target.contiguous() : at::Tensor()),
+        chunk(linear_chunk_rows(input.size(0), classes)),
+        buffers(chunk, classes, input, args.loss_dtype) {}
+
+  // Rows [r0, r0 + m) of the logits, given as their chunk [m, C], as the row kernels read them.
+  template <typename scalar_t>
+  Rows<scalar_t> rows_of(const at::Tensor& logits, int64_t r0) const {
+    const int64_t classes = logits.size(1);
+    return {logits.const_data_ptr<scalar_t>(),
+            index.defined() ? index.const_data_ptr<int64_t>() + r0 : nullptr,
+            prob.defined() ? prob.const_data_ptr<scalar_t>() + r0 * classes : nullptr,
+            logits.size(0)};
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
@@ -419,22 +434,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
                                                reduction, label_smoothing, loss_dtype, kLinearOp);
   const int64_t rows = input.size(0);
   const int64_t classes = linear_weight.size(0);
-  const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
-  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
-  const int64_t chunk = linear_chunk_rows(rows, classes);
-  ChunkLogits buffers(chunk, classes, input, args.loss_dtype);
+  LinearChunks chunks(args, input, target, classes);
   at::Tensor loss, lse, total_weight;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, args.loss_dtype, "linear_cross_entropy", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
         RowResults<acc_t> results(rows, input);
-        if (classes == 0) without_classes(index, ignore_index, results.logsumexp);
-        for (int64_t r0 = 0; classes > 0 && r0 < rows; r0 += chunk) {
-          const int64_t m = std::min(chunk, rows - r0);
-          const at::Tensor logits = buffers.compute(input, linear_weight, bias, r0, m);
+        if (classes == 0) without_classes(chunks.index, ignore_index, results.logsumexp);
+        for (int64_t r0 = 0; classes > 0 && r0 < rows; r0 += chunks.chunk) {
+          const int64_t m = std::min(chunks.chunk, rows - r0);
+          const at::Tensor logits = chunks.buffers.compute(input, linear_weight, bias, r0, m);
           with_row_kernels([&](auto isa) {
-            forward_rows(isa, chunk_rows<scalar_t>(logits, index, prob, r0), spec.spec,
+            forward_rows(isa, chunks.rows_of<scalar_t>(logits, r0), spec.spec,
                          results.logsumexp.data_ptr<acc_t>() + r0, results.loss.data() + r0,
                          results.weight.data() + r0);
           });
@@ -516,34 +528,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
   check_loss_backward(args, input, grad_loss, logsumexp, total_weight, need_target, op);
   const int64_t rows = input.size(0);
   const int64_t classes = linear_weight.size(0);
-  const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
-  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
   const at::Tensor lse = logsumexp.to(accumulate_type(args.loss_dtype)).contiguous();
   const auto loss_options = input.options().dtype(args.loss_dtype);
   at::Tensor grad_target = need_target ? on_huge_pages(at::empty({rows, classes}, loss_options))
                                        : at::empty({0}, loss_options);
   const bool need_grad_logits = need_input || need_linear_weight || need_bias;
-  const int64_t chunk = linear_chunk_rows(rows, classes);
-  ChunkLogits buffers(chunk, classes, input, args.loss_dtype);
-  LinearGrads grads(input, linear_weight, {need_input, need_linear_weight, need_bias}, chunk);
+  LinearChunks chunks(args, input, target, classes);
+  LinearGrads grads(input, linear_weight, {need_input, need_linear_weight, need_bias},
+                    chunks.chunk);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, args.loss_dtype, "linear_cross_entropy_backward", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const Spec<scalar_t, acc_t> spec(weight, classes, ignore_index, label_smoothing);
         const RowScale<acc_t> scale(grad_loss, total_weight, args.reduction);
-        for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-          const int64_t m = std::min(chunk, rows - r0);
-          const at::Tensor logits = buffers.compute(input, linear_weight, bias, r0, m);
+        for (int64_t r0 = 0; r0 < rows; r0 += chunks.chunk) {
+          const int64_t m = std::min(chunks.chunk, rows - r0);
+          const at::Tensor logits = chunks.buffers.compute(input, linear_weight, bias, r0, m);
           // The gradient of the logits overwrites them in place.
           if (classes > 0)
             with_row_kernels([&](auto isa) {
               backward_rows(
-                  isa, chunk_rows<scalar_t>(logits, index, prob, r0), spec.spec,
+                  isa, chunks.rows_of<scalar_t>(logits, r0), spec.spec,
                   lse.const_data_ptr<acc_t>() + r0, scale.shifted(r0),
                   need_grad_logits ? logits.data_ptr<scalar_t>() : nullptr,
                   need_target ? grad_target.data_ptr<scalar_t>() + r0 * classes : nullptr);
             });
-          if (need_grad_logits) grads.add(buffers.for_gemm(logits), input, linear_weight, r0);
+          if (need_grad_logits)
+            grads.add(chunks.buffers.for_gemm(logits), input, linear_weight, r0);
         }
       });
   const auto [grad_input, grad_linear_weight, grad_bias] = grads.finish(linear_weight);
@@ -577,11 +588,8 @@ linear_cross_entropy_with_grad_cpu(const at::Tensor& input, const at::Tensor& li
                                                          reduction, label_smoothing, loss_dtype);
   const int64_t rows = input.size(0);
   const int64_t classes = linear_weight.size(0);
-  const at::Tensor prob = args.prob_target ? target.contiguous() : at::Tensor();
-  const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
-  const int64_t chunk = linear_chunk_rows(rows, classes);
-  ChunkLogits buffers(chunk, classes, input, args.loss_dtype);
-  LinearGrads grads(input, linear_weight, output_mask, chunk);
+  LinearChunks chunks(args, input, target, classes);
+  LinearGrads grads(input, linear_weight, output_mask, chunks.chunk);
   const bool need_grad_logits = output_mask[0] || output_mask[1] || output_mask[2];
   at::Tensor loss, lse, total_weight;
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -593,13 +601,13 @@ linear_cross_entropy_with_grad_cpu(const at::Tensor& input, const at::Tensor& li
         const acc_t one = 1;
         const ScaleView<acc_t> scale{&one, 0,
                                      args.reduction == Reduction::Mean
-                                         ? one / mean_denominator(index, spec.spec, rows)
+                                         ? one / mean_denominator(chunks.index, spec.spec, rows)
                                          : one};
-        if (classes == 0) without_classes(index, ignore_index, results.logsumexp);
-        for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-          const int64_t m = std::min(chunk, rows - r0);
-          const at::Tensor logits = buffers.compute(input, linear_weight, bias, r0, m);
-          const Rows<scalar_t> in = chunk_rows<scalar_t>(logits, index, prob, r0);
+        if (classes == 0) without_classes(chunks.index, ignore_index, results.logsumexp);
+        for (int64_t r0 = 0; r0 < rows; r0 += chunks.chunk) {
+          const int64_t m = std::min(chunks.chunk, rows - r0);
+          const at::Tensor logits = chunks.buffers.compute(input, linear_weight, bias, r0, m);
+          const Rows<scalar_t> in = chunks.rows_of<scalar_t>(logits, r0);
           acc_t* chunk_lse = results.logsumexp.data_ptr<acc_t>() + r0;
           // The loss of the chunk's rows, then the gradient of their logits written over them.
           if (classes > 0)
@@ -610,7 +618,8 @@ linear_cross_entropy_with_grad_cpu(const at::Tensor& input, const at::Tensor& li
                 backward_rows(isa, in, spec.spec, chunk_lse, scale, logits.data_ptr<scalar_t>(),
                               static_cast<scalar_t*>(nullptr));
             });
-          if (need_grad_logits) grads.add(buffers.for_gemm(logits), input, linear_weight, r0);
+          if (need_grad_logits)
+            grads.add(chunks.buffers.for_gemm(logits), input, linear_weight, r0);
         }
         std::tie(loss, total_weight) = finish_loss<scalar_t, acc_t>(
             results, args.reduction, {rows}, args.prob_target && classes == 0);
