@@ -19,6 +19,9 @@ from fastops import functional as F
 
 CONFIGS = {  # name: (input shape, kernel_size, stride, padding, dilation, ceil_mode)
     "lenet 2x2": ((2, 3, 8, 9), 2, None, 0, 1, False),
+    # 2x2 at stride 2 is read in place 16 output columns at a time: two vectors and a tail per row
+    "2x2 wide, odd sizes": ((2, 3, 7, 73), 2, 2, 0, 1, False),
+    "2x2 ceil": ((1, 2, 5, 35), 2, 2, 0, 1, True),
     "overlapping 3x3 s2 p1": ((2, 3, 7, 9), 3, 2, 1, 1, False),
     "overlapping ceil": ((2, 3, 7, 10), 3, 2, 1, 1, True),
     "stride 1": ((1, 2, 6, 5), (3, 2), 1, (1, 1), 1, False),
