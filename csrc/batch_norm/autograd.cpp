@@ -57,6 +57,7 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto mask = input_grad_mask<3>(
         ctx, {true, ctx->saved_data["has_weight"].toBool(), ctx->saved_data["has_bias"].toBool()});
+    const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_weight, grad_bias] = fastops::batch_norm_backward(
         grad_outputs[0], optional_tensor(saved[0]), optional_tensor(saved[1]),
         optional_tensor(saved[2]), saved[3], saved[4], ctx->saved_data["training"].toBool(),

@@ -60,6 +60,7 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     if (!grad_outputs[0].defined()) return variable_list(6);  // no gradient reached the loss
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_target] = fastops::cross_entropy_backward(
         grad_outputs[0], saved[0], saved[1], optional_tensor(saved[2]), saved[3], saved[4],
         ctx->saved_data["reduction"].toStringRef(), ctx->saved_data["ignore_index"].toInt(),
@@ -144,6 +145,7 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
               none};
     }
     const c10::IValue& loss_dtype = ctx->saved_data["loss_dtype"];
+    const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_linear_weight, grad_bias, grad_target] =
         fastops::linear_cross_entropy_backward(
             grad_outputs[0], saved[0], saved[1], optional_tensor(saved[2]), saved[3],

@@ -37,6 +37,7 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const auto mask = input_grad_mask<3>(ctx, {true, true, ctx->saved_data["has_bias"].toBool()});
+    const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_weight, grad_bias] = fastops::linear_backward(
         grad_outputs[0].contiguous(), optional_tensor(saved[0]), optional_tensor(saved[1]),
         optional_tensor(saved[2]), ctx->saved_data["activation"].toStringRef(), mask,

@@ -4,7 +4,6 @@ dropout epilogue; and the op's CUDA (Triton) kernels."""
 import torch
 
 from .._checks import (
-    call_checked,
     check_activation,
     check_float_dtype,
     check_like,
@@ -70,21 +69,16 @@ def linear(input, weight, bias=None, *, activation=None, dropout=0.0, training=T
     regenerates it (no mask is stored).
     """
     fn = "linear"
-    if (isinstance(weight, torch.Tensor) and weight.dim() == 2 and (
-            bias is None or isinstance(bias, torch.Tensor) and bias.dim() == 1
-            and bias.shape[0] == weight.shape[0])):
-        # The common call, as the op takes it: the op's rules check it, and torch's wording
-        # (_check_linear) is needed only when they reject it. Without dropout (the per-call
-        # cost of a small layer is all Python here) the checks of p and activation are two
-        # comparisons.
-        if dropout == 0.0 and (activation is None or activation == "relu"):
-            op_args = (input, weight, bias, activation or "none", None, 0.0)
-        else:
-            activation = check_activation(activation, fn)
-            _check_p(dropout, fn)
-            op_args = (input, weight, bias, activation,
-                       *_linear_dropout(training and dropout > 0, dropout))
-        return call_checked(linear_op, op_args, _check_linear, input, weight, bias, fn)
+    if dropout == 0.0 and (activation is None or activation == "relu"):
+        # The common call (2-D weight, [out_features] bias) goes straight to the op, whose rules
+        # check it: a small layer's per-call cost is all Python here, so nothing else runs first.
+        # torch's wording of an error, and the layouts torch also takes (1-D weight, a bias that
+        # broadcasts), are the general path below, taken only when the op rejects the call (its
+        # rules run before any kernel, so nothing has changed).
+        try:
+            return linear_op(input, weight, bias, activation or "none", None, 0.0)
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            pass
     activation = check_activation(activation, fn)
     _check_p(dropout, fn)
     fused_dropout = training and dropout > 0
