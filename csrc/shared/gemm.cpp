@@ -38,10 +38,14 @@ const std::optional<c10::TypedOperatorHandle<LinearPointwise>>& onednn_linear() 
   return op;
 }
 
-// Whether x [M, K] @ w^T [K, N] goes to oneDNN.
+// Whether x [M, K] @ w^T [K, N] goes to oneDNN's linear. A bfloat16 product only when neither
+// side is transposed (x is one in a weight gradient, grad^T @ input; w in an input gradient,
+// grad @ weight): _linear_pointwise copies such a side first, while ATen's mm hands the strides
+// to oneDNN's matmul (22.2 vs 26.2 ms for grad^T @ input at [1024, 4096] @ [4096, 1024]).
 bool use_onednn(const at::Tensor& x, const at::Tensor& w) {
-  return (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
-         x.size(0) * x.size(1) * w.size(0) >= kOneDnnMinWork &&
+  const bool onednn_dtype = x.scalar_type() == at::kFloat || (x.scalar_type() == at::kBFloat16 &&
+                                                              x.stride(1) == 1 && w.stride(1) == 1);
+  return onednn_dtype && x.size(0) * x.size(1) * w.size(0) >= kOneDnnMinWork &&
          at::globalContext().userEnabledMkldnn() && onednn_linear().has_value();
 }
 
