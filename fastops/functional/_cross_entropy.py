@@ -94,6 +94,19 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     shape for "none". Only the per-row log-sum-exp is kept for backward.
     """
     fn = "cross_entropy"
+    if size_average is None and reduce is None and (
+            ignore_index == -100 or isinstance(target, torch.Tensor)
+            and not target.is_floating_point()):
+        # The common call goes straight to the op, whose rules check it (a tiny loss's per-call
+        # cost is all Python here); torch's wording of an error, the deprecated arguments, a
+        # [C] input and dtype promotion are the general path below, taken only when the op
+        # rejects the call (before any kernel runs). Not with ignore_index on a probability
+        # target, which torch rejects and the op would ignore.
+        try:
+            return cross_entropy_op(input, target, weight, reduction, ignore_index,
+                                    float(label_smoothing))[0]
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            pass
     reduction = _reduction(size_average, reduce, reduction)
     check_tensor(input, "input", fn)
     check_float_dtype(input, "input", fn)
