@@ -13,65 +13,34 @@
 namespace fastops {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const std::optional<at::Tensor>& weight,
-                               const std::optional<at::Tensor>& bias,
-                               const std::optional<at::Tensor>& running_mean,
-                               const std::optional<at::Tensor>& running_var, bool training,
-                               double momentum, double eps, c10::string_view activation) {
-    at::Tensor output, save_mean, save_invstd;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(output, save_mean, save_invstd) = fastops::batch_norm(
-          input, weight, bias, running_mean, running_var, training, momentum, eps, activation);
-    }
-    if (training && running_mean.has_value()) {
-      // Inference tensors have no version counter (incrementing it raises, after the kernel has
-      // written them) and no graph can hold them: outside inference mode, without a graph
-      // recorded (see check_no_inference_tensor_recorded), torch's batch_norm updates them
-      // without an error, so do we.
-      for (const at::Tensor* stats : {&*running_mean, &*running_var}) {
-        if (!stats->is_inference()) torch::autograd::increment_version(*stats);
-      }
-    }
-    const bool relu = activation == "relu";
-    const bool weight_grad = weight.has_value() && weight->requires_grad();
-    ctx->save_for_backward(
-        {weight_grad || (training && input.requires_grad()) ? input : at::Tensor(),
-         input.requires_grad() && weight.has_value() ? *weight : at::Tensor(),
-         relu ? output : at::Tensor(), save_mean, save_invstd});
-    ctx->mark_non_differentiable({save_mean, save_invstd});
-    ctx->saved_data["activation"] = std::string(activation);
-    ctx->saved_data["training"] = training;
-    ctx->saved_data["has_weight"] = weight.has_value();
-    ctx->saved_data["has_bias"] = bias.has_value();
-    return {output, save_mean, save_invstd};
+// Edges: input, weight, bias.
+struct BatchNormBackward : OpNode {
+  BatchNormBackward() : OpNode("fastops::BatchNormBackward") {}
+
+  SavedVariable input;   // for grad_weight, or the training grad_input
+  SavedVariable weight;  // for grad_input
+  SavedVariable output;  // the ReLU mask, with activation "relu"
+  SavedVariable save_mean, save_invstd;
+  bool training = false;
+  std::string activation;
+
+  void release_saved() override {
+    for (SavedVariable* saved : {&input, &weight, &output, &save_mean, &save_invstd})
+      saved->reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const auto mask = input_grad_mask<3>(
-        ctx, {true, ctx->saved_data["has_weight"].toBool(), ctx->saved_data["has_bias"].toBool()});
+  variable_list backward(variable_list&& grads) override {
+    const auto mask = needed_grads<3>();
     const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_weight, grad_bias] = fastops::batch_norm_backward(
-        grad_outputs[0], optional_tensor(saved[0]), optional_tensor(saved[1]),
-        optional_tensor(saved[2]), saved[3], saved[4], ctx->saved_data["training"].toBool(),
-        ctx->saved_data["activation"].toStringRef(), mask);
-    const torch::autograd::Variable none;
-    return {grad_or_undefined(mask[0], grad_input),
-            grad_or_undefined(mask[1], grad_weight),
-            grad_or_undefined(mask[2], grad_bias),
-            none,
-            none,
-            none,
-            none,
-            none,
-            none};
+        grads[0], optional_tensor(unpack(input)), optional_tensor(unpack(weight)),
+        optional_tensor(unpack(output)), unpack(save_mean), unpack(save_invstd), training,
+        activation, mask);
+    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_weight),
+            grad_or_undefined(mask[2], grad_bias)};
   }
 };
 
@@ -105,15 +74,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_autograd(
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     c10::string_view activation) {
+  check_no_forward_grad("fastops::batch_norm", input, weight, bias);
   check_no_inference_tensor_recorded(input, weight, bias, running_mean, running_var);
-  if (!needs_graph(input, weight, bias)) {
+  at::Tensor output, save_mean, save_invstd;
+  {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return fastops::batch_norm(input, weight, bias, running_mean, running_var, training, momentum,
-                               eps, activation);
+    std::tie(output, save_mean, save_invstd) = fastops::batch_norm(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, activation);
   }
-  const auto outputs = BatchNormFunction::apply(input, weight, bias, running_mean, running_var,
-                                                training, momentum, eps, activation);
-  return {outputs[0], outputs[1], outputs[2]};
+  if (!needs_graph(input, weight, bias)) return {output, save_mean, save_invstd};
+  if (training && running_mean.has_value()) {
+    // Inference tensors have no version counter (incrementing it raises, after the kernel has
+    // written them) and no graph can hold them: outside inference mode, without a graph
+    // recorded (see check_no_inference_tensor_recorded), torch's batch_norm updates them
+    // without an error, so do we.
+    for (const at::Tensor* stats : {&*running_mean, &*running_var}) {
+      if (!stats->is_inference()) torch::autograd::increment_version(*stats);
+    }
+  }
+  auto node = make_node<BatchNormBackward>(input, weight, bias);
+  torch::autograd::set_history(output, node);
+  const bool relu = activation == "relu";
+  const bool weight_grad = requires_grad(weight);
+  node->input = SavedVariable(
+      weight_grad || (training && input.requires_grad()) ? input : at::Tensor(), false);
+  node->weight =
+      SavedVariable(input.requires_grad() && weight.has_value() ? *weight : at::Tensor(), false);
+  node->output = SavedVariable(relu ? output : at::Tensor(), /*is_output=*/true);
+  node->save_mean = SavedVariable(save_mean, false);
+  node->save_invstd = SavedVariable(save_invstd, false);
+  node->training = training;
+  node->activation = activation;
+  return {output, save_mean, save_invstd};
 }
 
 }  // namespace

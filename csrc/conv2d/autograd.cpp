@@ -10,52 +10,33 @@
 namespace fastops {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                            c10::string_view activation) {
-    at::Tensor output;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      output = fastops::conv2d(input, weight, bias, stride, padding, dilation, groups, activation);
-    }
-    const bool relu = activation == "relu";
-    ctx->save_for_backward(
-        {weight.requires_grad() ? input : at::Tensor(), weight, relu ? output : at::Tensor()});
-    ctx->saved_data["input_size"] = input.sym_sizes();
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
-    ctx->saved_data["activation"] = std::string(activation);
-    ctx->saved_data["has_bias"] = bias.has_value();
-    return output;
+// Edges: input, weight, bias.
+struct Conv2dBackward : OpNode {
+  Conv2dBackward() : OpNode("fastops::Conv2dBackward") {}
+
+  SavedVariable input;  // for grad_weight
+  SavedVariable weight;
+  SavedVariable output;  // the ReLU mask, with activation "relu"
+  std::vector<c10::SymInt> input_size;
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups = 1;
+  std::string activation;
+
+  void release_saved() override {
+    for (SavedVariable* saved : {&input, &weight, &output}) saved->reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const auto mask = input_grad_mask<3>(ctx, {true, true, ctx->saved_data["has_bias"].toBool()});
-    const auto input_size = ctx->saved_data["input_size"].toSymIntVector();
+  variable_list backward(variable_list&& grads) override {
+    const auto mask = needed_grads<3>();
     const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_weight, grad_bias] = fastops::conv2d_backward(
-        grad_outputs[0], optional_tensor(saved[0]), saved[1], optional_tensor(saved[2]), input_size,
-        ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-        ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt(),
-        ctx->saved_data["activation"].toStringRef(), mask);
-    const auto none = torch::autograd::Variable();
-    return {grad_or_undefined(mask[0], grad_input),
-            grad_or_undefined(mask[1], grad_weight),
-            grad_or_undefined(mask[2], grad_bias),
-            none,
-            none,
-            none,
-            none,
-            none};
+        grads[0], optional_tensor(unpack(input)), unpack(weight), optional_tensor(unpack(output)),
+        input_size, stride, padding, dilation, groups, activation, mask);
+    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_weight),
+            grad_or_undefined(mask[2], grad_bias)};
   }
 };
 
@@ -63,11 +44,25 @@ at::Tensor conv2d_autograd(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            c10::string_view activation) {
-  if (!needs_graph(input, weight, bias)) {
+  check_no_forward_grad("fastops::conv2d", input, weight, bias);
+  at::Tensor output;
+  {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return fastops::conv2d(input, weight, bias, stride, padding, dilation, groups, activation);
+    output = fastops::conv2d(input, weight, bias, stride, padding, dilation, groups, activation);
   }
-  return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups, activation);
+  if (!needs_graph(input, weight, bias)) return output;
+  auto node = make_node<Conv2dBackward>(input, weight, bias);
+  torch::autograd::set_history(output, node);
+  node->input = SavedVariable(weight.requires_grad() ? input : at::Tensor(), false);
+  node->weight = SavedVariable(weight, false);
+  node->output = SavedVariable(activation == "relu" ? output : at::Tensor(), /*is_output=*/true);
+  node->input_size = input.sym_sizes().vec();
+  node->stride = stride.vec();
+  node->padding = padding.vec();
+  node->dilation = dilation.vec();
+  node->groups = groups;
+  node->activation = activation;
+  return output;
 }
 
 }  // namespace

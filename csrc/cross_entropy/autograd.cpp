@@ -12,7 +12,7 @@
 namespace fastops {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 // Class weights get no gradient (as torch's nll_loss); torch refuses them at the forward.
@@ -23,178 +23,157 @@ void check_weight_not_differentiable(const std::optional<at::Tensor>& weight, co
               "class weights, as torch's nll_loss): it cannot have requires_grad=True");
 }
 
-void save_options(AutogradContext* ctx, c10::string_view reduction, int64_t ignore_index,
-                  double label_smoothing) {
-  ctx->saved_data["reduction"] = std::string(reduction);
-  ctx->saved_data["ignore_index"] = ignore_index;
-  ctx->saved_data["label_smoothing"] = label_smoothing;
-}
+// The loss options both nodes keep.
+struct LossOptions {
+  std::string reduction;
+  int64_t ignore_index = -100;
+  double label_smoothing = 0.0;
+};
 
-// logsumexp and total_weight are outputs for the backward op, not for autograd: no gradient
-// flows through them, and none is materialised as zeros for them (two allocations per call).
-void mark_statistics(AutogradContext* ctx, const at::Tensor& logsumexp,
-                     const at::Tensor& total_weight) {
-  ctx->mark_non_differentiable({logsumexp, total_weight});
-  ctx->set_materialize_grads(false);
-}
+// Edges: input, target. logsumexp and total_weight are outputs for the backward op, not for
+// autograd: no gradient flows through them.
+struct CrossEntropyBackward : OpNode {
+  CrossEntropyBackward() : OpNode("fastops::CrossEntropyBackward") {}
 
-class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                               c10::string_view reduction, int64_t ignore_index,
-                               double label_smoothing) {
-    at::Tensor loss, logsumexp, total_weight;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(loss, logsumexp, total_weight) =
-          fastops::cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing);
-    }
-    ctx->save_for_backward({input, target, weight.value_or(at::Tensor()), logsumexp, total_weight});
-    save_options(ctx, reduction, ignore_index, label_smoothing);
-    mark_statistics(ctx, logsumexp, total_weight);
-    return {loss, logsumexp, total_weight};
+  SavedVariable input, target, weight, logsumexp, total_weight;
+  LossOptions options;
+
+  void release_saved() override {
+    for (SavedVariable* saved : {&input, &target, &weight, &logsumexp, &total_weight})
+      saved->reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    if (!grad_outputs[0].defined()) return variable_list(6);  // no gradient reached the loss
-    const auto saved = ctx->get_saved_variables();
-    const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+  variable_list backward(variable_list&& grads) override {
+    const auto mask = needed_grads<2>();
     const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_target] = fastops::cross_entropy_backward(
-        grad_outputs[0], saved[0], saved[1], optional_tensor(saved[2]), saved[3], saved[4],
-        ctx->saved_data["reduction"].toStringRef(), ctx->saved_data["ignore_index"].toInt(),
-        ctx->saved_data["label_smoothing"].toDouble(), mask);
-    const torch::autograd::Variable none;
-    return {grad_or_undefined(mask[0], grad_input),
-            grad_or_undefined(mask[1], grad_target),
-            none,
-            none,
-            none,
-            none};
+        grads[0], unpack(input), unpack(target), optional_tensor(unpack(weight)), unpack(logsumexp),
+        unpack(total_weight), options.reduction, options.ignore_index, options.label_smoothing,
+        mask);
+    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_target)};
   }
 };
 
+// Edges: input, linear_weight, bias, target.
+//
 // A reduced loss (mean or sum) with a class-index target, or a probability target that needs no
 // gradient, runs linear_cross_entropy_with_grad: the gradients for grad_loss = 1 come out of the
 // forward's pass over the logits and are saved (input's and linear_weight's sizes, what the
 // unfused path would save), and backward only scales them by grad_loss. Otherwise (a per-row
 // loss, or a probability target's gradient) the forward saves the inputs and the per-row
 // log-sum-exp, and the backward op recomputes the logits chunk by chunk.
-class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossEntropyFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const at::Tensor& linear_weight,
-                               const std::optional<at::Tensor>& bias, const at::Tensor& target,
-                               const std::optional<at::Tensor>& weight, c10::string_view reduction,
-                               int64_t ignore_index, double label_smoothing,
-                               std::optional<at::ScalarType> loss_dtype) {
-    const bool grads_in_forward = reduction != "none" && !target.requires_grad();
-    at::Tensor loss, logsumexp, total_weight;
-    if (grads_in_forward) {
-      const std::array<bool, 3> mask = {input.requires_grad(), linear_weight.requires_grad(),
-                                        requires_grad(bias)};
-      at::Tensor grad_input, grad_linear_weight, grad_bias;
-      {
-        at::AutoDispatchBelowADInplaceOrView guard;
-        std::tie(loss, logsumexp, total_weight, grad_input, grad_linear_weight, grad_bias) =
-            fastops::linear_cross_entropy_with_grad(input, linear_weight, bias, target, weight,
-                                                    reduction, ignore_index, label_smoothing, mask,
-                                                    loss_dtype);
-      }
-      ctx->save_for_backward({grad_input, grad_linear_weight, grad_bias});
-    } else {
-      {
-        at::AutoDispatchBelowADInplaceOrView guard;
-        std::tie(loss, logsumexp, total_weight) =
-            fastops::linear_cross_entropy(input, linear_weight, bias, target, weight, reduction,
-                                          ignore_index, label_smoothing, loss_dtype);
-      }
-      ctx->save_for_backward({input, linear_weight, bias.value_or(at::Tensor()), target,
-                              weight.value_or(at::Tensor()), logsumexp, total_weight});
-      save_options(ctx, reduction, ignore_index, label_smoothing);
-      ctx->saved_data["loss_dtype"] =
-          loss_dtype.has_value() ? c10::IValue(*loss_dtype) : c10::IValue();
-    }
-    ctx->saved_data["grads_in_forward"] = grads_in_forward;
-    ctx->saved_data["has_bias"] = bias.has_value();
-    mark_statistics(ctx, logsumexp, total_weight);
-    return {loss, logsumexp, total_weight};
+struct LinearCrossEntropyBackward : OpNode {
+  LinearCrossEntropyBackward() : OpNode("fastops::LinearCrossEntropyBackward") {}
+
+  bool grads_in_forward = false;
+  // grads_in_forward: the gradients for grad_loss = 1.
+  SavedVariable grad_input, grad_linear_weight, grad_bias;
+  // Otherwise: what the backward op recomputes them from.
+  SavedVariable input, linear_weight, bias, target, weight, logsumexp, total_weight;
+  LossOptions options;
+  std::optional<at::ScalarType> loss_dtype;
+
+  void release_saved() override {
+    for (SavedVariable* saved :
+         {&grad_input, &grad_linear_weight, &grad_bias, &input, &linear_weight, &bias, &target,
+          &weight, &logsumexp, &total_weight})
+      saved->reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    if (!grad_outputs[0].defined()) return variable_list(9);  // no gradient reached the loss
-    const auto saved = ctx->get_saved_variables();
-    const torch::autograd::Variable none;
-    const auto mask =
-        input_grad_mask<4>(ctx, {true, true, ctx->saved_data["has_bias"].toBool(), true});
-    if (ctx->saved_data["grads_in_forward"].toBool()) {
+  variable_list backward(variable_list&& grads) override {
+    const auto mask = needed_grads<4>();
+    if (grads_in_forward) {
       // grad_loss is one value: the saved gradients (for 1) times it, as new tensors, so that a
       // second backward (retain_graph=True) starts from the saved ones again.
-      const auto scaled = [&](bool needed, const at::Tensor& grad) {
-        return needed ? at::mul(grad, grad_outputs[0]) : none;
+      const auto scaled = [&](bool needed, const SavedVariable& grad) {
+        return needed ? at::mul(unpack(grad), grads[0]) : at::Tensor();
       };
-      return {scaled(mask[0], saved[0]),
-              scaled(mask[1], saved[1]),
-              scaled(mask[2], saved[2]),
-              none,
-              none,
-              none,
-              none,
-              none,
-              none};
+      return {scaled(mask[0], grad_input), scaled(mask[1], grad_linear_weight),
+              scaled(mask[2], grad_bias), at::Tensor()};
     }
-    const c10::IValue& loss_dtype = ctx->saved_data["loss_dtype"];
     const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_linear_weight, grad_bias, grad_target] =
         fastops::linear_cross_entropy_backward(
-            grad_outputs[0], saved[0], saved[1], optional_tensor(saved[2]), saved[3],
-            optional_tensor(saved[4]), saved[5], saved[6],
-            ctx->saved_data["reduction"].toStringRef(), ctx->saved_data["ignore_index"].toInt(),
-            ctx->saved_data["label_smoothing"].toDouble(), mask,
-            loss_dtype.isNone() ? std::nullopt
-                                : std::optional<at::ScalarType>(loss_dtype.toScalarType()));
-    return {grad_or_undefined(mask[0], grad_input),
-            grad_or_undefined(mask[1], grad_linear_weight),
-            grad_or_undefined(mask[2], grad_bias),
-            grad_or_undefined(mask[3], grad_target),
-            none,
-            none,
-            none,
-            none,
-            none};
+            grads[0], unpack(input), unpack(linear_weight), optional_tensor(unpack(bias)),
+            unpack(target), optional_tensor(unpack(weight)), unpack(logsumexp),
+            unpack(total_weight), options.reduction, options.ignore_index, options.label_smoothing,
+            mask, loss_dtype);
+    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_linear_weight),
+            grad_or_undefined(mask[2], grad_bias), grad_or_undefined(mask[3], grad_target)};
   }
 };
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> as_tuple(const variable_list& outputs) {
-  return {outputs[0], outputs[1], outputs[2]};
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_autograd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
+  check_no_forward_grad("fastops::cross_entropy", input, target, weight);
   check_weight_not_differentiable(weight, "cross_entropy");
-  if (!needs_graph(input)) {
+  at::Tensor loss, logsumexp, total_weight;
+  {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return fastops::cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing);
+    std::tie(loss, logsumexp, total_weight) =
+        fastops::cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing);
   }
-  return as_tuple(
-      CrossEntropyFunction::apply(input, target, weight, reduction, ignore_index, label_smoothing));
+  if (!needs_graph(input, target)) return {loss, logsumexp, total_weight};
+  auto node = make_node<CrossEntropyBackward>(input, target);
+  torch::autograd::set_history(loss, node);
+  node->input = SavedVariable(input, false);
+  node->target = SavedVariable(target, false);
+  node->weight = SavedVariable(weight, false);
+  node->logsumexp = SavedVariable(logsumexp, false);
+  node->total_weight = SavedVariable(total_weight, false);
+  node->options = {std::string(reduction), ignore_index, label_smoothing};
+  return {loss, logsumexp, total_weight};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_autograd(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
     int64_t ignore_index, double label_smoothing, std::optional<at::ScalarType> loss_dtype) {
+  check_no_forward_grad("fastops::linear_cross_entropy", input, linear_weight, bias, target,
+                        weight);
   check_weight_not_differentiable(weight, "linear_cross_entropy");
-  if (!needs_graph(input, linear_weight, bias)) {
+  if (!needs_graph(input, linear_weight, bias, target)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return fastops::linear_cross_entropy(input, linear_weight, bias, target, weight, reduction,
                                          ignore_index, label_smoothing, loss_dtype);
   }
-  return as_tuple(LinearCrossEntropyFunction::apply(input, linear_weight, bias, target, weight,
-                                                    reduction, ignore_index, label_smoothing,
-                                                    loss_dtype));
+  auto node = make_node<LinearCrossEntropyBackward>(input, linear_weight, bias, target);
+  node->grads_in_forward = reduction != "none" && !target.requires_grad();
+  at::Tensor loss, logsumexp, total_weight;
+  if (node->grads_in_forward) {
+    const std::array<bool, 3> mask = {input.requires_grad(), linear_weight.requires_grad(),
+                                      requires_grad(bias)};
+    at::Tensor grad_input, grad_linear_weight, grad_bias;
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      std::tie(loss, logsumexp, total_weight, grad_input, grad_linear_weight, grad_bias) =
+          fastops::linear_cross_entropy_with_grad(input, linear_weight, bias, target, weight,
+                                                  reduction, ignore_index, label_smoothing, mask,
+                                                  loss_dtype);
+    }
+    node->grad_input = SavedVariable(grad_input, false);
+    node->grad_linear_weight = SavedVariable(grad_linear_weight, false);
+    node->grad_bias = SavedVariable(grad_bias, false);
+  } else {
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      std::tie(loss, logsumexp, total_weight) =
+          fastops::linear_cross_entropy(input, linear_weight, bias, target, weight, reduction,
+                                        ignore_index, label_smoothing, loss_dtype);
+    }
+    node->input = SavedVariable(input, false);
+    node->linear_weight = SavedVariable(linear_weight, false);
+    node->bias = SavedVariable(bias, false);
+    node->target = SavedVariable(target, false);
+    node->weight = SavedVariable(weight, false);
+    node->logsumexp = SavedVariable(logsumexp, false);
+    node->total_weight = SavedVariable(total_weight, false);
+    node->options = {std::string(reduction), ignore_index, label_smoothing};
+    node->loss_dtype = loss_dtype;
+  }
+  torch::autograd::set_history(loss, node);
+  return {loss, logsumexp, total_weight};
 }
 
 }  // namespace

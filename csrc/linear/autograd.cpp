@@ -10,56 +10,55 @@
 namespace fastops {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-class LinearFunction : public torch::autograd::Function<LinearFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, c10::string_view activation,
-                            const std::optional<at::Tensor>& dropout_seed, double dropout_p) {
-    at::Tensor output;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      output = fastops::linear(input, weight, bias, activation, dropout_seed, dropout_p);
-    }
-    const bool relu = activation == "relu";
-    ctx->save_for_backward({weight.requires_grad() ? input : at::Tensor(),
-                            input.requires_grad() ? weight : at::Tensor(),
-                            relu ? output : at::Tensor()});
-    ctx->saved_data["activation"] = std::string(activation);
-    ctx->saved_data["has_bias"] = bias.has_value();
-    ctx->saved_data["dropout_seed"] = dropout_seed;
-    ctx->saved_data["dropout_p"] = dropout_p;
-    return output;
+// Edges: input, weight, bias.
+struct LinearBackward : OpNode {
+  LinearBackward() : OpNode("fastops::LinearBackward") {}
+
+  SavedVariable input;   // for grad_weight
+  SavedVariable weight;  // for grad_input
+  SavedVariable output;  // the ReLU mask, with activation "relu"
+  std::string activation;
+  std::optional<at::Tensor> dropout_seed;
+  double dropout_p = 0.0;
+
+  void release_saved() override {
+    for (SavedVariable* saved : {&input, &weight, &output}) saved->reset_data();
+    dropout_seed.reset();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const auto mask = input_grad_mask<3>(ctx, {true, true, ctx->saved_data["has_bias"].toBool()});
+  variable_list backward(variable_list&& grads) override {
+    const auto mask = needed_grads<3>();
     const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_weight, grad_bias] = fastops::linear_backward(
-        grad_outputs[0].contiguous(), optional_tensor(saved[0]), optional_tensor(saved[1]),
-        optional_tensor(saved[2]), ctx->saved_data["activation"].toStringRef(), mask,
-        ctx->saved_data["dropout_seed"].toOptional<at::Tensor>(),
-        ctx->saved_data["dropout_p"].toDouble());
-    return {grad_or_undefined(mask[0], grad_input),
-            grad_or_undefined(mask[1], grad_weight),
-            grad_or_undefined(mask[2], grad_bias),
-            torch::autograd::Variable(),
-            torch::autograd::Variable(),
-            torch::autograd::Variable()};
+        grads[0].contiguous(), optional_tensor(unpack(input)), optional_tensor(unpack(weight)),
+        optional_tensor(unpack(output)), activation, mask, dropout_seed, dropout_p);
+    return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_weight),
+            grad_or_undefined(mask[2], grad_bias)};
   }
 };
 
 at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, c10::string_view activation,
                            const std::optional<at::Tensor>& dropout_seed, double dropout_p) {
-  if (!needs_graph(input, weight, bias)) {
+  check_no_forward_grad("fastops::linear", input, weight, bias);
+  at::Tensor output;
+  {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return fastops::linear(input, weight, bias, activation, dropout_seed, dropout_p);
+    output = fastops::linear(input, weight, bias, activation, dropout_seed, dropout_p);
   }
-  return LinearFunction::apply(input, weight, bias, activation, dropout_seed, dropout_p);
+  if (!needs_graph(input, weight, bias)) return output;
+  auto node = make_node<LinearBackward>(input, weight, bias);
+  torch::autograd::set_history(output, node);
+  node->input = SavedVariable(weight.requires_grad() ? input : at::Tensor(), false);
+  node->weight = SavedVariable(input.requires_grad() ? weight : at::Tensor(), false);
+  node->output = SavedVariable(activation == "relu" ? output : at::Tensor(), /*is_output=*/true);
+  node->activation = activation;
+  node->dropout_seed = dropout_seed;
+  node->dropout_p = dropout_p;
+  return output;
 }
 
 }  // namespace
