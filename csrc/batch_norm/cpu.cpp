@@ -38,8 +38,8 @@
 
 #include "batch_norm/batch_norm.h"
 #include "shared/common.h"
-#include "shared/huge_pages.h"
 #include "shared/isa.h"
+#include "shared/large_buffers.h"
 
 namespace fastops {
 namespace {
@@ -354,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
     scale[c] = gamma[c] * invstd[c];
     shift[c] = beta[c];
   }
-  at::Tensor output = on_huge_pages(at::empty_like(x));
+  at::Tensor output = on_cached_pages(at::empty_like(x));
   if (x.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_normalize", [&] {
@@ -454,7 +454,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
         offset[c] = -g_scale[c] * sum_g[c] / n;
       }
     }
-    grad_input = on_huge_pages(at::empty_like(dense_reference));
+    grad_input = on_cached_pages(at::empty_like(dense_reference));
     if (g.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(
           at::kBFloat16, at::kHalf, g.scalar_type(), "batch_norm_backward_input", [&] {

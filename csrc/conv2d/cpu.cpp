@@ -21,8 +21,8 @@
 #include "conv2d/cpu_im2col.h"
 #include "shared/common.h"
 #include "shared/gemm.h"
-#include "shared/huge_pages.h"
 #include "shared/isa.h"
+#include "shared/large_buffers.h"
 
 namespace fastops {
 namespace conv2d_cpu_internal {
@@ -90,9 +90,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   if (onednn_forward_supported(s, input.scalar_type()))
     return conv2d_onednn(input, weight, bias, stride, padding, dilation, relu, rules.format);
   // at::detail::empty_cpu, as ATen's CPU kernels allocate: no trip through the dispatcher.
-  at::Tensor out =
-      on_huge_pages(at::detail::empty_cpu(C10_AS_INTARRAYREF_SLOW(rules.output_size),
-                                          input.scalar_type(), /*pin_memory=*/false, rules.format));
+  at::Tensor out = on_cached_pages(at::detail::empty_cpu(C10_AS_INTARRAYREF_SLOW(rules.output_size),
+                                                         input.scalar_type(), /*pin_memory=*/false,
+                                                         rules.format));
   if (out.numel() == 0) return out;
 #ifdef FASTOPS_AVX512_KERNELS
   if (direct_supported(input, s)) {
@@ -117,9 +117,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
       at::Tensor planes, col, gemm;
     };
     auto make_buffers = [&] {
-      return Buffers{on_huge_pages(at::empty({plane_buffer_size(s, images)}, options)),
-                     on_huge_pages(at::empty({s.patch() * columns}, options)),
-                     on_huge_pages(at::empty({s.out_per_group() * columns}, options))};
+      return Buffers{on_cached_pages(at::empty({plane_buffer_size(s, images)}, options)),
+                     on_cached_pages(at::empty({s.patch() * columns}, options)),
+                     on_cached_pages(at::empty({s.out_per_group() * columns}, options))};
     };
     for_each_task(
         s, images, make_buffers, [&](int64_t g, int64_t first, int64_t count, Buffers& buffers) {

@@ -25,8 +25,8 @@
 #include "conv2d/cpu.h"
 #include "conv2d/cpu_im2col.h"
 #include "shared/common.h"
-#include "shared/huge_pages.h"
 #include "shared/isa.h"
+#include "shared/large_buffers.h"
 
 namespace fastops::conv2d_cpu_internal {
 namespace {
@@ -182,8 +182,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   const auto empty = grad_output.new_empty({0});
   at::Tensor grad_input =
       need_input
-          ? on_huge_pages(at::empty({s.batch, s.in_channels, s.height, s.width},
-                                    grad_output.options().memory_format(rules.grad_input_format)))
+          ? on_cached_pages(at::empty({s.batch, s.in_channels, s.height, s.width},
+                                      grad_output.options().memory_format(rules.grad_input_format)))
           : empty;
   at::Tensor grad_weight = need_weight ? at::empty(weight.sizes(), grad_output.options()) : empty;
   at::Tensor grad_bias = need_bias ? at::empty({s.out_channels}, grad_output.options()) : empty;
@@ -238,9 +238,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
         auto make_buffers = [&] {
           const bool col_needed = need_input || need_weight;
           return Buffers{
-              on_huge_pages(at::empty({s.out_per_group() * columns}, options)),
-              on_huge_pages(at::empty({col_needed ? s.patch() * columns : 0}, options)),
-              on_huge_pages(at::empty({col_needed ? plane_buffer_size(s, images) : 0}, options)),
+              on_cached_pages(at::empty({s.out_per_group() * columns}, options)),
+              on_cached_pages(at::empty({col_needed ? s.patch() * columns : 0}, options)),
+              on_cached_pages(at::empty({col_needed ? plane_buffer_size(s, images) : 0}, options)),
               at::empty({need_input ? s.width : 0}, options)};
         };
         for_each_task(

@@ -30,8 +30,8 @@
 #include "cross_entropy/cross_entropy.h"
 #include "shared/common.h"
 #include "shared/gemm.h"
-#include "shared/huge_pages.h"
 #include "shared/isa.h"
+#include "shared/large_buffers.h"
 
 namespace fastops {
 namespace {
@@ -342,8 +342,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward_cpu(
   const at::Tensor index = args.prob_target ? at::Tensor() : index_rows(target);
   const int64_t rows = logits.size(0);
   const at::Tensor lse = logsumexp.to(accumulate_type(input.scalar_type())).contiguous();
-  at::Tensor grad_input = need_input ? on_huge_pages(at::empty_like(logits)) : at::Tensor();
-  at::Tensor grad_target = need_target ? on_huge_pages(at::empty_like(logits)) : at::Tensor();
+  at::Tensor grad_input = need_input ? on_cached_pages(at::empty_like(logits)) : at::Tensor();
+  at::Tensor grad_target = need_target ? on_cached_pages(at::empty_like(logits)) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, input.scalar_type(), "cross_entropy_backward", [&] {
         using acc_t = at::opmath_type<scalar_t>;
@@ -379,9 +379,9 @@ struct ChunkLogits {
   at::Tensor loss;  // [chunk, classes] in the loss dtype, or undefined when it is input's
 
   ChunkLogits(int64_t chunk, int64_t classes, const at::Tensor& input, at::ScalarType loss_dtype)
-      : gemm(on_huge_pages(at::empty({chunk, classes}, input.options()))) {
+      : gemm(on_cached_pages(at::empty({chunk, classes}, input.options()))) {
     if (loss_dtype != input.scalar_type())
-      loss = on_huge_pages(at::empty({chunk, classes}, input.options().dtype(loss_dtype)));
+      loss = on_cached_pages(at::empty({chunk, classes}, input.options().dtype(loss_dtype)));
   }
 
   // The logits of rows [r0, r0 + m) in the loss dtype (a view of a buffer, or a new tensor
@@ -475,7 +475,7 @@ struct LinearGrads {
               int64_t chunk)
       : need(mask), several_chunks(chunk < x.size(0)) {
     const auto empty = x.new_empty({0});
-    input = need[0] ? on_huge_pages(at::empty_like(x, at::MemoryFormat::Contiguous)) : empty;
+    input = need[0] ? on_cached_pages(at::empty_like(x, at::MemoryFormat::Contiguous)) : empty;
     bias = need[2] ? at::zeros({linear_weight.size(0)}, x.options()) : empty;
     if (need[2]) ones = at::ones({chunk}, x.options());
   }
@@ -530,7 +530,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
   const int64_t classes = linear_weight.size(0);
   const at::Tensor lse = logsumexp.to(accumulate_type(args.loss_dtype)).contiguous();
   const auto loss_options = input.options().dtype(args.loss_dtype);
-  at::Tensor grad_target = need_target ? on_huge_pages(at::empty({rows, classes}, loss_options))
+  at::Tensor grad_target = need_target ? on_cached_pages(at::empty({rows, classes}, loss_options))
                                        : at::empty({0}, loss_options);
   const bool need_grad_logits = need_input || need_linear_weight || need_bias;
   LinearChunks chunks(args, input, target, classes);

@@ -16,8 +16,8 @@
 #include <cmath>
 
 #include "shared/common.h"
-#include "shared/huge_pages.h"
 #include "shared/isa.h"
+#include "shared/large_buffers.h"
 
 namespace fastops {
 namespace {
@@ -129,7 +129,7 @@ at::Tensor dropout_cpu(const at::Tensor& input, const at::Tensor& seed, double p
                        int64_t channel_size) {
   dropout_rules(input, seed, p, channel_size, "dropout");
   const at::Tensor x = input.contiguous();
-  at::Tensor out = on_huge_pages(at::empty_like(x, at::MemoryFormat::Contiguous));
+  at::Tensor out = on_cached_pages(at::empty_like(x, at::MemoryFormat::Contiguous));
   dropout_into(x, seed, p, channel_size, out);
   return out;
 }
@@ -141,7 +141,7 @@ void dropout_inplace_cpu(at::Tensor& input, const at::Tensor& seed, double p,
     dropout_into(input, seed, p, channel_size, input);
   } else {
     // The noise follows the logical (row-major) order: compute on a contiguous copy.
-    at::Tensor out = on_huge_pages(at::empty(input.sizes(), input.options()));
+    at::Tensor out = on_cached_pages(at::empty(input.sizes(), input.options()));
     dropout_into(input.contiguous(), seed, p, channel_size, out);
     input.copy_(out);
   }

@@ -21,8 +21,8 @@
 #include "linear/linear.h"
 #include "shared/common.h"
 #include "shared/gemm.h"
-#include "shared/huge_pages.h"
 #include "shared/isa.h"
+#include "shared/large_buffers.h"
 
 namespace fastops {
 namespace {
@@ -244,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   at::Tensor grad_bias = need_bias ? at::empty({out_features}, grad_output.options()) : empty;
   at::Tensor grad_pre = grad_2d;  // gradient w.r.t. the pre-activation
   const bool masked = relu || dropout.has_value();
-  if (masked) grad_pre = on_huge_pages(at::empty_like(grad_2d));
+  if (masked) grad_pre = on_cached_pages(at::empty_like(grad_2d));
   if (masked || need_bias) {
     const at::Tensor output_2d = relu ? as_rows(*output).contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -26,8 +26,8 @@
 
 #include "max_pool2d/max_pool2d.h"
 #include "shared/common.h"
-#include "shared/huge_pages.h"
 #include "shared/isa.h"
+#include "shared/large_buffers.h"
 
 namespace fastops {
 namespace {
@@ -348,8 +348,8 @@ void forward_channels_last(const scalar_t* input, scalar_t* output, index_t* arg
 // A fresh CPU tensor of the rules' output size in their layout: at::detail::empty_cpu, what
 // ATen's own CPU kernels allocate with (no second trip through the dispatcher for a tiny pool).
 at::Tensor empty_output(const MaxPool2dRules& rules, at::ScalarType dtype) {
-  return on_huge_pages(at::detail::empty_cpu(C10_AS_INTARRAYREF_SLOW(rules.output_size), dtype,
-                                             /*pin_memory=*/false, rules.format));
+  return on_cached_pages(at::detail::empty_cpu(C10_AS_INTARRAYREF_SLOW(rules.output_size), dtype,
+                                               /*pin_memory=*/false, rules.format));
 }
 
 // output (and argmax when it is given) of the pooling of input that the rules describe.
@@ -594,7 +594,7 @@ at::Tensor max_pool2d_indices_cpu(const at::Tensor& argmax, int64_t input_width,
   const auto format = rules.format;
   const at::Tensor arg = argmax.contiguous(format);
   at::Tensor indices =
-      on_huge_pages(at::empty(arg.sizes(), arg.options().dtype(at::kLong).memory_format(format)));
+      on_cached_pages(at::empty(arg.sizes(), arg.options().dtype(at::kLong).memory_format(format)));
   const int64_t channels = arg.size(1), out_h = arg.size(2), out_w = arg.size(3);
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   // Consecutive elements share a window origin: a pixel's channels (channels-last) or nothing.

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "shared/common.h"
-#include "shared/huge_pages.h"
 #include "shared/isa.h"
+#include "shared/large_buffers.h"
 #include "shared/op_handle.h"
 
 #ifdef FASTOPS_AVX512_KERNELS
@@ -195,7 +195,7 @@ void thin_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<a
 at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w,
                       const std::optional<at::Tensor>& bias, const at::Tensor& buffer) {
   const auto new_out = [&] {
-    return on_huge_pages(at::empty({x.size(0), w.size(0)}, x.options()));
+    return on_cached_pages(at::empty({x.size(0), w.size(0)}, x.options()));
   };
 #ifdef FASTOPS_AVX512_KERNELS
   if (use_thin(x, w)) {
