@@ -47,7 +47,7 @@ struct BatchNormBackward : OpNode {
 // torch's batch_norm saves input, weight and the running statistics whenever it records a graph,
 // and raises before any kernel runs when one of them is an inference tensor (created under
 // torch.inference_mode(), used outside it). The same check, before the running statistics are
-// written: our Function saves fewer tensors, and would raise (if at all) only once they were.
+// written: our node saves fewer tensors, and would raise (if at all) only once they were.
 void check_no_inference_tensor_recorded(const at::Tensor& input,
                                         const std::optional<at::Tensor>& weight,
                                         const std::optional<at::Tensor>& bias,

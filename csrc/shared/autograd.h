@@ -21,7 +21,7 @@ inline torch::CppFunction not_differentiable() {
   return torch::CppFunction::makeFromBoxedFunction<&backward_is_not_differentiable>();
 }
 
-// For the backward of a Function: the `*_backward` op's autograd kernel (not_differentiable)
+// For the backward of a node: the `*_backward` op's autograd kernel (not_differentiable)
 // only raises under grad mode (create_graph=True, double backward); otherwise it redispatches
 // below autograd through a boxed call: the typed call boxed for it, then unboxed again for the
 // kernel, about 20k instructions per call, more than a tiny backward itself. A backward that
@@ -37,16 +37,14 @@ class BelowAutogradUnlessGradMode {
   std::optional<at::AutoDispatchBelowADInplaceOrView> guard_;
 };
 
-// Converts an autograd Function's "gradient not requested" results: backward ops return
+// Converts a node's "gradient not requested" results: backward ops return
 // empty tensors for gradients that output_mask did not ask for.
 inline torch::autograd::Variable grad_or_undefined(bool needed, const at::Tensor& grad) {
   return needed ? grad : torch::autograd::Variable();
 }
 
 // Whether a call must build an autograd graph node: grad mode is on and a tensor argument
-// requires grad. Otherwise the autograd kernels call the op below autograd directly:
-// Function::apply creates a node and saves tensors even when no gradient can flow (about a
-// microsecond per call, as much as a tiny op's kernel).
+// requires grad. Otherwise the autograd kernels record nothing (no node, no saved tensors).
 inline bool requires_grad(const at::Tensor& tensor) {
   return tensor.defined() && tensor.requires_grad();
 }
@@ -99,7 +97,7 @@ class OpNode : public torch::autograd::Node {
  private:
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) final {
     std::lock_guard<std::mutex> lock(mutex_);
-    // Raised even where nothing was saved, as Function's nodes do.
+    // Raised even where nothing was saved (dropout's node), as torch::autograd::Function's are.
     TORCH_CHECK(!released_, torch::autograd::ERR_BACKWARD_TWICE);
     // No gradient flows in (an undefined one: torch's convention for zeros), none flows out.
     if (std::none_of(grads.begin(), grads.end(), [](const at::Tensor& g) { return g.defined(); }))
@@ -134,7 +132,7 @@ void check_no_forward_grad(const char* op, const Tensors&... tensors) {
               " that does not support it.");
 }
 
-// The saved tensors of a Function that are optional arguments of a backward op.
+// A node's saved tensor that is an optional argument of its backward op (undefined: absent).
 inline std::optional<at::Tensor> optional_tensor(const at::Tensor& saved) {
   return saved.defined() ? std::optional<at::Tensor>(saved) : std::nullopt;
 }
