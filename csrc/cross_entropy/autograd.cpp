@@ -23,33 +23,52 @@ void check_weight_not_differentiable(const std::optional<at::Tensor>& weight, co
               "class weights, as torch's nll_loss): it cannot have requires_grad=True");
 }
 
-// The loss options both nodes keep.
-struct LossOptions {
+// What both nodes keep for their backward op: the target, the class weights, the forward's
+// per-row log-sum-exp and total weight (outputs for the backward op, not for autograd: no
+// gradient flows through them), and the options.
+struct SavedLoss {
+  SavedVariable target, weight, logsumexp, total_weight;
   std::string reduction;
   int64_t ignore_index = -100;
   double label_smoothing = 0.0;
+
+  void save(const at::Tensor& target_value, const std::optional<at::Tensor>& weight_value,
+            const at::Tensor& logsumexp_value, const at::Tensor& total_weight_value,
+            c10::string_view reduction_value, int64_t ignore_index_value,
+            double label_smoothing_value) {
+    target = SavedVariable(target_value, false);
+    weight = SavedVariable(weight_value, false);
+    logsumexp = SavedVariable(logsumexp_value, false);
+    total_weight = SavedVariable(total_weight_value, false);
+    reduction = reduction_value;
+    ignore_index = ignore_index_value;
+    label_smoothing = label_smoothing_value;
+  }
+
+  void release() {
+    for (SavedVariable* saved : {&target, &weight, &logsumexp, &total_weight}) saved->reset_data();
+  }
 };
 
-// Edges: input, target. logsumexp and total_weight are outputs for the backward op, not for
-// autograd: no gradient flows through them.
+// Edges: input, target.
 struct CrossEntropyBackward : OpNode {
   CrossEntropyBackward() : OpNode("fastops::CrossEntropyBackward") {}
 
-  SavedVariable input, target, weight, logsumexp, total_weight;
-  LossOptions options;
+  SavedVariable input;
+  SavedLoss loss;
 
   void release_saved() override {
-    for (SavedVariable* saved : {&input, &target, &weight, &logsumexp, &total_weight})
-      saved->reset_data();
+    input.reset_data();
+    loss.release();
   }
 
   variable_list backward(variable_list&& grads) override {
     const auto mask = needed_grads<2>();
     const BelowAutogradUnlessGradMode below_autograd;
     const auto [grad_input, grad_target] = fastops::cross_entropy_backward(
-        grads[0], unpack(input), unpack(target), optional_tensor(unpack(weight)), unpack(logsumexp),
-        unpack(total_weight), options.reduction, options.ignore_index, options.label_smoothing,
-        mask);
+        grads[0], unpack(input), unpack(loss.target), optional_tensor(unpack(loss.weight)),
+        unpack(loss.logsumexp), unpack(loss.total_weight), loss.reduction, loss.ignore_index,
+        loss.label_smoothing, mask);
     return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_target)};
   }
 };
@@ -69,15 +88,15 @@ struct LinearCrossEntropyBackward : OpNode {
   // grads_in_forward: the gradients for grad_loss = 1.
   SavedVariable grad_input, grad_linear_weight, grad_bias;
   // Otherwise: what the backward op recomputes them from.
-  SavedVariable input, linear_weight, bias, target, weight, logsumexp, total_weight;
-  LossOptions options;
+  SavedVariable input, linear_weight, bias;
+  SavedLoss loss;
   std::optional<at::ScalarType> loss_dtype;
 
   void release_saved() override {
     for (SavedVariable* saved :
-         {&grad_input, &grad_linear_weight, &grad_bias, &input, &linear_weight, &bias, &target,
-          &weight, &logsumexp, &total_weight})
+         {&grad_input, &grad_linear_weight, &grad_bias, &input, &linear_weight, &bias})
       saved->reset_data();
+    loss.release();
   }
 
   variable_list backward(variable_list&& grads) override {
@@ -95,8 +114,8 @@ struct LinearCrossEntropyBackward : OpNode {
     const auto [grad_input, grad_linear_weight, grad_bias, grad_target] =
         fastops::linear_cross_entropy_backward(
             grads[0], unpack(input), unpack(linear_weight), optional_tensor(unpack(bias)),
-            unpack(target), optional_tensor(unpack(weight)), unpack(logsumexp),
-            unpack(total_weight), options.reduction, options.ignore_index, options.label_smoothing,
+            unpack(loss.target), optional_tensor(unpack(loss.weight)), unpack(loss.logsumexp),
+            unpack(loss.total_weight), loss.reduction, loss.ignore_index, loss.label_smoothing,
             mask, loss_dtype);
     return {grad_or_undefined(mask[0], grad_input), grad_or_undefined(mask[1], grad_linear_weight),
             grad_or_undefined(mask[2], grad_bias), grad_or_undefined(mask[3], grad_target)};
@@ -118,11 +137,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_autograd(
   auto node = make_node<CrossEntropyBackward>(input, target);
   torch::autograd::set_history(loss, node);
   node->input = SavedVariable(input, false);
-  node->target = SavedVariable(target, false);
-  node->weight = SavedVariable(weight, false);
-  node->logsumexp = SavedVariable(logsumexp, false);
-  node->total_weight = SavedVariable(total_weight, false);
-  node->options = {std::string(reduction), ignore_index, label_smoothing};
+  node->loss.save(target, weight, logsumexp, total_weight, reduction, ignore_index,
+                  label_smoothing);
   return {loss, logsumexp, total_weight};
 }
 
@@ -165,11 +181,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_autograd(
     node->input = SavedVariable(input, false);
     node->linear_weight = SavedVariable(linear_weight, false);
     node->bias = SavedVariable(bias, false);
-    node->target = SavedVariable(target, false);
-    node->weight = SavedVariable(weight, false);
-    node->logsumexp = SavedVariable(logsumexp, false);
-    node->total_weight = SavedVariable(total_weight, false);
-    node->options = {std::string(reduction), ignore_index, label_smoothing};
+    node->loss.save(target, weight, logsumexp, total_weight, reduction, ignore_index,
+                    label_smoothing);
     node->loss_dtype = loss_dtype;
   }
   torch::autograd::set_history(loss, node);
