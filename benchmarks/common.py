@@ -128,44 +128,66 @@ def _seconds(run):
 
 
 def _paired(benchmark, baseline_runs, run):
-    """Times ``run`` (fastops) with pytest-benchmark, each round preceded by one timed call of
-    each of ``baseline_runs`` ({name: run}: "torch", and for a model "compile" too); returns
-    per name {pairs, <name>_median (seconds), ratio: the 25th, 50th and 75th percentiles of the
-    per-pair ratios baseline / fastops} (None under --benchmark-disable, which times nothing).
+    """Times ``run`` (fastops) in pairs with each of ``baseline_runs`` ({name: run}: "torch", and
+    for a model "compile" too; the first is the one pytest-benchmark's rounds pair with, each
+    round one timed baseline call then the timed fastops call; the others' pairs are timed
+    before, alike). Returns per name {pairs, <name>_median (seconds), ratio: the 25th, 50th and
+    75th percentiles of the ratios baseline / fastops of its pairs} (None under
+    --benchmark-disable, which times nothing).
 
     Timing all rounds of one implementation and then all of the other lets a slow spell of a
     shared machine (seconds long) fall on one side and move the ratio by up to 2x; in pairs,
     both calls of a ratio share the spell. The calls alternate strictly (torch, fastops, torch,
-    ...), so each call follows a call of another implementation and neither side runs in a
-    cache the other warmed more often. The number of pairs follows pytest-benchmark's own rule
-    (--benchmark-max-time of round time, at least --benchmark-min-rounds) and is at least
-    MIN_PAIRS; on CUDA it is CUDA_ROUNDS, each call after an L2 flush."""
+    ...), so each call follows a call of the other implementation and neither side runs in a
+    cache the other warmed more often. Each baseline's pairs run apart from the other's: a
+    compiled model's call changes the caches for the next calls (a ~20 us model step then
+    takes up to ~3 us more, and not equally for both builds), so torch.compile calls in
+    between would decide a small model's ratio. The number of pairs per baseline follows
+    pytest-benchmark's own rule (--benchmark-max-time of round time, at least
+    --benchmark-min-rounds) and is at least MIN_PAIRS; on CUDA it is CUDA_ROUNDS, each call
+    after an L2 flush."""
     flush = _cache_flush()
     for baseline_run in baseline_runs.values():  # warm-up (record warmed ``run`` up)
         baseline_run()
-    if DEVICE == "cuda":
-        pairs = CUDA_ROUNDS
-    else:  # one more round sizes the rounds
-        round_seconds = sum(map(_seconds, baseline_runs.values())) + _seconds(run)
-        pairs = max(MIN_PAIRS, ROUNDS["min_rounds"], math.ceil(ROUNDS["max_time"] / round_seconds))
-    baseline_seconds = {name: [] for name in baseline_runs}
+
+    def pairs_for(baseline_run):
+        if DEVICE == "cuda":
+            return CUDA_ROUNDS
+        round_seconds = _seconds(baseline_run) + _seconds(run)  # one more round sizes them
+        return max(MIN_PAIRS, ROUNDS["min_rounds"], math.ceil(ROUNDS["max_time"] / round_seconds))
+
+    def timed_pair(baseline_run):
+        flush()
+        baseline = _seconds(baseline_run)
+        flush()
+        return baseline, _seconds(run)
+
+    if benchmark.disabled:
+        benchmark.pedantic(run, rounds=1)
+        return None
+    first, *others = baseline_runs
+    summaries = {}
+    for name in others:
+        pairs = [timed_pair(baseline_runs[name]) for _ in range(pairs_for(baseline_runs[name]))]
+        summaries[name] = _pairs_summary(name, *zip(*pairs, strict=True))
+    first_seconds = []
 
     def setup():
-        for name, baseline_run in baseline_runs.items():
-            flush()
-            baseline_seconds[name].append(_seconds(baseline_run))
+        flush()
+        first_seconds.append(_seconds(baseline_runs[first]))
         flush()
 
-    benchmark.pedantic(run, setup=setup, rounds=pairs)
-    if benchmark.disabled:
-        return None
-    summaries = {}
-    for name, seconds in baseline_seconds.items():
-        ratios = [b / f for b, f in zip(seconds, benchmark.stats.stats.data, strict=True)]
-        summaries[name] = {"pairs": len(ratios),
-                           f"{name}_median": _significant(statistics.median(seconds)),
-                           "ratio": [_significant(q) for q in statistics.quantiles(ratios, n=4)]}
-    return summaries
+    benchmark.pedantic(run, setup=setup, rounds=pairs_for(baseline_runs[first]))
+    summaries[first] = _pairs_summary(first, first_seconds, benchmark.stats.stats.data)
+    return {name: summaries[name] for name in baseline_runs}
+
+
+def _pairs_summary(name, baseline_seconds, fastops_seconds):
+    """The summary ``_paired`` returns for one baseline."""
+    ratios = [b / f for b, f in zip(baseline_seconds, fastops_seconds, strict=True)]
+    return {"pairs": len(ratios),
+            f"{name}_median": _significant(statistics.median(baseline_seconds)),
+            "ratio": [_significant(q) for q in statistics.quantiles(ratios, n=4)]}
 
 
 def _significant(value):

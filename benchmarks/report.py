@@ -208,9 +208,10 @@ def markdown(rows, machine, date, command):
             "eager; fastops in torch.compile: the fastops build compiled the same way (its ops "
             "are custom ops, opaque to inductor). Compile time excluded: each compiled model is "
             "compiled and run once before timing. The speed-ups over torch.compile are medians "
-            "of per-round ratios as above: each round of the fastops build times torch, "
-            "torch.compile, then fastops; each round of the compiled fastops build times "
-            "torch.compile, then it. torch.compile: the median of its calls in those rounds. "
+            "of per-pair ratios as above: the fastops build is timed in pairs with "
+            "torch.compile, then in pairs with torch (apart, so that no compiled call changes "
+            "the caches the torch pairs start from); the compiled fastops build in pairs with "
+            "torch.compile. torch.compile: the median of its calls in those pairs. "
             "bfloat16 autocast: forward and loss under `torch.autocast(dtype=torch.bfloat16)` "
             "from float32 weights.",
             "",

@@ -7,8 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
+from fastops.benchmarks.common import MIN_PAIRS, ROUNDS, _paired
 from fastops.benchmarks.report import FASTOPS_COMPILED, FLAG, SPREAD_LIMIT, load_rows, write_report
 
 from fastops.__main__ import device_name, main
@@ -222,3 +225,43 @@ def test_quick_bench_command_writes_json_table_and_chart(tmp_path):
     assert rows and all(r["speedup"] > 0 for r in rows)
     # The fastops case was timed in pairs with torch: the speed-up has its quartile range.
     assert all(r["paired"]["pairs"] >= 7 and r["speedup_range"] for r in rows)
+
+
+class _FakeBenchmark:
+    """The part of pytest-benchmark's fixture that benchmarks/common.py's pairs use."""
+
+    disabled = False
+
+    def pedantic(self, run, setup, rounds):
+        self.stats = SimpleNamespace(stats=SimpleNamespace(data=[]))
+        for _ in range(rounds):
+            setup()
+            start = time.perf_counter()
+            run()
+            self.stats.stats.data.append(time.perf_counter() - start + 1e-6)
+
+
+def test_pairs_alternate_and_each_baseline_is_timed_apart(monkeypatch):
+    """Every timed baseline call is followed by a fastops call, and no torch.compile call falls
+    among the torch pairs (it would change the caches those calls start from)."""
+    monkeypatch.setitem(ROUNDS, "max_time", 1e-9)  # the fewest pairs: MIN_PAIRS
+    calls = []
+
+    def implementation(name):
+        return lambda: calls.append(name)
+
+    summaries = _paired(_FakeBenchmark(), {"torch": implementation("torch"),
+                                           "compile": implementation("compile")},
+                        implementation("fastops"))
+    assert calls[:2] == ["torch", "compile"]  # warm-up
+    timed = calls[2:]
+    first_torch = timed.index("torch")
+    assert set(timed[:first_torch]) == {"compile", "fastops"}
+    assert "compile" not in timed[first_torch:]
+    assert timed[0::2] == (["compile"] * (first_torch // 2)
+                           + ["torch"] * ((len(timed) - first_torch) // 2))
+    assert set(timed[1::2]) == {"fastops"}
+    assert list(summaries) == ["torch", "compile"]
+    for name, summary in summaries.items():
+        assert summary["pairs"] >= MIN_PAIRS
+        assert set(summary) == {"pairs", f"{name}_median", "ratio"}
