@@ -115,22 +115,24 @@ def test_channels_last_gradient_of_a_strided_output():
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
 def test_large_float32_gemms(onednn, monkeypatch):
-    # 64 channels, 3x3, 30x31 pixels: the forward GEMM of the CPU im2col path has >= 2^25
-    # multiply-adds and goes to oneDNN, or to ATen's mm when torch.backends.mkldnn is disabled.
+    # 32 -> 128 channels, 3x3, 30x31 pixels: the forward GEMM of the CPU im2col path (too few
+    # input channels for oneDNN's convolution) has >= 2^25 multiply-adds and goes to oneDNN's
+    # matmul, or to ATen's mm when torch.backends.mkldnn is disabled.
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
-    inputs = make((2,), 64, 64, (30, 31), (3, 3))
+    inputs = make((2,), 32, 128, (30, 31), (3, 3))
     assert_same_forward_backward(lambda *a: F.conv2d_relu(*a, padding=1),
                                  lambda *a: reference(*a, padding=1, activation="relu"),
-                                 list(inputs), scale=scale_for(64, 1, (3, 3)))
+                                 list(inputs), scale=scale_for(32, 1, (3, 3)))
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkldnn disabled"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
 @pytest.mark.parametrize("dtype,shape", [
     (torch.float32, ((2,), 128, 128, (8, 7), (3, 3))),   # deep layer: oneDNN both ways
-    (torch.float32, ((2,), 32, 128, (16, 16), (3, 3))),  # oneDNN backward only (256 pixels)
+    (torch.float32, ((2,), 64, 64, (30, 31), (3, 3))),   # oneDNN forward only (64 channels)
+    (torch.float32, ((2,), 32, 128, (16, 16), (3, 3))),  # oneDNN backward only (32 inputs)
     (torch.bfloat16, ((4,), 64, 64, (16, 16), (3, 3))),  # bfloat16, 2^25 multiply-adds
-], ids=["float32 deep", "float32 16x16", "bfloat16"])
+], ids=["float32 deep", "float32 64 channels", "float32 16x16", "bfloat16"])
 def test_onednn_convolutions_match_torch(dtype, shape, channels_last, onednn, monkeypatch):
     # oneDNN's convolution (ReLU fused) and its backward, or the im2col path with mkldnn disabled
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)

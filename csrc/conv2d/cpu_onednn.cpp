@@ -1,6 +1,7 @@
 // oneDNN's convolutions (ATen's bundled library, the engine of torch's own CPU convolutions) for
 // the shapes where they measured faster than the im2col path (benchmarks/NOTES.md): float32
-// layers of many channels on small planes (ResNet's deep layers), and bfloat16, whose
+// forwards of many input and output channels (its direct convolution needs no im2col matrix),
+// float32 backwards of many channels on small planes (ResNet's deep layers), and bfloat16, whose
 // AVX512-BF16 dot products the im2col path's float32 GEMMs cannot use. fastops' own code stays
 // around them: the rules, the ReLU fused into oneDNN's forward as a post-op, the output layout.
 #include <ATen/Context.h>
@@ -50,7 +51,9 @@ bool onednn_applies(const Conv2dShape& s, at::ScalarType dtype) {
 bool onednn_forward_supported(const Conv2dShape& s, at::ScalarType dtype) {
   if (!onednn_applies(s, dtype) || !onednn_convolution().has_value()) return false;
   if (dtype == at::kBFloat16) return multiply_adds(s) >= kBFloat16MinWork;
-  return s.out_channels >= 128 && s.pixels() <= 64;
+  // From 64 channels each way (ResNet's 3x3 layers) oneDNN's direct convolution computes faster
+  // than im2col + GEMM; an image model's first layer (3 input channels) keeps the cheap gather.
+  return s.in_channels >= 64 && s.out_channels >= 64;
 }
 
 bool onednn_backward_supported(const Conv2dShape& s, at::ScalarType dtype) {
