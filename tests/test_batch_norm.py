@@ -604,6 +604,8 @@ def test_bad_input_raises_torch_errors_and_changes_nothing():
            1e-5, "none", state=state)
     raises(RuntimeError, "float32, got Double", op, x.bfloat16(), w.double(), b, rm, rv, True, 0.1,
            1e-5, "none", state=state)
+    raises(RuntimeError, "share one dtype, got BFloat16 and Float", op, x.bfloat16(), w.bfloat16(),
+           b, rm, rv, False, 0.1, 1e-5, "none", state=state)
 
 
 CHANNEL_ARGS = {  # the per-channel arguments given: running_mean, running_var, weight, bias

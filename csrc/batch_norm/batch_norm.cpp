@@ -49,6 +49,17 @@ Activation batch_norm_rules(const at::Tensor& input, const std::optional<at::Ten
   check_channels(running_var, "running_var", input, "input", op);
   check_channels(weight, "weight", input, "input", op);
   check_channels(bias, "bias", input, "input", op);
+  // A reduced-precision input takes its parameters and statistics in its dtype or float32, but
+  // all in one of them (the kernels read them as one type).
+  std::optional<at::ScalarType> channel_dtype;
+  for (const auto* t : {&weight, &bias, &running_mean, &running_var}) {
+    if (!t->has_value()) continue;
+    TORCH_CHECK(!channel_dtype.has_value() || *channel_dtype == (*t)->scalar_type(),
+                "fastops::batch_norm: expected weight, bias, running_mean and running_var to "
+                "share one dtype, got ",
+                *channel_dtype, " and ", (*t)->scalar_type());
+    channel_dtype = (*t)->scalar_type();
+  }
   TORCH_CHECK(
       running_mean.has_value() == running_var.has_value(),
       "fastops::batch_norm: running_mean and running_var must both be given or both be None");

@@ -47,6 +47,18 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     with the running statistics. activation: None or "relu" (applied in the normalisation pass).
     Errors are torch's (type and message) where torch has one.
     """
+    if (training.__class__ is bool and momentum.__class__ is float and eps.__class__ is float
+            and (activation is None or activation == "relu")):
+        # The common call ([N, C, *] input, [C] parameters and statistics) goes straight to the
+        # op, whose rules check it: a small layer's per-call cost is all Python here. torch's
+        # wording of an error, and what torch also takes (a 0-D or empty 1-D input, parameters
+        # of any shape holding C elements), are the general path below, taken only when the op
+        # rejects the call (its rules run before any kernel, so nothing has changed).
+        try:
+            return batch_norm_op(input, weight, bias, running_mean, running_var, training,
+                                 momentum, eps, activation or "none")[0]
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            pass
     fn = "batch_norm"
     activation = check_activation(activation, fn)
     check_tensor(input, "input", fn)
