@@ -241,18 +241,25 @@ class _FakeBenchmark:
             self.stats.stats.data.append(time.perf_counter() - start + 1e-6)
 
 
-def test_pairs_alternate_and_each_baseline_is_timed_apart(monkeypatch):
-    """Every timed baseline call is followed by a fastops call, and no torch.compile call falls
-    among the torch pairs (it would change the caches those calls start from)."""
-    monkeypatch.setitem(ROUNDS, "max_time", 1e-9)  # the fewest pairs: MIN_PAIRS
+def _recorded_pairs(benchmark):
+    """_paired over torch, compile and fastops calls that only record their names: (its result,
+    the names in call order)."""
     calls = []
 
     def implementation(name):
         return lambda: calls.append(name)
 
-    summaries = _paired(_FakeBenchmark(), {"torch": implementation("torch"),
-                                           "compile": implementation("compile")},
-                        implementation("fastops"))
+    result = _paired(benchmark, {"torch": implementation("torch"),
+                                 "compile": implementation("compile")},
+                     implementation("fastops"))
+    return result, calls
+
+
+def test_pairs_alternate_and_each_baseline_is_timed_apart(monkeypatch):
+    """Every timed baseline call is followed by a fastops call, and no torch.compile call falls
+    among the torch pairs (it would change the caches those calls start from)."""
+    monkeypatch.setitem(ROUNDS, "max_time", 1e-9)  # the fewest pairs: MIN_PAIRS
+    summaries, calls = _recorded_pairs(_FakeBenchmark())
     assert calls[:2] == ["torch", "compile"]  # warm-up
     timed = calls[2:]
     first_torch = timed.index("torch")
@@ -265,3 +272,16 @@ def test_pairs_alternate_and_each_baseline_is_timed_apart(monkeypatch):
     for name, summary in summaries.items():
         assert summary["pairs"] >= MIN_PAIRS
         assert set(summary) == {"pairs", f"{name}_median", "ratio"}
+
+
+def test_pairs_time_nothing_under_benchmark_disable():
+    """--benchmark-disable: fastops runs once (pytest-benchmark's check that it works), the
+    baselines only their warm-up call, and there is no summary."""
+    class Disabled(_FakeBenchmark):
+        disabled = True
+
+        def pedantic(self, run, rounds, setup=None):
+            assert rounds == 1 and setup is None
+            run()
+
+    assert _recorded_pairs(Disabled()) == (None, ["torch", "compile", "fastops"])
